@@ -1,0 +1,141 @@
+"""Shared benchmark plumbing (contract in ../shared/BENCHMARKS.md): arguments, timing, JSON results.
+
+Every benchmark script does::
+
+    args = parse_args("fiited")                      # --quick, --out
+    t = median_time(fn, repeats=5, warmup=1)         # seconds, median of repeats after warm-up
+    write_results(args, name="fiited", config={...}, metrics={...}, anchors={...}, ratios={...})
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(name: str, argv: list[str] | None = None, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--quick`` (under a minute on 2 cores, every figure still measured) and ``--out PATH``."""
+    parser = argparse.ArgumentParser(description=f"lightning-recsys benchmark: {name}")
+    parser.add_argument("--quick", action="store_true", help="small data, few steps: < 60 s on 2 CPU cores")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON output (default benchmarks/results/{name}.json)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS_DIR / (f"{name}.quick.json" if args.quick else f"{name}.json")
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved_times(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median times of several candidates run in turn (A B C A B C ...), so load changes hit all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def tensor_bytes(*objs: Any) -> int:
+    """Bytes held by the tensors in modules, optimizers, dicts, lists or tensors (shared storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(o: Any) -> None:
+        nonlocal total
+        if isinstance(o, torch.Tensor):
+            key = o.untyped_storage().data_ptr() if o.numel() else id(o)
+            if key not in seen:
+                seen.add(key)
+                total += o.untyped_storage().nbytes()
+        elif isinstance(o, torch.nn.Module):
+            for t in list(o.parameters()) + list(o.buffers()):
+                visit(t)
+        elif isinstance(o, torch.optim.Optimizer):
+            visit(list(o.state.values()))
+        elif isinstance(o, Mapping):
+            for v in o.values():
+                visit(v)
+        elif isinstance(o, (list, tuple, set)):
+            for v in o:
+                visit(v)
+
+    for o in objs:
+        visit(o)
+    return total
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux ``ru_maxrss`` is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def write_results(
+    args: argparse.Namespace,
+    name: str,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    anchors: Mapping[str, Any],
+    ratios: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Write the JSON result file and print a readable table; return the result dict."""
+    result = {
+        "name": name,
+        "quick": bool(args.quick),
+        "torch": torch.__version__,
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, threads={torch.get_num_threads()}",
+        "config": dict(config),
+        "metrics": dict(metrics),
+        "anchors": dict(anchors),
+        "ratios": dict(ratios),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"\n== {name} ({'quick' if args.quick else 'full'}) ==")
+    for section in ("metrics", "anchors", "ratios"):
+        print(f"-- {section}")
+        _print_nested(result[section], indent=2)
+    print(f"results written to {args.out}")
+    return result
+
+
+def _print_nested(d: Mapping[str, Any], indent: int) -> None:
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            print(" " * indent + f"{k}:")
+            _print_nested(v, indent + 2)
+        elif isinstance(v, float):
+            print(" " * indent + f"{k:<40} {v:.6g}")
+        else:
+            print(" " * indent + f"{k:<40} {v}")

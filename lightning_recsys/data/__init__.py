@@ -1,0 +1,15 @@
+"""Data: the recsys batch type and data modules (synthetic Criteo-like, MovieLens-100K)."""
+
+from .batch import FeatureSpec, RecsysBatch, SparseFeature, collate_samples
+from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCTRDataModule, SyntheticCTRDataset
+
+__all__ = [
+    "CRITEO_KAGGLE_CARDINALITIES",
+    "FeatureSpec",
+    "PlantedCTRModel",
+    "RecsysBatch",
+    "SparseFeature",
+    "SyntheticCTRDataModule",
+    "SyntheticCTRDataset",
+    "collate_samples",
+]

@@ -1,0 +1,245 @@
+"""Synthetic Criteo-like click/conversion data with a planted model (so the Bayes-optimal AUC is known).
+
+Every batch is generated on the fly from ``(seed, split, batch index)``: any size from a few hundred
+rows (tests) to many millions (benchmarks) without holding the data in memory, and the same seed
+always gives the same batches.
+
+Example:
+    >>> from lightning_recsys.data import SyntheticCTRDataModule
+    >>> dm = SyntheticCTRDataModule(num_train=2048, num_val=512, num_test=512, max_rows=1000, batch_size=256)
+    >>> batch = next(iter(dm.train_dataloader()))
+    >>> batch.dense.shape, len(batch.sparse), sorted(batch.labels)
+    (torch.Size([256, 13]), 26, ['click', 'conversion'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .batch import FeatureSpec, RecsysBatch, SparseFeature
+
+__all__ = ["CRITEO_KAGGLE_CARDINALITIES", "PlantedCTRModel", "SyntheticCTRDataset", "SyntheticCTRDataModule"]
+
+#: Table sizes of the 26 categorical features of the Criteo Kaggle display-advertising data set.
+CRITEO_KAGGLE_CARDINALITIES: tuple[int, ...] = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)  # fmt: skip
+
+_SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+class PlantedCTRModel:
+    """The ground truth the labels are drawn from: an FM-style model over dense and sparse features.
+
+    ``logit_t = bias_t + w_t . dense + sum_f u_t . v_f[id_f] + c_t * sum_{f<g} v_f[id_f] . v_g[id_g]``
+
+    with one latent table ``v_f`` (``planted_dim`` columns) per sparse feature shared by the tasks.
+    Rarer tasks get a lower bias (``base_rates``). The Bayes-optimal predictor is ``sigmoid(logit)``.
+    """
+
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        num_dense: int,
+        tasks: Sequence[str],
+        base_rates: Sequence[float],
+        planted_dim: int,
+        signal: float,
+        generator: torch.Generator,
+    ) -> None:
+        self.tasks = list(tasks)
+        k = planted_dim
+        num_sparse = len(cardinalities)
+        # scale latent vectors so the pairwise term has variance ~ signal^2 regardless of feature count
+        pair_scale = signal / math.sqrt(max(1.0, num_sparse * (num_sparse - 1) / 2 * k))
+        self.tables = [torch.randn(n, k, generator=generator) * math.sqrt(pair_scale) for n in cardinalities]
+        t = len(self.tasks)
+        self.w = torch.randn(t, num_dense, generator=generator) * (0.5 * signal / math.sqrt(max(num_dense, 1)))
+        self.u = torch.randn(t, k, generator=generator) * (0.5 * signal / math.sqrt(max(num_sparse, 1)))
+        # the second task reuses the first task's directions partly (tasks are related, not identical)
+        if t > 1:
+            self.w[1:] = 0.6 * self.w[:1] + 0.8 * self.w[1:]
+            self.u[1:] = 0.6 * self.u[:1] + 0.8 * self.u[1:]
+        self.c = torch.ones(t)
+        if t > 1:
+            self.c[1:] = 0.5
+        self.bias = torch.tensor([math.log(p / (1 - p)) for p in base_rates])
+        self.dense_mean = float(F.softplus(torch.randn(100_000, generator=generator)).mean())
+
+    def logits(self, dense: Tensor, sparse: Sequence[SparseFeature]) -> Tensor:
+        """Planted logits [B, T]."""
+        pooled = torch.stack(
+            [F.embedding_bag(f.values, table, f.offsets[:-1], mode="sum") for f, table in zip(sparse, self.tables)],
+            dim=1,
+        )  # [B, F, k]
+        s = pooled.sum(1)
+        pair = 0.5 * ((s * s).sum(-1) - (pooled * pooled).sum((1, 2)))  # sum_{f<g} <v_f, v_g>
+        first = s @ self.u.T  # [B, T]
+        lin = (dense - self.dense_mean) @ self.w.T
+        return self.bias + lin + first + pair[:, None] * self.c
+
+
+class SyntheticCTRDataset(Dataset):
+    """Map-style dataset whose item ``i`` is the whole batch ``i`` of a split (use ``batch_size=None``)."""
+
+    def __init__(self, module: SyntheticCTRDataModule, split: str, num_samples: int) -> None:
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
+        self.module = module
+        self.split = split
+        self.num_samples = num_samples
+        self.num_batches = max(1, math.ceil(num_samples / module.batch_size))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, index: int) -> RecsysBatch:
+        return self.module.make_batch(self.split, index)[0]
+
+
+class SyntheticCTRDataModule(pl.LightningDataModule):
+    """Criteo-like data: 13 dense and 26 categorical features, Zipf ids, labels from a planted model.
+
+    Args:
+        num_train, num_val, num_test: rows per split (rounded up to whole batches).
+        batch_size: rows per batch.
+        max_rows: cap on every table's size (Criteo-Kaggle cardinalities otherwise).
+        num_dense, num_sparse: feature counts (13 and 26 as in Criteo by default).
+        zipf_alpha: Zipf exponent of the id distribution (ids are ranks, randomly permuted per table).
+        max_bag_size: 1 for single-hot (Criteo); larger gives multi-hot bags of 1..max_bag_size ids.
+        tasks: task names; the first is the main task.
+        base_rates: approximate positive rate per task (e.g. clicks 25%, conversions 3%).
+        planted_dim: latent size of the planted model; signal: its logit scale.
+        seed: everything (planted model, batches) derives from it.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 500_000,
+        num_val: int = 50_000,
+        num_test: int = 50_000,
+        batch_size: int = 1024,
+        max_rows: int = 100_000,
+        num_dense: int = 13,
+        num_sparse: int = 26,
+        zipf_alpha: float = 1.1,
+        max_bag_size: int = 1,
+        tasks: Sequence[str] = ("click", "conversion"),
+        base_rates: Sequence[float] = (0.25, 0.03),
+        planted_dim: int = 4,
+        signal: float = 1.25,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for arg, val, lo in (
+            ("num_train", num_train, 1), ("num_val", num_val, 1), ("num_test", num_test, 1),
+            ("batch_size", batch_size, 1), ("max_rows", max_rows, 2), ("num_dense", num_dense, 0),
+            ("num_sparse", num_sparse, 1), ("max_bag_size", max_bag_size, 1), ("planted_dim", planted_dim, 1),
+            ("num_workers", num_workers, 0),
+        ):  # fmt: skip
+            if not isinstance(val, int) or val < lo:
+                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
+        if num_sparse > len(CRITEO_KAGGLE_CARDINALITIES):
+            raise ValueError(f"num_sparse must be <= {len(CRITEO_KAGGLE_CARDINALITIES)}, got {num_sparse}")
+        if zipf_alpha <= 0:
+            raise ValueError(f"zipf_alpha must be > 0, got {zipf_alpha}")
+        tasks = list(tasks)
+        if len(base_rates) != len(tasks):
+            raise ValueError(f"base_rates needs one rate per task ({len(tasks)}), got {list(base_rates)}")
+        if any(not 0 < p < 1 for p in base_rates):
+            raise ValueError(f"base_rates must lie in (0, 1), got {list(base_rates)}")
+        self.save_hyperparameters()
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.batch_size = batch_size
+        self.max_bag_size = max_bag_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.cardinalities = [min(c, max_rows) for c in CRITEO_KAGGLE_CARDINALITIES[:num_sparse]]
+        self.feature_names = [f"C{i + 1}" for i in range(num_sparse)]
+        self.spec = FeatureSpec(num_dense, dict(zip(self.feature_names, self.cardinalities)), tasks)
+        gen = torch.Generator().manual_seed(seed)
+        # Zipf over ranks, then a random permutation so the hot ids are scattered over the table
+        self._cdfs = []
+        self._perms = []
+        for n in self.cardinalities:
+            w = torch.arange(1, n + 1, dtype=torch.float64).pow(-zipf_alpha)
+            cdf = torch.cumsum(w, 0)
+            self._cdfs.append((cdf / cdf[-1]).float())
+            self._perms.append(torch.randperm(n, generator=gen))
+        self.planted = PlantedCTRModel(self.cardinalities, num_dense, tasks, base_rates, planted_dim, signal, gen)
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """Dense width, table sizes and task names, for building models (``DLRM.from_spec``)."""
+        return self.spec
+
+    def _sample_ids(self, f: int, count: int, gen: torch.Generator) -> Tensor:
+        u = torch.rand(count, generator=gen)
+        ranks = torch.searchsorted(self._cdfs[f], u).clamp_(max=self.cardinalities[f] - 1)
+        return self._perms[f][ranks]
+
+    def make_batch(self, split: str, index: int) -> tuple[RecsysBatch, Tensor]:
+        """Batch ``index`` of ``split`` and the planted (Bayes-optimal) probabilities [B, T]."""
+        num = {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
+        n_batches = max(1, math.ceil(num / self.batch_size))
+        if not 0 <= index < n_batches:
+            raise IndexError(f"batch index {index} out of range for split {split!r} with {n_batches} batches")
+        b = min(self.batch_size, num - index * self.batch_size)
+        gen = torch.Generator().manual_seed((self.seed * 3 + _SPLITS[split]) * 1_000_003 + index)
+        dense = F.softplus(torch.randn(b, self.spec.num_dense, generator=gen))
+        sparse = {}
+        for f, name in enumerate(self.feature_names):
+            if self.max_bag_size == 1:
+                lengths = torch.ones(b, dtype=torch.long)
+            else:
+                lengths = torch.randint(1, self.max_bag_size + 1, (b,), generator=gen)
+            offsets = torch.zeros(b + 1, dtype=torch.long)
+            offsets[1:] = torch.cumsum(lengths, 0)
+            sparse[name] = SparseFeature(self._sample_ids(f, int(offsets[-1]), gen), offsets)
+        probs = torch.sigmoid(self.planted.logits(dense, list(sparse.values())))
+        labels_all = torch.bernoulli(probs, generator=gen)
+        labels = {t: labels_all[:, i].contiguous() for i, t in enumerate(self.spec.tasks)}
+        return RecsysBatch(dense, sparse, labels), probs
+
+    def bayes_auc(self, split: str = "test") -> dict[str, float]:
+        """AUC of the planted model's own probabilities on ``split``: the best any model can reach."""
+        from torchmetrics.classification import BinaryAUROC
+
+        metrics = {t: BinaryAUROC() for t in self.spec.tasks}
+        num = {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
+        for i in range(max(1, math.ceil(num / self.batch_size))):
+            batch, probs = self.make_batch(split, i)
+            for j, t in enumerate(self.spec.tasks):
+                metrics[t].update(probs[:, j], batch.labels[t].long())
+        return {t: float(m.compute()) for t, m in metrics.items()}
+
+    def _loader(self, split: str, num: int) -> DataLoader:
+        return DataLoader(
+            SyntheticCTRDataset(self, split, num),
+            batch_size=None,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.num_train)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.num_val)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.num_test)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.num_test)

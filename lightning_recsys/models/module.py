@@ -1,0 +1,212 @@
+"""``RecsysModule``: a LightningModule that trains any recsys model on :class:`RecsysBatch` data.
+
+It builds a reference model from a :class:`FeatureSpec` (``arch="dlrm"`` or ``"multitask"``) or
+wraps a model you pass (any ``nn.Module`` with ``forward(batch) -> logits [B, num_tasks]``), sums
+per-task binary cross-entropies, and logs loss, AUC (torchmetrics) and normalized entropy.
+
+Example:
+    >>> import lightning.pytorch as pl
+    >>> from lightning_recsys.data import SyntheticCTRDataModule
+    >>> from lightning_recsys.models import RecsysModule
+    >>> dm = SyntheticCTRDataModule(num_train=1024, num_val=512, num_test=512, max_rows=100, batch_size=256)
+    >>> module = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=8)
+    >>> pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+    ...            enable_progress_bar=False, enable_model_summary=False).fit(module, dm)
+
+Protocol for multi-task callbacks (MultiBalance): ``training_step`` stores the per-task losses of the
+current batch in ``self.task_losses`` (task -> scalar tensor) and the model names its shared
+representation submodule in ``shared_representation`` (``"model.shared"`` for ``MultiTaskDLRM``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAUROC
+
+from ..data.batch import FeatureSpec, RecsysBatch
+from ..metrics.ne import NormalizedEntropy
+from .dlrm import DLRM, MultiTaskDLRM
+
+__all__ = ["RecsysModule"]
+
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+class RecsysModule(pl.LightningModule):
+    """Train a recsys model with per-task BCE losses.
+
+    Args:
+        model: your model (``forward(batch) -> logits [B, T]``); if ``None`` one is built from
+            ``feature_spec`` and the ``arch`` arguments.
+        feature_spec: table sizes, dense width and task names (``datamodule.feature_spec``); a dict
+            with the same fields is accepted (that is how it is stored in checkpoints).
+        arch: ``"dlrm"`` (one top MLP with a logit per task) or ``"multitask"`` (shared bottom and a
+            tower per task).
+        embedding_dim, bottom_mlp, top_mlp, shared_mlp, tower_mlp: sizes of the built model.
+        tasks: task names in the order of the model's logits (default: ``feature_spec.tasks``).
+        task_weights: loss weight per task (default 1 each).
+        optimizer: a callable ``params -> Optimizer`` (LightningCLI's ``OptimizerCallable``);
+            default ``Adam(lr=1e-3)``.
+        lr_scheduler: optional callable ``optimizer -> LRScheduler``.
+        validate_batches: check every training batch against ``feature_spec`` (ids in range, no NaN).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        feature_spec: FeatureSpec | dict | None = None,
+        arch: Literal["dlrm", "multitask"] = "dlrm",
+        embedding_dim: int = 16,
+        bottom_mlp: Sequence[int] = (64,),
+        top_mlp: Sequence[int] = (64, 32),
+        shared_mlp: Sequence[int] = (64,),
+        tower_mlp: Sequence[int] = (32,),
+        tasks: Sequence[str] | None = None,
+        task_weights: Mapping[str, float] | None = None,
+        optimizer: OptimizerFactory = _default_optimizer,
+        lr_scheduler: SchedulerFactory | None = None,
+        validate_batches: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(feature_spec, Mapping):
+            feature_spec = FeatureSpec(**feature_spec)
+        if feature_spec is not None and not isinstance(feature_spec, FeatureSpec):
+            raise TypeError(f"feature_spec must be a FeatureSpec or dict, got {type(feature_spec).__name__}")
+        if arch not in ("dlrm", "multitask"):
+            raise ValueError(f"arch must be 'dlrm' or 'multitask', got {arch!r}")
+        self.feature_spec = feature_spec
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "feature_spec"])
+        if feature_spec is not None:
+            self.hparams["feature_spec"] = asdict(feature_spec)
+        if model is None:
+            if feature_spec is None:
+                raise ValueError("pass either model= or feature_spec= (e.g. datamodule.feature_spec)")
+            if arch == "dlrm":
+                model = DLRM.from_spec(
+                    feature_spec, embedding_dim=embedding_dim, bottom_mlp=bottom_mlp, top_mlp=top_mlp
+                )
+            else:
+                model = MultiTaskDLRM.from_spec(
+                    feature_spec,
+                    embedding_dim=embedding_dim,
+                    bottom_mlp=bottom_mlp,
+                    shared_mlp=shared_mlp,
+                    tower_mlp=tower_mlp,
+                )
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        if tasks is None:
+            tasks = feature_spec.tasks if feature_spec is not None else getattr(model, "tasks", ["label"])
+        self.tasks = list(tasks)
+        if not self.tasks:
+            raise ValueError("tasks must name at least one task")
+        weights = dict(task_weights or {})
+        unknown = sorted(set(weights) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"task_weights names unknown tasks {unknown}; tasks are {self.tasks}")
+        self.task_weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.validate_batches = validate_batches
+        self.task_losses: dict[str, Tensor] = {}
+        if isinstance(model, MultiTaskDLRM):
+            self.shared_representation = "model.shared"
+        self.val_metrics = self._make_metrics("val")
+        self.test_metrics = self._make_metrics("test")
+
+    def _make_metrics(self, prefix: str) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                t: MetricCollection({"auc": BinaryAUROC(), "ne": NormalizedEntropy()}, prefix=f"{prefix}_", postfix=f"_{t}")
+                for t in self.tasks
+            }
+        )
+
+    def forward(self, batch: RecsysBatch) -> Tensor:
+        """Logits ``[B, num_tasks]``."""
+        return self.model(batch)
+
+    def _task_losses(self, logits: Tensor, batch: RecsysBatch) -> dict[str, Tensor]:
+        if logits.dim() != 2 or logits.shape[1] != len(self.tasks):
+            raise ValueError(
+                f"model returned logits of shape {tuple(logits.shape)}; expected [batch, {len(self.tasks)}] "
+                f"for tasks {self.tasks}"
+            )
+        missing = [t for t in self.tasks if t not in batch.labels]
+        if missing:
+            raise ValueError(f"batch has no labels for tasks {missing}; it has {sorted(batch.labels)}")
+        return {
+            t: F.binary_cross_entropy_with_logits(logits[:, i], batch.labels[t]) for i, t in enumerate(self.tasks)
+        }
+
+    def training_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
+        if self.validate_batches:
+            batch.validate(self.feature_spec)
+        losses = self._task_losses(self(batch), batch)
+        self.task_losses = losses
+        loss = sum(self.task_weights[t] * losses[t] for t in self.tasks)
+        bs = batch.batch_size
+        self.log("train_loss", loss, prog_bar=True, batch_size=bs)
+        if len(self.tasks) > 1:
+            for t, value in losses.items():
+                self.log(f"train_loss_{t}", value, batch_size=bs)
+        return loss
+
+    def _eval_step(self, batch: RecsysBatch, stage: str) -> Tensor:
+        logits = self(batch)
+        losses = self._task_losses(logits, batch)
+        loss = sum(self.task_weights[t] * losses[t] for t in self.tasks)
+        bs = batch.batch_size
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        for i, t in enumerate(self.tasks):
+            metrics[t].update(logits[:, i], batch.labels[t].long())
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "val", batch_size=bs, sync_dist=True)
+        return loss
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        main = self.tasks[0]
+        for t in self.tasks:
+            values = metrics[t].compute()
+            metrics[t].reset()
+            for name, value in values.items():
+                self.log(name, value, prog_bar=(t == main and name.startswith(f"{stage}_auc")))
+            if t == main:
+                self.log(f"{stage}_auc", values[f"{stage}_auc_{t}"])
+                self.log(f"{stage}_ne", values[f"{stage}_ne_{t}"])
+
+    def validation_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def test_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
+        """Probabilities ``[B, num_tasks]``."""
+        return torch.sigmoid(self(batch))
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
