@@ -23,6 +23,13 @@ from torch import Tensor
 __all__ = ["SparseFeature", "RecsysBatch", "FeatureSpec"]
 
 
+def _device_dtype(device, dtype):
+    """Allow ``.to(torch.float16)`` as well as ``.to("cpu")`` / ``.to(device, dtype)``."""
+    if isinstance(device, torch.dtype):
+        return None, device
+    return device, dtype
+
+
 @dataclass
 class SparseFeature:
     """One categorical feature for a batch, as a bag of ids per sample (CSR layout).
@@ -62,9 +69,15 @@ class SparseFeature:
     def lengths(self) -> Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
-    def to(self, *args, **kwargs) -> SparseFeature:
-        w = None if self.weights is None else self.weights.to(*args, **kwargs)
-        return SparseFeature(self.values.to(*args, **kwargs), self.offsets.to(*args, **kwargs), w)
+    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> SparseFeature:
+        """Move to ``device``; ``dtype`` applies to the float ``weights`` only (ids stay integers)."""
+        device, dtype = _device_dtype(device, dtype)
+        w = None if self.weights is None else self.weights.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        return SparseFeature(
+            self.values.to(device=device, non_blocking=non_blocking),
+            self.offsets.to(device=device, non_blocking=non_blocking),
+            w,
+        )
 
     def pin_memory(self) -> SparseFeature:
         w = None if self.weights is None else self.weights.pin_memory()
@@ -158,12 +171,14 @@ class RecsysBatch:
     def batch_size(self) -> int:
         return int(self.dense.shape[0])
 
-    def to(self, *args, **kwargs) -> RecsysBatch:
-        """Move every tensor (Lightning calls this to move batches to the device)."""
+    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> RecsysBatch:
+        """Move every tensor to ``device`` (Lightning calls this); ``dtype`` casts float tensors only."""
+        device, dtype = _device_dtype(device, dtype)
+        kw = dict(device=device, dtype=dtype, non_blocking=non_blocking)
         return RecsysBatch(
-            dense=self.dense.to(*args, **kwargs),
-            sparse={k: v.to(*args, **kwargs) for k, v in self.sparse.items()},
-            labels={k: v.to(*args, **kwargs) for k, v in self.labels.items()},
+            dense=self.dense.to(**kw),
+            sparse={k: v.to(device, dtype, non_blocking) for k, v in self.sparse.items()},
+            labels={k: v.to(**kw) for k, v in self.labels.items()},
         )
 
     def pin_memory(self) -> RecsysBatch:

@@ -37,52 +37,54 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 class PlantedCTRModel:
-    """The ground truth the labels are drawn from: an FM-style model over dense and sparse features.
+    """The ground truth the labels are drawn from: per-id effects, pairwise latent interactions, dense.
 
-    ``logit_t = bias_t + w_t . dense + sum_f u_t . v_f[id_f] + c_t * sum_{f<g} v_f[id_f] . v_g[id_g]``
+    ``logit_t = bias_t + w_t . dense + sum_f a_f[id_f, t] + c_t * sum_{f<g} v_f[id_f] . v_g[id_g]``
 
-    with one latent table ``v_f`` (``planted_dim`` columns) per sparse feature shared by the tasks.
+    Per-id effects ``a_f`` (one column per task, partly shared between tasks) and latent vectors
+    ``v_f`` (``planted_dim`` columns) shrink with the id's popularity rank,
+    ``(1 + rank / head_size) ** -0.5``: as in real logs, the long tail carries less signal per id.
     Rarer tasks get a lower bias (``base_rates``). The Bayes-optimal predictor is ``sigmoid(logit)``.
     """
 
     def __init__(
         self,
         cardinalities: Sequence[int],
+        ranks: Sequence[Tensor],
         num_dense: int,
         tasks: Sequence[str],
         base_rates: Sequence[float],
         planted_dim: int,
         signal: float,
+        head_size: int,
         generator: torch.Generator,
     ) -> None:
         self.tasks = list(tasks)
-        k = planted_dim
-        num_sparse = len(cardinalities)
-        # scale latent vectors so the pairwise term has variance ~ signal^2 regardless of feature count
-        pair_scale = signal / math.sqrt(max(1.0, num_sparse * (num_sparse - 1) / 2 * k))
-        self.tables = [torch.randn(n, k, generator=generator) * math.sqrt(pair_scale) for n in cardinalities]
-        t = len(self.tasks)
-        self.w = torch.randn(t, num_dense, generator=generator) * (0.5 * signal / math.sqrt(max(num_dense, 1)))
-        self.u = torch.randn(t, k, generator=generator) * (0.5 * signal / math.sqrt(max(num_sparse, 1)))
-        # the second task reuses the first task's directions partly (tasks are related, not identical)
-        if t > 1:
-            self.w[1:] = 0.6 * self.w[:1] + 0.8 * self.w[1:]
-            self.u[1:] = 0.6 * self.u[:1] + 0.8 * self.u[1:]
+        t, k, num_sparse = len(self.tasks), planted_dim, len(cardinalities)
+        # logit variance budget: ~60% per-id effects, ~25% pairwise interactions, ~15% dense
+        first_std = signal * math.sqrt(0.60 / num_sparse)
+        pair_std = (signal * signal * 0.25 / max(1.0, num_sparse * (num_sparse - 1) / 2 * k)) ** 0.25
+        mix = torch.eye(t) if t == 1 else torch.full((t, t), 0.6).fill_diagonal_(0.8)  # related tasks
+        self.first: list[Tensor] = []
+        self.tables: list[Tensor] = []
+        for n, rank in zip(cardinalities, ranks):
+            shrink = (1.0 + rank.float() / head_size).rsqrt()[:, None]
+            self.first.append(torch.randn(n, t, generator=generator) @ mix.T * shrink * first_std)
+            self.tables.append(torch.randn(n, k, generator=generator) * shrink * pair_std)
+        self.w = (mix @ torch.randn(t, num_dense, generator=generator)) * (signal * math.sqrt(0.15 / max(num_dense, 1)) / 0.55)
         self.c = torch.ones(t)
-        if t > 1:
-            self.c[1:] = 0.5
+        self.c[1:] = 0.5
         self.bias = torch.tensor([math.log(p / (1 - p)) for p in base_rates])
         self.dense_mean = float(F.softplus(torch.randn(100_000, generator=generator)).mean())
 
     def logits(self, dense: Tensor, sparse: Sequence[SparseFeature]) -> Tensor:
         """Planted logits [B, T]."""
+        first = sum(F.embedding_bag(f.values, a, f.offsets[:-1], mode="sum") for f, a in zip(sparse, self.first))
         pooled = torch.stack(
-            [F.embedding_bag(f.values, table, f.offsets[:-1], mode="sum") for f, table in zip(sparse, self.tables)],
-            dim=1,
+            [F.embedding_bag(f.values, v, f.offsets[:-1], mode="sum") for f, v in zip(sparse, self.tables)], dim=1
         )  # [B, F, k]
         s = pooled.sum(1)
         pair = 0.5 * ((s * s).sum(-1) - (pooled * pooled).sum((1, 2)))  # sum_{f<g} <v_f, v_g>
-        first = s @ self.u.T  # [B, T]
         lin = (dense - self.dense_mean) @ self.w.T
         return self.bias + lin + first + pair[:, None] * self.c
 
@@ -117,7 +119,8 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         max_bag_size: 1 for single-hot (Criteo); larger gives multi-hot bags of 1..max_bag_size ids.
         tasks: task names; the first is the main task.
         base_rates: approximate positive rate per task (e.g. clicks 25%, conversions 3%).
-        planted_dim: latent size of the planted model; signal: its logit scale.
+        planted_dim: latent size of the planted model; signal: its logit scale; head_size: popularity
+            rank at which an id's planted effect has shrunk by 1/sqrt(2).
         seed: everything (planted model, batches) derives from it.
         num_workers: DataLoader workers.
     """
@@ -136,7 +139,8 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         tasks: Sequence[str] = ("click", "conversion"),
         base_rates: Sequence[float] = (0.25, 0.03),
         planted_dim: int = 4,
-        signal: float = 1.25,
+        signal: float = 1.6,
+        head_size: int = 200,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -145,6 +149,7 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             ("num_train", num_train, 1), ("num_val", num_val, 1), ("num_test", num_test, 1),
             ("batch_size", batch_size, 1), ("max_rows", max_rows, 2), ("num_dense", num_dense, 0),
             ("num_sparse", num_sparse, 1), ("max_bag_size", max_bag_size, 1), ("planted_dim", planted_dim, 1),
+            ("head_size", head_size, 1),
             ("num_workers", num_workers, 0),
         ):  # fmt: skip
             if not isinstance(val, int) or val < lo:
@@ -176,7 +181,10 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             cdf = torch.cumsum(w, 0)
             self._cdfs.append((cdf / cdf[-1]).float())
             self._perms.append(torch.randperm(n, generator=gen))
-        self.planted = PlantedCTRModel(self.cardinalities, num_dense, tasks, base_rates, planted_dim, signal, gen)
+        ranks = [torch.argsort(perm) for perm in self._perms]  # id -> popularity rank
+        self.planted = PlantedCTRModel(
+            self.cardinalities, ranks, num_dense, tasks, base_rates, planted_dim, signal, head_size, gen
+        )
 
     @property
     def feature_spec(self) -> FeatureSpec:

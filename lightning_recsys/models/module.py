@@ -161,7 +161,8 @@ class RecsysModule(pl.LightningModule):
         loss = sum(self.task_weights[t] * losses[t] for t in self.tasks)
         bs = batch.batch_size
         self.log("train_loss", loss, prog_bar=True, batch_size=bs)
-        if len(self.tasks) > 1:
+        # self.log costs ~0.1-1 ms per call: per-task losses only at the logger's cadence
+        if len(self.tasks) > 1 and self._trainer is not None and (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             for t, value in losses.items():
                 self.log(f"train_loss_{t}", value, batch_size=bs)
         return loss
@@ -206,7 +207,12 @@ class RecsysModule(pl.LightningModule):
         return torch.sigmoid(self(batch))
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        # a plain list of self.parameters() that also carries the module: every torch optimizer takes
+        # it as is, and those that route by module type (lightning_recsys.optim.Muon, MLorcAdamW,
+        # CounterSGD) find the embedding tables through it, also when built from a YAML config
+        from ..optim import module_parameters
+
+        optimizer = self.optimizer_factory(module_parameters(self))
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
