@@ -20,13 +20,14 @@ representation submodule in ``shared_representation`` (``"model.shared"`` for ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC
@@ -36,10 +37,6 @@ from ..metrics.ne import NormalizedEntropy
 from .dlrm import DLRM, MultiTaskDLRM
 
 __all__ = ["RecsysModule"]
-
-OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-
 
 def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
@@ -76,8 +73,8 @@ class RecsysModule(pl.LightningModule):
         tower_mlp: Sequence[int] = (32,),
         tasks: Sequence[str] | None = None,
         task_weights: Mapping[str, float] | None = None,
-        optimizer: OptimizerFactory = _default_optimizer,
-        lr_scheduler: SchedulerFactory | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
         validate_batches: bool = False,
     ) -> None:
         super().__init__()

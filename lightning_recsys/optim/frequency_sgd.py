@@ -1,0 +1,155 @@
+"""``CounterSGD``: counter-based frequency-aware SGD for embedding tables (Li et al., arXiv 2110.04844).
+
+Rare ids take larger steps than frequent ones, like Adagrad, but the only state is one counter per
+row (``V`` numbers instead of Adagrad's ``V x d``).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_recsys.optim import CounterSGD
+    >>> table = nn.Embedding(1000, 16, sparse=True)
+    >>> opt = CounterSGD(table.parameters(), lr=0.1)
+    >>> table(torch.tensor([3, 3, 7])).sum().backward()
+    >>> opt.step()
+    >>> opt.state[table.weight]["count"][[3, 7, 8]].tolist()  # duplicates coalesced: 1 per step present
+    [1.0, 1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
+
+from ._routing import EMBEDDING_TYPES, check_real, module_of, owned_parameters
+
+__all__ = ["CounterSGD", "counter_sgd_update"]
+
+
+def counter_sgd_update(
+    param: Tensor, grad: Tensor, count: Tensor, *, lr: float, decay: float, weight_decay: float
+) -> None:
+    """One counter-SGD step in place on ``param`` (rows along dim 0) and its per-row ``count``.
+
+    ``grad`` may be sparse COO (duplicate ids are summed, the row counted once) or dense (a row is
+    present when any of its gradient entries is non-zero)."""
+    if decay != 1.0:
+        count.mul_(decay)
+    rows2d = param.view(param.shape[0], -1) if param.ndim else param.view(1, 1)
+    if grad.is_sparse:
+        g = grad.coalesce()
+        idx = g.indices()[0]
+        values = g.values().reshape(idx.numel(), -1)
+        count.index_add_(0, idx, torch.ones_like(idx, dtype=count.dtype))
+        if weight_decay:
+            values = values + weight_decay * rows2d.index_select(0, idx)
+        scale = lr / count.index_select(0, idx).sqrt()
+        rows2d.index_add_(0, idx, values * scale.unsqueeze(1), alpha=-1)
+        return
+    g = grad.reshape(rows2d.shape)
+    present = g.ne(0).any(1)
+    count.add_(present)
+    if weight_decay:
+        g = g + weight_decay * rows2d * present.unsqueeze(1)
+    scale = lr / count.clamp_min(1).sqrt()  # absent rows have zero gradient: their scale is unused
+    rows2d.addcmul_(g, scale.unsqueeze(1), value=-1)
+
+
+class CounterSGD(Optimizer):
+    r"""Counter-based frequency-aware SGD: each row of a table has its own learning rate from how
+    often it was seen.
+
+    Rule, per step, for every parameter of a ``counter=True`` group (rows are indexed along dim 0):
+
+    1. ``c *= 2 ** (-1 / half_life)`` for all rows (only when ``half_life`` is set);
+    2. the rows present in the batch get ``c_r += 1`` once, however many times the id occurs
+       (sparse gradients are coalesced; for a dense gradient a row is present when its gradient
+       row is non-zero);
+    3. ``w_r -= lr / sqrt(c_r) * (g_r + weight_decay * w_r)`` for present rows only.
+
+    So a row seen once moves with ``lr``, a row seen ``k`` times with ``lr / sqrt(k)`` (the paper's
+    counter-based frequency-aware rate; FBGEMM's ``COUNTER_SGD`` mode uses the same
+    ``lr / sqrt(counter)`` form). State: one float per row.
+
+    Groups with ``counter=False`` are plain SGD (``w -= lr * (g + weight_decay * w)``), e.g. for the
+    dense layers when :meth:`from_module` builds one optimizer for a whole model.
+
+    Args:
+        params: parameters or param groups (group option ``counter``, default ``True``), or an
+            ``nn.Module`` / ``module_parameters(model)``: embedding tables get counters, the rest SGD.
+        lr: base learning rate. half_life: counter half-life in steps (``None``: no decay).
+        weight_decay: L2 penalty, applied to present rows only.
+        dense_lr: learning rate of the plain-SGD group built from a module (default ``lr``).
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.EmbeddingBag(100, 8, sparse=True), nn.Linear(8, 1))
+        >>> opt = CounterSGD.from_module(model, lr=0.05, dense_lr=0.01, half_life=1000)
+        >>> [g["counter"] for g in opt.param_groups]
+        [True, False]
+    """
+
+    def __init__(
+        self,
+        params: ParamsT | nn.Module,
+        lr: float = 0.01,
+        half_life: float | None = None,
+        weight_decay: float = 0.0,
+        dense_lr: float | None = None,
+    ) -> None:
+        for name, val, optional in (("lr", lr, False), ("weight_decay", weight_decay, False),
+                                    ("dense_lr", dense_lr, True), ("half_life", half_life, True)):  # fmt: skip
+            if optional and val is None:
+                continue
+            bad_type = isinstance(val, bool) or not isinstance(val, (int, float))
+            if bad_type or not (val > 0 if name == "half_life" else val >= 0):
+                bound = "a number of steps > 0" if name == "half_life" else "a number >= 0"
+                raise ValueError(f"{name} must be {'None or ' if optional else ''}{bound}, got {val!r}")
+        module = module_of(params)
+        if module is not None:
+            tables, dense = [], []
+            for _, p, owner in owned_parameters(module):
+                (tables if isinstance(owner, EMBEDDING_TYPES) else dense).append(p)
+            dense_group = {"params": dense, "counter": False, "lr": lr if dense_lr is None else dense_lr}
+            params = [g for g in ({"params": tables, "counter": True}, dense_group) if g["params"]]
+        super().__init__(params, {"lr": lr, "half_life": half_life, "weight_decay": weight_decay, "counter": True})
+        for group in self.param_groups:
+            check_real(group["params"], "CounterSGD")
+
+    @classmethod
+    def from_module(cls, module: nn.Module, **kwargs: Any) -> CounterSGD:
+        """Counters for ``nn.Embedding``/``nn.EmbeddingBag`` tables, plain SGD for the rest."""
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+        return cls(module, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
+        """Performs a single optimization step."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            half_life = group["half_life"]
+            decay = 1.0 if half_life is None else math.pow(2.0, -1.0 / half_life)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not group["counter"]:
+                    grad = p.grad.coalesce() if p.grad.is_sparse else p.grad
+                    if wd:
+                        grad = grad + wd * p if not grad.is_sparse else grad + wd * p.sparse_mask(grad)
+                    p.add_(grad, alpha=-lr)
+                    continue
+                state = self.state[p]
+                if "count" not in state:
+                    state["count"] = torch.zeros(p.shape[0] if p.ndim else 1, dtype=torch.float32, device=p.device)
+                counter_sgd_update(p, p.grad, state["count"], lr=lr, decay=decay, weight_decay=wd)
+        return loss

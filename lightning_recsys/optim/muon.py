@@ -1,0 +1,233 @@
+"""``Muon``: one optimizer object that runs ``torch.optim.Muon`` on hidden matrices and
+``torch.optim.AdamW`` on everything else (embedding tables, biases, norms, first/last layers).
+
+Lightning's automatic optimization wants one optimizer and LR schedulers want to see every group, so
+the hybrid is a single ``torch.optim.Optimizer`` whose ``param_groups`` cover all parameters; each
+group carries ``use_muon``. Stepping hands the Muon groups to an inner ``torch.optim.Muon`` and the
+others to an inner ``torch.optim.AdamW``; both share *the same group dicts and state dict* as the
+outer object, so a scheduler's change to ``group["lr"]`` reaches the update, and
+``state_dict``/``load_state_dict`` are the ordinary torch ones.
+
+Routing (never by ``ndim`` alone, since embedding tables are 2-D): a parameter goes to Muon when it
+is the ``weight`` of an ``nn.Linear`` that is not excluded (``first_layer_adamw``, ``last_layer_adamw``,
+or a name matching ``adamw_names``), or when its qualified name matches ``muon_names``. Everything
+else, in particular ``nn.Embedding``/``nn.EmbeddingBag`` tables, norms, biases and 2-D parameters of
+other modules, goes to AdamW.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_recsys.optim import Muon
+    >>> model = nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    >>> opt = Muon.from_module(model, lr=0.02, adamw_lr=3e-3)
+    >>> [(g["use_muon"], len(g["params"])) for g in opt.param_groups]
+    [(True, 1), (False, 4)]
+
+From a LightningCLI YAML (the module's ``configure_optimizers`` passes
+``module_parameters(self)``, a plain parameter list that also carries the module)::
+
+    model:
+      optimizer:
+        class_path: lightning_recsys.optim.Muon
+        init_args: {lr: 0.02, adamw_lr: 0.003}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
+
+from ._routing import check_real, module_of, owned_parameters
+
+__all__ = ["Muon", "route_muon"]
+
+
+def _compile(pattern: str | None, name: str) -> re.Pattern | None:
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        raise TypeError(f"{name} must be a regex string or None, got {type(pattern).__name__}")
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{name} is not a valid regex: {pattern!r} ({err})") from err
+
+
+def route_muon(
+    module: nn.Module,
+    adamw_names: str | None = None,
+    muon_names: str | None = None,
+    first_layer_adamw: bool = False,
+    last_layer_adamw: bool = True,
+) -> dict[str, bool]:
+    """``{qualified parameter name: goes to Muon}`` by the rules in the module docstring.
+
+    ``first``/``last`` layer: the first/last ``nn.Linear`` in ``module.modules()`` order.
+    Regexes are matched with ``re.search`` against names such as ``"top_mlp.0.weight"``."""
+    adamw_re, muon_re = _compile(adamw_names, "adamw_names"), _compile(muon_names, "muon_names")
+    owned = list(owned_parameters(module))
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    excluded = {id(linears[0])} if first_layer_adamw and linears else set()
+    if last_layer_adamw and linears:
+        excluded.add(id(linears[-1]))
+    routes = {}
+    for name, p, owner in owned:
+        if muon_re is not None and muon_re.search(name):
+            if p.ndim != 2:
+                raise ValueError(
+                    f"muon_names={muon_names!r} matches {name!r} of shape {tuple(p.shape)}; Muon takes 2-D matrices only"
+                )
+            routes[name] = True
+            continue
+        # embedding tables, norms and other modules' parameters are never nn.Linear weights
+        hidden_linear = isinstance(owner, nn.Linear) and p is owner.weight and id(owner) not in excluded
+        routes[name] = bool(hidden_linear and not (adamw_re is not None and adamw_re.search(name)))
+    return routes
+
+
+class Muon(Optimizer):
+    """Hybrid Muon: ``torch.optim.Muon`` for hidden matrices, ``torch.optim.AdamW`` for the rest.
+
+    Args:
+        params: an ``nn.Module`` or ``module_parameters(model)`` (routed automatically, see
+            :func:`route_muon`), or param groups that each say ``use_muon: True/False`` (Muon groups
+            must hold 2-D tensors only). A bare parameter list is refused: it cannot be routed.
+        lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn: the
+            Muon groups' settings, as ``torch.optim.Muon`` (same defaults).
+        adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the AdamW groups' settings, as
+            ``torch.optim.AdamW`` (same defaults).
+        adamw_names, muon_names, first_layer_adamw, last_layer_adamw: routing options (only used
+            when a module is given).
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+        >>> opt = Muon(model, lr=0.02, adamw_lr=1e-3)
+    """
+
+    def __init__(
+        self,
+        params: ParamsT | nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = (3.4445, -4.775, 2.0315),
+        eps: float = 1e-7,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = None,
+        adamw_lr: float = 1e-3,
+        adamw_betas: tuple[float, float] = (0.9, 0.999),
+        adamw_eps: float = 1e-8,
+        adamw_weight_decay: float = 0.01,
+        adamw_names: str | None = None,
+        muon_names: str | None = None,
+        first_layer_adamw: bool = False,
+        last_layer_adamw: bool = True,
+    ) -> None:
+        for name, val in (("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum),
+                          ("adamw_lr", adamw_lr), ("adamw_eps", adamw_eps),
+                          ("adamw_weight_decay", adamw_weight_decay), ("eps", eps)):  # fmt: skip
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not val >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {val!r}")
+        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
+            raise ValueError(f"ns_steps must be an integer in [1, 100), got {ns_steps!r}")
+        if len(tuple(ns_coefficients)) != 3:
+            raise ValueError(f"ns_coefficients must be 3 numbers (a, b, c), got {ns_coefficients!r}")
+        if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
+            raise ValueError(f"adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
+        betas = tuple(adamw_betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"adamw_betas must be two numbers in [0, 1), got {adamw_betas!r}")
+        self._kind_defaults = {
+            True: {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
+                   "ns_coefficients": tuple(ns_coefficients), "eps": eps, "ns_steps": ns_steps,
+                   "adjust_lr_fn": adjust_lr_fn},
+            False: {"lr": adamw_lr, "betas": betas, "eps": adamw_eps, "weight_decay": adamw_weight_decay,
+                    "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                    "differentiable": False, "fused": None, "decoupled_weight_decay": True},
+        }  # fmt: skip
+        module = module_of(params)
+        if module is not None:
+            routes = route_muon(module, adamw_names, muon_names, first_layer_adamw, last_layer_adamw)
+            named = {name: p for name, p, _ in owned_parameters(module)}
+            params = [
+                {"params": [named[n] for n, m in routes.items() if m == kind], "use_muon": kind} for kind in (True, False)
+            ]
+            params = [g for g in params if g["params"]]
+        else:
+            params = list(params)
+            if not params or not all(isinstance(g, dict) for g in params):
+                raise TypeError(
+                    "Muon needs to know which parameters are hidden matrices: pass the module "
+                    "(Muon(model) / Muon.from_module(model) / module_parameters(model)) or param groups "
+                    "with 'use_muon': True/False; a bare parameter list cannot be routed (embedding "
+                    "tables are 2-D too)"
+                )
+        self._inner: dict[bool, Optimizer | None] = {True: None, False: None}
+        super().__init__(params, {})
+
+    @classmethod
+    def from_module(cls, module: nn.Module, **kwargs: Any) -> Muon:
+        """Route ``module``'s parameters (see :func:`route_muon`) and build the hybrid."""
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+        return cls(module, **kwargs)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; it must say ``use_muon`` and gets that kind's defaults."""
+        if "use_muon" not in param_group or not isinstance(param_group["use_muon"], bool):
+            raise ValueError(f"every Muon param group needs 'use_muon': True or False, got keys {sorted(param_group)}")
+        kind = param_group["use_muon"]
+        for key, value in self._kind_defaults[kind].items():
+            param_group.setdefault(key, value)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        check_real(tensors, "Muon")
+        if kind:
+            for p in tensors:
+                if p.ndim != 2:
+                    raise ValueError(
+                        f"a use_muon=True group holds a parameter of shape {tuple(p.shape)}; Muon takes 2-D "
+                        "matrices only (send biases, norms and other tensors to a use_muon=False group)"
+                    )
+        param_group["params"] = params
+        super().add_param_group(param_group)
+        self._inner = {True: None, False: None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._inner = {True: None, False: None}
+
+    def _inner_optimizer(self, kind: bool) -> Optimizer | None:
+        """The inner torch optimizer of ``kind``, re-linked to the current groups and state."""
+        groups = [g for g in self.param_groups if g["use_muon"] is kind]
+        if not groups:
+            return None
+        opt = self._inner[kind]
+        if opt is None:
+            opt = (torch.optim.Muon if kind else torch.optim.AdamW)(groups)
+            self._inner[kind] = opt
+        opt.param_groups = groups  # the same dicts: scheduler changes reach the update
+        opt.state = self.state  # one state: state_dict/load_state_dict see everything
+        return opt
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> Any:
+        """Performs a single optimization step (Muon groups, then AdamW groups)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for kind in (True, False):
+            opt = self._inner_optimizer(kind)
+            if opt is not None:
+                opt.step()
+        return loss
