@@ -88,9 +88,9 @@ def plain_throughput(dm, batches, warmup: int, seed: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args("train", argv)
     cfg = (
-        dict(num_train=200_000, num_val=20_000, num_test=50_000, max_rows=5_000, epochs=2, tp_batches=60, repeats=2)
+        dict(num_train=300_000, num_val=20_000, num_test=50_000, max_rows=5_000, epochs=1, tp_batches=60, repeats=2)
         if args.quick
-        else dict(num_train=2_000_000, num_val=50_000, num_test=200_000, max_rows=20_000, epochs=3, tp_batches=300, repeats=3)
+        else dict(num_train=3_000_000, num_val=50_000, num_test=200_000, max_rows=20_000, epochs=1, tp_batches=300, repeats=3)
     )
     cfg.update(batch_size=1024, seed=0, warmup=10)
     dm = SyntheticCTRDataModule(

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
-    RecsysCLI(RecsysModule, LightningDataModule, subclass_mode_data=True, args=argv, save_config_kwargs={"overwrite": True})
+    RecsysCLI(RecsysModule, LightningDataModule, subclass_mode_data=True, args=argv)
     return 0
 
 

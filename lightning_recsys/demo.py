@@ -26,7 +26,7 @@ __all__ = ["main", "train_reference"]
 
 def train_reference(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     """Train the reference DLRM; return test metrics, planted AUCs and the checkpoint path."""
-    n = 60_000 if quick else 1_000_000
+    n = 60_000 if quick else 1_500_000
     dm = SyntheticCTRDataModule(
         num_train=n, num_val=n // 10, num_test=n // 5, batch_size=1024, max_rows=2_000 if quick else 20_000, seed=0
     )
@@ -36,7 +36,7 @@ def train_reference(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
-        max_epochs=1 if quick else 3,
+        max_epochs=1,  # one pass over fresh rows, as CTR models train (more epochs overfit the id tables)
         callbacks=[ckpt],
         logger=pl.loggers.CSVLogger(out_dir, name="logs"),
         enable_progress_bar=True,

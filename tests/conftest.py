@@ -1,10 +1,13 @@
 import os
 
-import pytest
-import torch
+# One intra-op thread per process (also for the processes tests spawn): distributed tests run 2-3
+# processes on 2 cores, and oversubscribed OpenMP threads stall for scheduler ticks.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# keep the suite predictable on 2-core machines
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -60,3 +60,17 @@ def test_lrs_fit_from_yaml_writes_checkpoint(tmp_path):
 def test_bench_help_lists_benchmarks(capsys):
     assert main(["bench", "--help"]) == 0
     assert "train" in capsys.readouterr().out
+
+
+def test_cli_builds_lr_scheduler_from_yaml(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        TINY.format(root=tmp_path).replace(
+            "model:\n", "model:\n  lr_scheduler:\n    class_path: torch.optim.lr_scheduler.StepLR\n    init_args:\n      step_size: 2\n"
+        )
+    )
+    from lightning.pytorch import LightningDataModule
+
+    cli = RecsysCLI(RecsysModule, LightningDataModule, subclass_mode_data=True, run=False, args=["--config", str(cfg)])
+    conf = cli.model.configure_optimizers()
+    assert isinstance(conf["lr_scheduler"], torch.optim.lr_scheduler.StepLR)

@@ -39,7 +39,11 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 class PlantedCTRModel:
     """The ground truth the labels are drawn from: per-id effects, pairwise latent interactions, dense.
 
-    ``logit_t = bias_t + w_t . dense + sum_f a_f[id_f, t] + c_t * sum_{f<g} v_f[id_f] . v_g[id_g]``
+    ``logit_t = bias_t + w_t . dense + sum_f a_f[id_f, t] + c_t * sum_{f<g in crossed} v_f[id_f] . v_g[id_g]``
+
+    where only ``K = num_interacting`` context features interact pairwise: the ones with the fewest
+    rows (at least 10), so the crosses are strong and observed often, as with real context crosses,
+    rather than hundreds of faint ones over long-tail ids that no model could learn.
 
     Per-id effects ``a_f`` (one column per task, partly shared between tasks) and latent vectors
     ``v_f`` (``planted_dim`` columns) shrink with the id's popularity rank,
@@ -57,34 +61,40 @@ class PlantedCTRModel:
         planted_dim: int,
         signal: float,
         head_size: int,
+        num_interacting: int,
         generator: torch.Generator,
     ) -> None:
         self.tasks = list(tasks)
         t, k, num_sparse = len(self.tasks), planted_dim, len(cardinalities)
-        # logit variance budget: ~60% per-id effects, ~25% pairwise interactions, ~15% dense
-        first_std = signal * math.sqrt(0.60 / num_sparse)
-        pair_std = (signal * signal * 0.25 / max(1.0, num_sparse * (num_sparse - 1) / 2 * k)) ** 0.25
+        n_int = min(num_interacting, num_sparse)
+        by_size = sorted(range(num_sparse), key=lambda f: (cardinalities[f] < 10, cardinalities[f], f))
+        self.interacting = sorted(by_size[:n_int])
+        # logit variance budget: ~65% per-id effects, ~20% pairwise interactions, ~15% dense
+        first_std = signal * math.sqrt(0.65 / num_sparse)
+        pair_std = (signal * signal * 0.20 / max(1.0, n_int * (n_int - 1) / 2 * k)) ** 0.25
         mix = torch.eye(t) if t == 1 else torch.full((t, t), 0.6).fill_diagonal_(0.8)  # related tasks
         self.first: list[Tensor] = []
         self.tables: list[Tensor] = []
-        for n, rank in zip(cardinalities, ranks):
+        for f, (n, rank) in enumerate(zip(cardinalities, ranks)):
             shrink = (1.0 + rank.float() / head_size).rsqrt()[:, None]
             self.first.append(torch.randn(n, t, generator=generator) @ mix.T * shrink * first_std)
-            self.tables.append(torch.randn(n, k, generator=generator) * shrink * pair_std)
+            if f in self.interacting:
+                self.tables.append(torch.randn(n, k, generator=generator) * shrink * pair_std)
         self.w = (mix @ torch.randn(t, num_dense, generator=generator)) * (signal * math.sqrt(0.15 / max(num_dense, 1)) / 0.55)
         self.c = torch.ones(t)
         self.c[1:] = 0.5
-        self.bias = torch.tensor([math.log(p / (1 - p)) for p in base_rates])
+        self.bias = torch.tensor([math.log(p / (1 - p)) for p in base_rates])  # calibrated by the data module
         self.dense_mean = float(F.softplus(torch.randn(100_000, generator=generator)).mean())
 
     def logits(self, dense: Tensor, sparse: Sequence[SparseFeature]) -> Tensor:
         """Planted logits [B, T]."""
         first = sum(F.embedding_bag(f.values, a, f.offsets[:-1], mode="sum") for f, a in zip(sparse, self.first))
+        crossed = [sparse[f] for f in self.interacting]
         pooled = torch.stack(
-            [F.embedding_bag(f.values, v, f.offsets[:-1], mode="sum") for f, v in zip(sparse, self.tables)], dim=1
-        )  # [B, F, k]
+            [F.embedding_bag(f.values, v, f.offsets[:-1], mode="sum") for f, v in zip(crossed, self.tables)], dim=1
+        )  # [B, K, k]
         s = pooled.sum(1)
-        pair = 0.5 * ((s * s).sum(-1) - (pooled * pooled).sum((1, 2)))  # sum_{f<g} <v_f, v_g>
+        pair = 0.5 * ((s * s).sum(-1) - (pooled * pooled).sum((1, 2)))  # sum over crossed pairs <v_f, v_g>
         lin = (dense - self.dense_mean) @ self.w.T
         return self.bias + lin + first + pair[:, None] * self.c
 
@@ -120,7 +130,8 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         tasks: task names; the first is the main task.
         base_rates: approximate positive rate per task (e.g. clicks 25%, conversions 3%).
         planted_dim: latent size of the planted model; signal: its logit scale; head_size: popularity
-            rank at which an id's planted effect has shrunk by 1/sqrt(2).
+            rank at which an id's planted effect has shrunk by 1/sqrt(2); num_interacting: how many
+            sparse features (those with the fewest rows) interact pairwise in the planted model.
         seed: everything (planted model, batches) derives from it.
         num_workers: DataLoader workers.
     """
@@ -141,6 +152,7 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         planted_dim: int = 4,
         signal: float = 1.6,
         head_size: int = 200,
+        num_interacting: int = 6,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
@@ -149,7 +161,7 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             ("num_train", num_train, 1), ("num_val", num_val, 1), ("num_test", num_test, 1),
             ("batch_size", batch_size, 1), ("max_rows", max_rows, 2), ("num_dense", num_dense, 0),
             ("num_sparse", num_sparse, 1), ("max_bag_size", max_bag_size, 1), ("planted_dim", planted_dim, 1),
-            ("head_size", head_size, 1),
+            ("head_size", head_size, 1), ("num_interacting", num_interacting, 0),
             ("num_workers", num_workers, 0),
         ):  # fmt: skip
             if not isinstance(val, int) or val < lo:
@@ -183,8 +195,23 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             self._perms.append(torch.randperm(n, generator=gen))
         ranks = [torch.argsort(perm) for perm in self._perms]  # id -> popularity rank
         self.planted = PlantedCTRModel(
-            self.cardinalities, ranks, num_dense, tasks, base_rates, planted_dim, signal, head_size, gen
+            self.cardinalities, ranks, num_dense, tasks, base_rates, planted_dim, signal, head_size, num_interacting, gen
         )
+        self._calibrate_bias(base_rates)
+
+    def _calibrate_bias(self, base_rates: Sequence[float], rows: int = 20_000) -> None:
+        """Set the planted biases so each task's mean probability equals its base rate."""
+        batch = self._features(rows, torch.Generator().manual_seed(self.seed * 3 + 7))
+        self.planted.bias = torch.zeros(len(base_rates))
+        z = self.planted.logits(batch.dense, list(batch.sparse.values()))
+        lo, hi = torch.full((z.shape[1],), -30.0), torch.full((z.shape[1],), 30.0)
+        target = torch.tensor(list(base_rates))
+        for _ in range(60):  # bisection on the monotone mean-probability curve
+            mid = (lo + hi) / 2
+            above = torch.sigmoid(z + mid).mean(0) > target
+            hi = torch.where(above, mid, hi)
+            lo = torch.where(above, lo, mid)
+        self.planted.bias = (lo + hi) / 2
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -204,6 +231,14 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             raise IndexError(f"batch index {index} out of range for split {split!r} with {n_batches} batches")
         b = min(self.batch_size, num - index * self.batch_size)
         gen = torch.Generator().manual_seed((self.seed * 3 + _SPLITS[split]) * 1_000_003 + index)
+        batch = self._features(b, gen)
+        probs = torch.sigmoid(self.planted.logits(batch.dense, list(batch.sparse.values())))
+        labels_all = torch.bernoulli(probs, generator=gen)
+        batch.labels = {t: labels_all[:, i].contiguous() for i, t in enumerate(self.spec.tasks)}
+        return batch, probs
+
+    def _features(self, b: int, gen: torch.Generator) -> RecsysBatch:
+        """``b`` rows of dense and sparse features (no labels)."""
         dense = F.softplus(torch.randn(b, self.spec.num_dense, generator=gen))
         sparse = {}
         for f, name in enumerate(self.feature_names):
@@ -214,10 +249,7 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             offsets = torch.zeros(b + 1, dtype=torch.long)
             offsets[1:] = torch.cumsum(lengths, 0)
             sparse[name] = SparseFeature(self._sample_ids(f, int(offsets[-1]), gen), offsets)
-        probs = torch.sigmoid(self.planted.logits(dense, list(sparse.values())))
-        labels_all = torch.bernoulli(probs, generator=gen)
-        labels = {t: labels_all[:, i].contiguous() for i, t in enumerate(self.spec.tasks)}
-        return RecsysBatch(dense, sparse, labels), probs
+        return RecsysBatch(dense, sparse)
 
     def bayes_auc(self, split: str = "test") -> dict[str, float]:
         """AUC of the planted model's own probabilities on ``split``: the best any model can reach."""

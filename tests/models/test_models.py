@@ -16,7 +16,7 @@ def _trainer(**kw):
 
 @pytest.fixture(scope="module")
 def dm():
-    return SyntheticCTRDataModule(num_train=40960, num_val=8192, num_test=8192, batch_size=512, max_rows=500, seed=1)
+    return SyntheticCTRDataModule(num_train=131072, num_val=8192, num_test=8192, batch_size=1024, max_rows=300, seed=1)
 
 
 def test_dot_interaction_matches_loop():
@@ -47,10 +47,10 @@ def test_shapes_and_multihot(dm):
 def test_learns_planted_signal(dm, arch):
     torch.manual_seed(0)
     module = RecsysModule(feature_spec=dm.feature_spec, arch=arch, embedding_dim=8)
-    trainer = _trainer(max_epochs=2)
+    trainer = _trainer(max_epochs=1)
     trainer.fit(module, dm)
     res = trainer.test(module, dm, verbose=False)[0]
-    assert res["test_auc"] > 0.62, res  # chance is 0.5; the planted model reaches ~0.8
+    assert res["test_auc"] > 0.66, res  # chance is 0.5; the planted model reaches ~0.8
     assert res["test_ne"] < 0.99
     assert set(res) >= {"test_auc_click", "test_auc_conversion", "test_ne_click", "test_ne_conversion", "test_loss"}
 
