@@ -10,7 +10,10 @@ Every run writes into a new directory ``<out>/<timestamp>``; nothing is overwrit
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .data import SyntheticCTRDataModule
 from .models import RecsysModule
+from .optim import Muon
 
 __all__ = ["main", "train_reference"]
 
@@ -31,7 +35,8 @@ def train_reference(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         num_train=n, num_val=n // 10, num_test=n // 5, batch_size=1024, max_rows=2_000 if quick else 20_000, seed=0
     )
     pl.seed_everything(0, verbose=False)
-    module = RecsysModule(feature_spec=dm.feature_spec)
+    # hybrid Muon: hidden MLP matrices on torch.optim.Muon, tables/biases/output layer on AdamW
+    module = RecsysModule(feature_spec=dm.feature_spec, optimizer=partial(Muon, lr=0.02, adamw_lr=1e-3))
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="dlrm-{epoch}", monitor="val_auc", mode="max")
     trainer = pl.Trainer(
         accelerator="cpu",
@@ -60,7 +65,7 @@ def _summary(res: dict[str, Any]) -> str:
     t = res["test"]
     lines = [
         "",
-        "lightning-recsys demo: DLRM on synthetic Criteo-like data",
+        "lightning-recsys demo: DLRM (hybrid Muon optimizer) on synthetic Criteo-like data",
         f"  trained on {res['train_rows']:,} rows in {res['fit_seconds']:.0f} s; checkpoint: {res['checkpoint']}",
         f"  {'task':<12} {'test AUC':>9} {'planted AUC':>12} {'gap':>7} {'test NE':>8}",
     ]
@@ -70,12 +75,42 @@ def _summary(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _example(name: str) -> Callable[..., Any]:
+    """``main`` of ``examples/<name>.py`` (the capability steps live there, runnable on their own)."""
+    path = EXAMPLES / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"demo step {name!r} needs {path} (run the demo from a source checkout)")
+    spec = importlib.util.spec_from_file_location(f"lightning_recsys_example_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+STEPS = ("optim",)
+
+
+def _steps(res: dict[str, Any], out_dir: Path) -> dict[str, Callable[[], Any]]:
+    """The capability steps, in order; each returns a dict of figures and prints its own summary."""
+    steps = {
+        "optim": lambda: _example("optim")(),
+    }
+    return {name: steps[name] for name in STEPS}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small data, one epoch (for a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="small data, one epoch, no capability steps (smoke test)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="parent directory of the run directory")
+    parser.add_argument("--skip", default="", help="comma-separated capability steps to skip")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(STEPS)
+    if unknown:
+        raise ValueError(f"--skip names unknown steps {sorted(unknown)}; steps are {list(STEPS)}")
     out_dir = args.out / time.strftime("%Y%m%d-%H%M%S")
     suffix = 0
     while out_dir.exists():
@@ -84,6 +119,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True)
     res = train_reference(out_dir, quick=args.quick)
     print(_summary(res))
+    steps = {} if args.quick else _steps(res, out_dir)
+    res["steps"] = {}
+    for name, step in steps.items():
+        if name in skip:
+            continue
+        print(f"\n=== demo step: {name} ===")
+        t0 = time.perf_counter()
+        res["steps"][name] = step()
+        print(f"(step {name}: {time.perf_counter() - t0:.0f} s)")
     print(f"\nrun directory: {out_dir}")
     return res
 

@@ -170,7 +170,7 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             raise ValueError(f"num_sparse must be <= {len(CRITEO_KAGGLE_CARDINALITIES)}, got {num_sparse}")
         if zipf_alpha <= 0:
             raise ValueError(f"zipf_alpha must be > 0, got {zipf_alpha}")
-        tasks = list(tasks)
+        tasks, base_rates = list(tasks), list(base_rates)
         if len(base_rates) != len(tasks):
             raise ValueError(f"base_rates needs one rate per task ({len(tasks)}), got {list(base_rates)}")
         if any(not 0 < p < 1 for p in base_rates):

@@ -85,9 +85,6 @@ class RecsysModule(pl.LightningModule):
         if arch not in ("dlrm", "multitask"):
             raise ValueError(f"arch must be 'dlrm' or 'multitask', got {arch!r}")
         self.feature_spec = feature_spec
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "feature_spec"])
-        if feature_spec is not None:
-            self.hparams["feature_spec"] = asdict(feature_spec)
         if model is None:
             if feature_spec is None:
                 raise ValueError("pass either model= or feature_spec= (e.g. datamodule.feature_spec)")
@@ -111,6 +108,10 @@ class RecsysModule(pl.LightningModule):
         self.tasks = list(tasks)
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
+        tasks = self.tasks  # hparams hold the resolved names (loggers merge them with the datamodule's)
+        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "feature_spec"])
+        if feature_spec is not None:
+            self.hparams["feature_spec"] = asdict(feature_spec)  # plain types: weights-only loadable
         weights = dict(task_weights or {})
         unknown = sorted(set(weights) - set(self.tasks))
         if unknown:
