@@ -27,10 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..embeddings.chunked import ChunkedEmbeddingBase
+
 __all__ = ["ModuleParameters", "module_parameters", "EMBEDDING_TYPES"]
 
 #: Module types whose weights are lookup tables (rows updated only when their id is present).
-EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag, ChunkedEmbeddingBase)
 
 
 class ModuleParameters(list):

@@ -1,0 +1,360 @@
+"""FIITED: fine-grained in-training embedding dimension pruning that really frees memory.
+
+Luo et al., "FIITED: Fine-grained In-Training Embedding Dimension optimization" (arXiv 2401.04408);
+the algorithm details follow ``shared/specs/fiited.md``. The callback
+
+1. swaps the selected ``nn.Embedding`` / ``nn.EmbeddingBag`` modules of any LightningModule for chunked
+   VHPI storage (:mod:`lightning_recsys.embeddings.chunked`) in ``setup``, before the optimizers exist;
+2. tracks a utility per chunk, ``u = gamma * u + sum over accesses of ||dL/d chunk||_2`` (decayed once per
+   pruning event; the sum runs over the accesses since the previous event);
+3. every ``interval`` steps between ``start_step`` and the end of training keeps the highest-utility
+   chunks so that the kept fraction follows the schedule (cubic by default) toward the target
+   (``target_sparsity`` of the chunks pruned, or a ``target_bytes`` budget for pool + index); pruned
+   chunks whose utility climbs back are re-admitted with fresh values and fresh optimizer state;
+4. reallocates each pool to exactly its kept chunks and swaps the new parameter into the optimizers,
+   remapping every per-slot state tensor (SGD momentum, Adam/AdamW moments, Adagrad sums, ...).
+
+Under DDP the chunk pools are kept out of DDP's reducer (their shape changes) and the callback averages
+their gradients itself before each optimizer step; utilities are summed over ranks at every event, so
+every rank takes the same decisions.
+
+Example:
+    >>> import lightning.pytorch as pl
+    >>> from lightning_recsys.callbacks.fiited import FIITED
+    >>> trainer = pl.Trainer(callbacks=[FIITED(target_sparsity=0.9, start_step=100, end_step=1000)])
+
+YAML (LightningCLI)::
+
+    trainer:
+      callbacks:
+        - class_path: lightning_recsys.callbacks.fiited.FIITED
+          init_args: {chunk_size: 4, target_sparsity: 0.9, start_step: 100, end_step: 1000, interval: 50}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from ..embeddings.chunked import ChunkedEmbeddingBase
+from ..embeddings.convert import chunk_modules
+
+__all__ = ["FIITED", "remap_optimizer_state"]
+
+_CHOICES = {
+    "schedule": ("cubic", "linear", "constant"),
+    "readmit_init": ("zeros", "normal"),
+    "granularity": ("chunk", "row"),
+    "threshold": ("global", "per_table"),
+}
+
+
+def remap_optimizer_state(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, src: Tensor) -> bool:
+    """Put ``new`` in place of ``old`` in ``optimizer`` and carry its state over, row ``i`` of every per-row
+    state tensor (first dimension = ``old``'s) becoming row ``src[i]``; scalars (``step``) are kept. State
+    of any other shape cannot be remapped and is dropped (the parameter restarts fresh). Returns whether
+    ``optimizer`` held ``old``."""
+    found = False
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is old:
+                group["params"][i] = new
+                found = True
+    state = optimizer.state.pop(old, None)
+    if not found or not state:
+        return found
+    remapped: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, Tensor) and value.dim() > 0:
+            if value.shape[0] != old.shape[0]:
+                rank_zero_warn(f"FIITED: optimizer state {key!r} of shape {tuple(value.shape)} cannot be remapped; dropped")
+                return found
+            remapped[key] = value[src.to(value.device)]
+        else:
+            remapped[key] = value
+    optimizer.state[new] = remapped
+    return found
+
+
+class FIITED(Callback):
+    """Prune embedding chunks during training by utility; really shrink the tables.
+
+    Args:
+        chunk_size: columns per chunk (must divide every selected table's dimension).
+        target_sparsity: fraction of chunks pruned at the end of the schedule, in ``[0, 1)``
+            (0.9 when neither this nor ``target_bytes`` is given).
+        target_bytes: alternatively, a budget in bytes for the selected tables' pools + indices.
+        start_step, end_step: the schedule runs from ``start_step`` (no pruning before) to ``end_step``
+            (target reached); pruning events go on every ``interval`` steps after it (re-admission).
+        interval: optimizer steps between pruning events.
+        schedule: how the sparsity grows between start and end: ``"cubic"`` (fast early, Zhu & Gupta),
+            ``"linear"`` or ``"constant"`` (the target at once).
+        gamma: utility decay applied at every pruning event.
+        readmit: let pruned chunks come back when their utility recovers (else pruning is final).
+        readmit_init: value of re-admitted chunks: ``"zeros"`` or ``"normal"`` (std ``readmit_std``).
+        prefix: keep chunk ``c`` of a row only if chunk ``c - 1`` is kept (each row's dimension shrinks).
+        granularity: ``"chunk"`` (FIITED) or ``"row"`` (whole rows by summed utility: the ITEP/AdaEmbed
+            row-pruning baseline at the same byte budget).
+        threshold: ``"global"`` (one utility threshold over all tables) or ``"per_table"`` (every table
+            keeps the same fraction).
+        pattern: regex (``re.search``) on module names selecting the tables; ``None`` = every
+            ``nn.Embedding``/``nn.EmbeddingBag``.
+        seed: seed of the ``"normal"`` re-initialisation (the same on every rank).
+        verbose: print a line per pruning event (rank zero).
+    """
+
+    def __init__(
+        self,
+        chunk_size: int = 4,
+        target_sparsity: float | None = None,
+        target_bytes: int | None = None,
+        start_step: int = 0,
+        end_step: int = 1000,
+        interval: int = 100,
+        schedule: Literal["cubic", "linear", "constant"] = "cubic",
+        gamma: float = 0.98,
+        readmit: bool = True,
+        readmit_init: Literal["zeros", "normal"] = "zeros",
+        readmit_std: float = 0.01,
+        prefix: bool = False,
+        granularity: Literal["chunk", "row"] = "chunk",
+        threshold: Literal["global", "per_table"] = "global",
+        pattern: str | None = None,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        for arg, val, lo in (("chunk_size", chunk_size, 1), ("start_step", start_step, 0), ("interval", interval, 1)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
+        if isinstance(end_step, bool) or not isinstance(end_step, int) or end_step < start_step:
+            raise ValueError(f"end_step must be an integer >= start_step ({start_step}), got {end_step!r}")
+        if target_sparsity is not None and target_bytes is not None:
+            raise ValueError("give either target_sparsity or target_bytes, not both")
+        if target_bytes is not None and (isinstance(target_bytes, bool) or not isinstance(target_bytes, int) or target_bytes < 1):
+            raise ValueError(f"target_bytes must be a positive integer, got {target_bytes!r}")
+        if target_bytes is None:
+            target_sparsity = 0.9 if target_sparsity is None else target_sparsity
+            if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) or not 0 <= target_sparsity < 1:
+                raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+        if not readmit_std > 0:
+            raise ValueError(f"readmit_std must be > 0, got {readmit_std!r}")
+        for arg, val in (("schedule", schedule), ("readmit_init", readmit_init), ("granularity", granularity), ("threshold", threshold)):
+            if val not in _CHOICES[arg]:
+                raise ValueError(f"{arg} must be one of {_CHOICES[arg]}, got {val!r}")
+        self.chunk_size = chunk_size
+        self.target_sparsity = None if target_sparsity is None else float(target_sparsity)
+        self.target_bytes = target_bytes
+        self.start_step, self.end_step, self.interval = start_step, end_step, interval
+        self.schedule = schedule
+        self.gamma = float(gamma)
+        self.readmit, self.readmit_init, self.readmit_std = readmit, readmit_init, float(readmit_std)
+        self.prefix, self.granularity, self.threshold = prefix, granularity, threshold
+        self.pattern = pattern
+        self.seed = seed
+        self.verbose = verbose
+        self.tables: dict[str, ChunkedEmbeddingBase] = {}
+        self.utility: dict[str, Tensor] = {}
+        self.last_event_step = -1
+        self.num_events = 0
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(pattern=self.pattern, chunk_size=self.chunk_size)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if is_overridden("configure_model", pl_module):  # idempotent by Lightning's contract; build the tables now
+            with trainer.strategy.tensor_init_context():
+                pl_module.configure_model()
+        self.tables = chunk_modules(pl_module, self.chunk_size, self.pattern)
+        if stage != "fit":
+            return
+        for name, table in self.tables.items():
+            table.track_grad_norms(True)
+            self.utility[name] = torch.zeros_like(table.grad_norm_acc)
+        self._target_pool_bytes()  # validate the budget early
+        if trainer.world_size > 1:
+            # pools change shape: keep them out of DDP's reducer, their gradients are averaged in on_before_optimizer_step
+            ignore = list(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", []))
+            for name in self.tables:
+                ignore += [f"{name}.pool", f"{name}.mask", f"{name}.base"]
+            pl_module._ddp_params_and_buffers_to_ignore = ignore
+        if self._pending is not None:
+            self._apply_pending()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            for table in self.tables.values():  # DDP does not sync what it ignores: start from rank 0's tables
+                for t in (table.pool.data, table.mask, table.base):
+                    torch.distributed.broadcast(t, src=0)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if trainer.world_size > 1:
+            for table in self.tables.values():
+                grad = table.pool.grad if table.pool.grad is not None else torch.zeros_like(table.pool)
+                table.pool.grad = trainer.strategy.reduce(grad, reduce_op="mean").clone()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step != self.last_event_step and step > 0 and step >= self.start_step and (step - self.start_step) % self.interval == 0:
+            self._prune(trainer, step)
+        kept = sum(t.num_kept for t in self.tables.values())
+        total = sum(t.num_embeddings * t.num_chunks for t in self.tables.values())
+        pl_module.log("fiited/kept_fraction", kept / total, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("fiited/embedding_bytes", float(self.embedding_bytes()), on_step=True, on_epoch=False, batch_size=1)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.tables:
+            self._pending = self.state_dict()  # keep the accumulators for a later state_dict/fit
+            for table in self.tables.values():
+                table.track_grad_norms(False)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        if not self.tables and self._pending is not None:
+            return dict(self._pending)
+        acc = {n: t.grad_norm_acc.clone() for n, t in self.tables.items() if t.grad_norm_acc is not None}
+        if self._pending is not None and not acc:
+            acc = dict(self._pending.get("grad_norm_acc", {}))
+        return {
+            "utility": {n: u.clone() for n, u in self.utility.items()},
+            "grad_norm_acc": acc,
+            "last_event_step": self.last_event_step,
+            "num_events": self.num_events,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+        self.last_event_step = int(state_dict["last_event_step"])
+        self.num_events = int(state_dict["num_events"])
+        if self.tables and all(t.grad_norm_acc is not None for t in self.tables.values()):
+            self._apply_pending()
+
+    def _apply_pending(self) -> None:
+        if self._pending is None:
+            return
+        missing = sorted(set(self.tables) - set(self._pending["utility"]))
+        if missing:
+            raise ValueError(f"FIITED checkpoint state has no utilities for tables {missing}")
+        for name, table in self.tables.items():
+            self.utility[name] = self._pending["utility"][name].to(table.pool.device).clone()
+            if table.grad_norm_acc is not None and name in self._pending["grad_norm_acc"]:
+                table.grad_norm_acc.copy_(self._pending["grad_norm_acc"][name])
+        self._pending = None
+
+    # ------------------------------------------------------------------ accounting
+    def embedding_bytes(self) -> int:
+        """Bytes of the selected tables as stored now: pools + indices."""
+        return sum(sum(t.storage_bytes().values()) for t in self.tables.values())
+
+    def training_overhead_bytes(self) -> int:
+        """Bytes FIITED adds during training: utilities and gradient-norm accumulators."""
+        accs = [t.grad_norm_acc for t in self.tables.values() if t.grad_norm_acc is not None]
+        return sum(x.numel() * x.element_size() for x in [*self.utility.values(), *accs])
+
+    def _chunk_bytes(self, table: ChunkedEmbeddingBase) -> int:
+        return table.chunk_size * table.pool.element_size()
+
+    def _target_pool_bytes(self) -> int:
+        """Pool bytes (without the zero slots) allowed at the end of the schedule."""
+        full = sum(t.num_embeddings * t.num_chunks * self._chunk_bytes(t) for t in self.tables.values())
+        if self.target_bytes is None:
+            return int(round((1 - self.target_sparsity) * full))
+        fixed = sum(t.storage_bytes()["index"] + self._chunk_bytes(t) for t in self.tables.values())
+        if self.target_bytes < fixed:
+            raise ValueError(
+                f"target_bytes={self.target_bytes} is below the fixed cost of the selected tables' indices and zero "
+                f"slots ({fixed} bytes); give at least that much"
+            )
+        return min(full, self.target_bytes - fixed)
+
+    def sparsity_at(self, step: int) -> float:
+        """Scheduled fraction of the pool bytes pruned at ``step``."""
+        full = sum(t.num_embeddings * t.num_chunks * self._chunk_bytes(t) for t in self.tables.values())
+        final = 1 - self._target_pool_bytes() / full
+        if step < self.start_step:
+            return 0.0
+        p = 1.0 if self.end_step == self.start_step else min(1.0, (step - self.start_step) / (self.end_step - self.start_step))
+        return final * {"cubic": 1 - (1 - p) ** 3, "linear": p, "constant": 1.0}[self.schedule]
+
+    # ------------------------------------------------------------------ pruning
+    @torch.no_grad()
+    def _prune(self, trainer: pl.Trainer, step: int) -> None:
+        for name, table in self.tables.items():
+            acc = table.grad_norm_acc
+            if trainer.world_size > 1:
+                acc = trainer.strategy.reduce(acc.clone(), reduce_op="sum")
+            self.utility[name].mul_(self.gamma).add_(acc)
+            table.grad_norm_acc.zero_()
+        full = sum(t.num_embeddings * t.num_chunks * self._chunk_bytes(t) for t in self.tables.values())
+        budget = int(math.floor((1 - self.sparsity_at(step)) * full + 0.5))
+        keeps = self._decide(budget)
+        for i, (name, table) in enumerate(self.tables.items()):
+            fresh = table.num_fresh(keeps[name])
+            init = None
+            if fresh and self.readmit_init == "normal":
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.num_events * 1009 + i)
+                init = torch.randn(fresh, table.chunk_size, generator=gen) * self.readmit_std
+            old = table.pool
+            src = table.set_kept(keeps[name], init)
+            for optimizer in trainer.optimizers:
+                remap_optimizer_state(optimizer, old, table.pool, src)
+        self.last_event_step = step
+        self.num_events += 1
+        if self.verbose:
+            kept = sum(t.num_kept for t in self.tables.values())
+            total = sum(t.num_embeddings * t.num_chunks for t in self.tables.values())
+            rank_zero_info(f"FIITED step {step}: kept {kept}/{total} chunks, {self.embedding_bytes()} bytes")
+
+    def _decide(self, budget: int) -> dict[str, Tensor]:
+        """Keep masks ``[rows, K]`` per table: highest utility first (ties: already kept first, then
+        by position) until the pool byte ``budget`` is spent."""
+        items = []  # per table: (score [n], cost bytes per item, currently kept [n])
+        for name, table in self.tables.items():
+            score = self.utility[name].clone()
+            kept = table.kept_mask()
+            if self.prefix and self.granularity == "chunk":
+                score = torch.cummin(score, dim=1).values
+            if not self.readmit:
+                score[~kept] = -math.inf
+            cost = self._chunk_bytes(table)
+            if self.granularity == "row":
+                score, kept, cost = score.sum(1), kept.any(1), cost * table.num_chunks
+            items.append((score.flatten(), cost, kept.flatten()))
+        if self.threshold == "global":
+            chosen = self._greedy([s for s, _, _ in items], [c for _, c, _ in items], [k for _, _, k in items], budget)
+        else:
+            full = sum(s.numel() * c for s, c, _ in items)
+            chosen = [self._greedy([s], [c], [k], budget * s.numel() * c // max(full, 1))[0] for s, c, k in items]
+        out = {}
+        for (name, table), sel in zip(self.tables.items(), chosen):
+            if self.granularity == "row":
+                keep = sel.view(-1, 1).expand(-1, table.num_chunks).contiguous()
+            else:
+                keep = sel.view(table.num_embeddings, table.num_chunks)
+                if self.prefix:
+                    keep = torch.cumprod(keep.to(torch.uint8), dim=1).bool()
+            out[name] = keep
+        return out
+
+    @staticmethod
+    def _greedy(scores: list[Tensor], costs: list[int], kept: list[Tensor], budget: int) -> list[Tensor]:
+        score = torch.cat([s.to(torch.float64) for s in scores])
+        cost = torch.cat([torch.full((s.numel(),), c, dtype=torch.int64, device=s.device) for s, c in zip(scores, costs)])
+        order = torch.argsort((~torch.cat(kept)).to(torch.int8), stable=True)  # already kept first among ties
+        order = order[torch.argsort(score[order], descending=True, stable=True)]
+        take = torch.cumsum(cost[order], 0) <= budget
+        selected = torch.zeros_like(score, dtype=torch.bool)
+        selected[order[take]] = True
+        selected &= score > -math.inf
+        return list(torch.split(selected, [s.numel() for s in scores]))

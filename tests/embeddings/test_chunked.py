@@ -1,0 +1,201 @@
+"""Chunked (VHPI) embedding storage: equal to the dense modules, pruning frees memory, export, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks._common import tensor_bytes
+from lightning_recsys.embeddings.chunked import ChunkedEmbedding, ChunkedEmbeddingBag
+from lightning_recsys.embeddings.convert import chunk_modules, export_compact, to_dense_modules
+
+
+def _dense_grad(table) -> torch.Tensor:
+    """The chunked pool's gradient laid out as a dense [rows, d] gradient."""
+    rows = torch.arange(table.num_embeddings)
+    return F.embedding(table._slots(rows), table.pool.grad).reshape(table.num_embeddings, table.embedding_dim)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("padding_idx", [None, 3])
+@pytest.mark.parametrize("include_last_offset", [False, True])
+def test_bag_equals_dense_forward_and_grad(mode, padding_idx, include_last_offset):
+    dense = nn.EmbeddingBag(50, 16, mode=mode, padding_idx=padding_idx, include_last_offset=include_last_offset)
+    table = ChunkedEmbeddingBag.from_dense(dense, chunk_size=4)
+    ids = torch.randint(0, 50, (40,))
+    ids[5] = 3
+    offsets = torch.tensor([0, 3, 3, 10, 20] + ([40] if include_last_offset else []))
+    psw = torch.rand(40) if mode == "sum" else None
+    a = dense(ids, offsets, per_sample_weights=psw)
+    b = table(ids, offsets, per_sample_weights=psw)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    g = torch.randn_like(a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(_dense_grad(table), dense.weight.grad, rtol=0, atol=1e-6)
+    assert table.pool.grad[0].abs().sum() == 0  # the shared zero slot never gets a gradient
+
+
+def test_bag_2d_input_and_psw_grad():
+    dense = nn.EmbeddingBag(30, 12, mode="sum")
+    table = ChunkedEmbeddingBag.from_dense(dense, chunk_size=3)
+    ids = torch.randint(0, 30, (6, 4))
+    w1 = torch.rand(6, 4, requires_grad=True)
+    w2 = w1.detach().clone().requires_grad_(True)
+    torch.testing.assert_close(table(ids, per_sample_weights=w2), dense(ids, per_sample_weights=w1))
+    dense(ids, per_sample_weights=w1).pow(2).sum().backward()
+    table(ids, per_sample_weights=w2).pow(2).sum().backward()
+    torch.testing.assert_close(w2.grad, w1.grad)
+    torch.testing.assert_close(_dense_grad(table), dense.weight.grad)
+
+
+@pytest.mark.parametrize("dim,chunk", [(8, 2), (32, 2), (12, 12)])  # K = 4 (lookup table), 16 (bit ops), 1
+def test_embedding_equals_dense(dim, chunk):
+    dense = nn.Embedding(30, dim, padding_idx=2)
+    table = ChunkedEmbedding.from_dense(dense, chunk_size=chunk)
+    x = torch.randint(0, 30, (4, 5))
+    x[0, 0] = 2
+    torch.testing.assert_close(table(x), dense(x), rtol=0, atol=0)
+    g = torch.randn(4, 5, dim)
+    dense(x).backward(g)
+    table(x).backward(g)
+    torch.testing.assert_close(_dense_grad(table), dense.weight.grad, rtol=0, atol=1e-6)
+    assert _dense_grad(table)[2].abs().sum() == 0  # padding row: no gradient, as nn.Embedding
+
+
+def test_pruned_chunks_read_zero_keep_values_and_get_no_update():
+    dense = nn.EmbeddingBag(40, 16, mode="sum")
+    table = ChunkedEmbeddingBag.from_dense(dense, chunk_size=4)
+    keep = torch.rand(40, 4) < 0.3
+    src = table.set_kept(keep)
+    assert table.pool.shape == (int(keep.sum()) + 1, 4)
+    assert src[0] == 0 and (src[1:] > 0).all()
+    w = table.dense_weight().view(40, 4, 4)
+    ref = dense.weight.detach().view(40, 4, 4)
+    assert torch.equal(w[keep], ref[keep])  # kept chunks keep their values
+    assert (w[~keep] == 0).all()  # pruned chunks read zeros
+    assert table.kept_mask().equal(keep)
+    opt = torch.optim.SGD(table.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    ids = torch.arange(40)
+    for _ in range(3):
+        table(ids, torch.arange(0, 40, 2)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    w2 = table.dense_weight().view(40, 4, 4)
+    assert (w2[~keep] == 0).all()  # still zero: no update reaches pruned chunks
+    assert not torch.equal(w2[keep], w[keep])  # kept chunks did train
+    assert (table.pool[0] == 0).all()
+
+
+def test_memory_really_drops():
+    table = ChunkedEmbeddingBag.from_dense(nn.EmbeddingBag(10_000, 32, mode="sum"), chunk_size=4)
+    dense_bytes = 10_000 * 32 * 4
+    before = tensor_bytes(table)
+    keep = torch.zeros(10_000, 8, dtype=torch.bool)
+    keep.view(-1)[torch.randperm(80_000)[:8_000]] = True  # 90% of the chunks pruned
+    table.set_kept(keep)
+    after = tensor_bytes(table)
+    # pool (8000 + 1 chunks of 16 B) + index (uint8 mask + int32 base = 5 B per row)
+    assert table.storage_bytes() == {"pool": 8001 * 16, "index": 10_000 * 5}
+    assert after == 8001 * 16 + 10_000 * 5
+    assert before > dense_bytes and after < 0.15 * dense_bytes
+
+
+def test_mask_dtypes_and_bit_path():
+    assert ChunkedEmbedding(5, 8, chunk_size=1).mask.dtype == torch.uint8
+    t = ChunkedEmbedding(20, 30, chunk_size=2)  # K = 15: int16, bit-op lookup
+    assert t.mask.dtype == torch.int16
+    keep = torch.rand(20, 15) < 0.5
+    ref = t.dense_weight().view(20, 15, 2).clone()
+    t.set_kept(keep)
+    assert t.kept_mask().equal(keep)
+    out = t(torch.arange(20)).view(20, 15, 2)
+    assert torch.equal(out[keep], ref[keep]) and (out[~keep] == 0).all()
+
+
+def test_grad_norm_tracking_per_access():
+    table = ChunkedEmbeddingBag.from_dense(nn.EmbeddingBag(10, 8, mode="sum"), chunk_size=4)
+    table.track_grad_norms()
+    ids, offsets = torch.tensor([1, 1, 2]), torch.tensor([0, 2])
+    g = torch.randn(2, 8)
+    table(ids, offsets).backward(g)
+    expected = torch.zeros(10, 2)
+    expected[1] = 2 * g[0].view(2, 4).norm(dim=1)  # row 1 accessed twice in bag 0
+    expected[2] = g[1].view(2, 4).norm(dim=1)
+    torch.testing.assert_close(table.grad_norm_acc, expected)
+
+
+def test_load_state_dict_accepts_pruned_pool_shape():
+    a = ChunkedEmbeddingBag(50, 8, chunk_size=2, mode="sum")
+    a.set_kept(torch.rand(50, 4) < 0.2)
+    b = ChunkedEmbeddingBag(50, 8, chunk_size=2, mode="sum")
+    b.load_state_dict(a.state_dict())
+    ids, off = torch.randint(0, 50, (30,)), torch.tensor([0, 10, 20])
+    assert b.pool.shape == a.pool.shape and torch.equal(b(ids, off), a(ids, off))
+
+
+def test_export_dense_and_compact():
+    model = nn.ModuleDict({"user": nn.Embedding(20, 8), "item": nn.EmbeddingBag(30, 8, mode="max"), "lin": nn.Linear(8, 1)})
+    tables = chunk_modules(model, chunk_size=4)
+    assert sorted(tables) == ["item", "user"] and isinstance(model["item"], ChunkedEmbeddingBag)
+    keep = torch.rand(30, 2) < 0.5
+    tables["item"].set_kept(keep)
+    ids, off = torch.randint(0, 30, (12,)), torch.tensor([0, 5])
+    expected = model["item"](ids, off)
+    compact = export_compact(model)
+    c = compact["item"]
+    assert c["pool"].shape == (int(keep.sum()), 4) and c["mask"].dtype == torch.uint8 and c["base"].dtype == torch.int32
+    # the compact form alone rebuilds the table: chunk j of row r is pool[base[r] + rank]
+    rebuilt = torch.zeros(30, 2, 4)
+    for r in range(30):
+        rank = 0
+        for j in range(2):
+            if int(c["mask"][r]) >> j & 1:
+                rebuilt[r, j] = c["pool"][int(c["base"][r]) + rank]
+                rank += 1
+    to_dense_modules(model)
+    assert type(model["item"]) is nn.EmbeddingBag and type(model["user"]) is nn.Embedding
+    assert torch.equal(model["item"].weight.view(30, 2, 4), rebuilt)
+    torch.testing.assert_close(model["item"](ids, off), expected)
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match="chunk_size=3 does not divide embedding_dim=8"):
+        ChunkedEmbedding(10, 8, chunk_size=3)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        ChunkedEmbedding(10, 8, chunk_size=0)
+    with pytest.raises(ValueError, match="at most 63 chunks"):
+        ChunkedEmbedding(10, 128, chunk_size=1)
+    with pytest.raises(ValueError, match="mode must be"):
+        ChunkedEmbeddingBag(10, 8, mode="median")
+    with pytest.raises(ValueError, match="sparse=True is not supported"):
+        ChunkedEmbedding.from_dense(nn.Embedding(10, 8, sparse=True))
+    with pytest.raises(TypeError, match="int64 or int32"):
+        ChunkedEmbedding(10, 8)(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="offsets must be given"):
+        ChunkedEmbeddingBag(10, 8)(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"pattern 'nope' matches no embedding module; embedding modules are \['emb'\]"):
+        chunk_modules(nn.ModuleDict({"emb": nn.Embedding(4, 4)}), 2, pattern="nope")
+    with pytest.raises(ValueError, match="keep must be a bool tensor"):
+        ChunkedEmbedding(10, 8).set_kept(torch.ones(10, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_single_hot_sum_bags_equal_dense_and_track_norms(two_d):
+    dense = nn.EmbeddingBag(30, 8, mode="sum")
+    table = ChunkedEmbeddingBag.from_dense(dense, chunk_size=4)
+    table.track_grad_norms()
+    ids = torch.tensor([3, 3, 7, 1])
+    args = (ids.view(4, 1),) if two_d else (ids, torch.arange(4))
+    w = torch.rand(4)
+    g = torch.randn(4, 8)
+    a, b = dense(*args, per_sample_weights=w.view_as(args[0])), table(*args, per_sample_weights=w.view_as(args[0]))
+    torch.testing.assert_close(b, a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(_dense_grad(table), dense.weight.grad)
+    norms = (g * w[:, None]).view(4, 2, 4).norm(dim=2)
+    expected = torch.zeros(30, 2).index_add_(0, ids, norms)
+    torch.testing.assert_close(table.grad_norm_acc, expected)
