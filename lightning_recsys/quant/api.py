@@ -1,0 +1,200 @@
+"""``quantize_(model, config, filter_fn=None)``: swap modules in place, torchao style.
+
+A registry maps each config type to a handler; a handler knows which module types it converts (its
+default filter) and returns the replacement module. Handlers cover ``nn.Embedding``,
+``nn.EmbeddingBag`` and ``nn.Linear`` of any model, and any table that can export itself to a dense
+``nn.Embedding`` / ``nn.EmbeddingBag`` (the hook for chunked / pruned tables): a module with a
+``to_dense()`` method returning one, registered with :func:`register_dense_exporter` (the FIITED
+``ChunkedEmbedding`` / ``ChunkedEmbeddingBag`` are registered when importable).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from lightning_recsys.quant import quantize_, RecipeConfig, RowwiseEmbeddingConfig, FP32Config
+    >>> model = nn.Sequential(nn.EmbeddingBag(100, 8), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 1))
+    >>> quantize_(model, RecipeConfig(overrides={"3": FP32Config()}))
+    >>> [type(m).__name__ for m in model]
+    ['QuantizedEmbeddingBag', 'Int8Linear', 'ReLU', 'Linear']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import FP16Config, FP32Config, Int8LinearConfig, QuantConfig, RecipeConfig, RowwiseEmbeddingConfig
+from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
+from .linear import FP16Linear, Int8Linear
+
+__all__ = ["quantize_", "register_quant_handler", "register_dense_exporter", "QuantHandler", "is_quantized_module"]
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+#: module types whose ``to_dense()`` returns an ``nn.Embedding`` / ``nn.EmbeddingBag``
+_DENSE_EXPORTERS: list[type[nn.Module]] = []
+
+
+def register_dense_exporter(module_type: type[nn.Module]) -> None:
+    """Let the embedding handlers convert ``module_type`` through its ``to_dense()`` export."""
+    if not callable(getattr(module_type, "to_dense", None)):
+        raise TypeError(f"{module_type.__name__} must define to_dense() -> nn.Embedding | nn.EmbeddingBag")
+    if module_type not in _DENSE_EXPORTERS:
+        _DENSE_EXPORTERS.append(module_type)
+
+
+try:  # FIITED chunked tables export a dense table (lightning_recsys.embeddings.chunked)
+    from ..embeddings.chunked import ChunkedEmbedding, ChunkedEmbeddingBag
+
+    register_dense_exporter(ChunkedEmbedding)
+    register_dense_exporter(ChunkedEmbeddingBag)
+except ImportError:  # pragma: no cover - the chunked tables are optional here
+    pass
+
+
+def _is_table(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Embedding, nn.EmbeddingBag)) or isinstance(m, tuple(_DENSE_EXPORTERS))
+
+
+def _is_linear(m: nn.Module) -> bool:
+    # MultiheadAttention reads its out_proj's weight directly: that Linear subclass must stay float
+    return isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
+
+
+def _dense_table(m: nn.Module, fqn: str) -> nn.Embedding | nn.EmbeddingBag:
+    if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+        return m
+    dense = m.to_dense()
+    if not isinstance(dense, (nn.Embedding, nn.EmbeddingBag)):
+        raise TypeError(f"{fqn}: {type(m).__name__}.to_dense() returned {type(dense).__name__}, expected an embedding table")
+    return dense
+
+
+def is_quantized_module(m: nn.Module) -> bool:
+    """True for the modules ``quantize_`` produces."""
+    return isinstance(m, (QuantizedEmbedding, QuantizedEmbeddingBag, Int8Linear, FP16Linear))
+
+
+@dataclass
+class QuantHandler:
+    """``supports(module)`` is the default filter; ``convert(module, config, fqn)`` the replacement."""
+
+    supports: Callable[[nn.Module], bool]
+    convert: Callable[[nn.Module, QuantConfig, str], nn.Module]
+
+
+_HANDLERS: dict[type[QuantConfig], QuantHandler] = {}
+
+
+def register_quant_handler(config_type: type[QuantConfig], supports: Callable[[nn.Module], bool]):
+    """Decorator registering ``convert(module, config, fqn) -> nn.Module`` for ``config_type``."""
+
+    def wrap(fn: Callable[[nn.Module, QuantConfig, str], nn.Module]):
+        _HANDLERS[config_type] = QuantHandler(supports, fn)
+        return fn
+
+    return wrap
+
+
+def _unsupported(m: nn.Module, fqn: str, config: QuantConfig, what: str) -> TypeError:
+    return TypeError(
+        f"module {fqn!r} ({type(m).__name__}) is not supported by {type(config).__name__}; it converts {what}"
+    )
+
+
+@register_quant_handler(RowwiseEmbeddingConfig, _is_table)
+def _rowwise(m: nn.Module, config: RowwiseEmbeddingConfig, fqn: str) -> nn.Module:
+    if not _is_table(m):
+        raise _unsupported(m, fqn, config, "nn.Embedding, nn.EmbeddingBag and dense-exportable tables")
+    dense = _dense_table(m, fqn)
+    cls = QuantizedEmbeddingBag if isinstance(dense, nn.EmbeddingBag) else QuantizedEmbedding
+    return cls.from_float(dense, precision=f"int{config.bits}", clip=config.clip)
+
+
+@register_quant_handler(Int8LinearConfig, _is_linear)
+def _int8_linear(m: nn.Module, config: Int8LinearConfig, fqn: str) -> nn.Module:
+    if not _is_linear(m):
+        raise _unsupported(m, fqn, config, "nn.Linear")
+    return Int8Linear.from_float(m, config.activation, config.observer, config.percentile, config.bins)
+
+
+@register_quant_handler(FP16Config, lambda m: _is_table(m) or _is_linear(m))
+def _fp16(m: nn.Module, config: FP16Config, fqn: str) -> nn.Module:
+    if _is_linear(m):
+        return FP16Linear.from_float(m)
+    if _is_table(m):
+        dense = _dense_table(m, fqn)
+        cls = QuantizedEmbeddingBag if isinstance(dense, nn.EmbeddingBag) else QuantizedEmbedding
+        return cls.from_float(dense, precision="fp16")
+    raise _unsupported(m, fqn, config, "nn.Embedding, nn.EmbeddingBag and nn.Linear")
+
+
+@register_quant_handler(FP32Config, lambda m: False)
+def _fp32(m: nn.Module, config: FP32Config, fqn: str) -> nn.Module:
+    return m
+
+
+def _recipe_supports(m: nn.Module) -> bool:
+    return _is_table(m) or _is_linear(m)
+
+
+@register_quant_handler(RecipeConfig, _recipe_supports)
+def _recipe(m: nn.Module, config: RecipeConfig, fqn: str) -> nn.Module:
+    kind = "embedding" if _is_table(m) else "linear" if _is_linear(m) else None
+    if kind is None:
+        raise _unsupported(m, fqn, config, "nn.Embedding, nn.EmbeddingBag and nn.Linear")
+    sub, _ = config.resolve(fqn, kind)
+    return _apply(m, sub, fqn)
+
+
+def _apply(m: nn.Module, config: QuantConfig, fqn: str) -> nn.Module:
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        raise TypeError(f"no quantization handler registered for {type(config).__name__}; known: {[c.__name__ for c in _HANDLERS]}")
+    return handler.convert(m, config, fqn)
+
+
+def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None = None) -> None:
+    """Replace, in place, every module of ``model`` selected by ``filter_fn(module, fqn)`` (default:
+    the module types the config's handler converts) with its quantized version.
+
+    Raises ``TypeError`` for a config without handler or a selected module the handler cannot
+    convert, and ``ValueError`` when a :class:`RecipeConfig` override pattern matches no module.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be a QuantConfig (e.g. RecipeConfig()), got {type(config).__name__}")
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        raise TypeError(f"no quantization handler registered for {type(config).__name__}")
+    select = filter_fn if filter_fn is not None else (lambda m, fqn: handler.supports(m))
+    if isinstance(model, (nn.Embedding, nn.EmbeddingBag, nn.Linear)):
+        raise TypeError("quantize_ swaps submodules in place: wrap a single layer in a container (e.g. nn.Sequential)")
+    targets = []
+    skip_prefixes: list[str] = []
+    for fqn, m in model.named_modules():
+        if not fqn or any(fqn.startswith(p) for p in skip_prefixes) or is_quantized_module(m):
+            continue
+        if select(m, fqn):
+            targets.append((fqn, m))
+            skip_prefixes.append(fqn + ".")
+    if isinstance(config, RecipeConfig):
+        for pattern in config.overrides:
+            if not any(re.fullmatch(pattern, fqn) for fqn, _ in targets):
+                raise ValueError(
+                    f"override pattern {pattern!r} matches no quantizable module; candidates: "
+                    f"{[fqn for fqn, _ in targets][:12]}{' ...' if len(targets) > 12 else ''}"
+                )
+    for fqn, m in targets:
+        new = handler.convert(m, config, fqn)
+        if new is not m:
+            _set_submodule(model, fqn, new)

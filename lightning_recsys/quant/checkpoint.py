@@ -1,0 +1,232 @@
+"""``quantize_checkpoint``: Lightning checkpoint -> calibrated, quantized artifact + JSON report.
+
+The checkpoint is untrusted input: it is read with ``torch.load(weights_only=True)`` and never
+written. Anything that needs full unpickling fails with an error naming the opt-in
+(``unsafe_full_unpickle=True`` / ``--unsafe-full-unpickle``). The model is rebuilt as
+``module_class(**checkpoint["hyper_parameters"])`` (default :class:`RecsysModule`, whose
+hyperparameters hold the feature spec and model sizes) and loaded strictly.
+
+Calibration data: the checkpoint does not name its data module, so pass ``datamodule=`` (any
+``LightningDataModule``; calibration uses ``train_dataloader()``, the report's accuracy check
+``val_dataloader()``). By default a :class:`SyntheticCTRDataModule` is built from the checkpoint's
+feature spec when it fits (features ``C1..Cn`` whose synthetic ids stay inside the tables).
+
+Output directory (new, or empty, unless ``overwrite=True``): ``model.onnx`` or ``model.pt``,
+``meta.json``, ``report.json`` (per module precision / bytes / weight SQNR; model logit SQNR, AUC and
+NE before and after on validation batches), ``calibration.json`` and ``quant_config.yaml``.
+
+Example:
+    >>> from lightning_recsys.quant import quantize_checkpoint, load      # doctest: +SKIP
+    >>> report = quantize_checkpoint("last.ckpt", "artifacts/int8")      # doctest: +SKIP
+    >>> predictor = load("artifacts/int8")                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from ..data.batch import FeatureSpec, RecsysBatch
+from .api import quantize_
+from .calibrate import calibrate
+from .config import QuantConfig, RecipeConfig, config_to_dict, load_recipe, recipe_from_dict
+from .export import export_onnx
+from .report import eval_metrics, module_report, output_errors
+
+__all__ = ["quantize_checkpoint", "load_checkpoint", "rebuild_quantized_module", "ARTIFACT_FILES", "UNSAFE_FLAG"]
+
+UNSAFE_FLAG = "--unsafe-full-unpickle"
+ARTIFACT_FILES = ("model.onnx", "model.pt", "meta.json", "report.json", "calibration.json", "quant_config.yaml")
+_RECSYS_CLASS = "lightning_recsys.models.module.RecsysModule"
+
+
+def load_checkpoint(path: str | Path, unsafe_full_unpickle: bool = False) -> dict[str, Any]:
+    """Read a Lightning checkpoint with torch's weights-only unpickler (read-only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not unsafe_full_unpickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"checkpoint {path} holds objects that torch's weights-only loader refuses ({str(err).splitlines()[0]}). "
+            f"Full unpickling can run arbitrary code: only if you trust this file, pass {UNSAFE_FLAG} "
+            "(Python: unsafe_full_unpickle=True)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"cannot read checkpoint {path}: the file is corrupt or not a torch checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a Lightning checkpoint: expected a dict with a 'state_dict' entry")
+    return ckpt
+
+
+def _import_class(name: str) -> type:
+    module, _, cls = name.rpartition(".")
+    if not module:
+        raise ValueError(f"module_class must be a dotted path like 'package.module.Class', got {name!r}")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import module_class {name!r}: {err}") from None
+
+
+def _build_module(ckpt: dict, path: Path, module_class: type | str | None) -> pl.LightningModule:
+    cls = _import_class(module_class) if isinstance(module_class, str) else module_class
+    if cls is None:
+        from ..models.module import RecsysModule as cls  # noqa: N813
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        raise ValueError(f"checkpoint {path} has no hyper_parameters to rebuild {cls.__name__} from")
+    try:
+        module = cls(**hparams)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"incompatible checkpoint {path}: its hyperparameters do not build {cls.__name__} ({err})") from None
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"incompatible checkpoint {path}: weights do not match {cls.__name__} ({err})") from None
+    return module.eval()
+
+
+def _default_datamodule(spec: FeatureSpec | None, batch_size: int) -> pl.LightningDataModule:
+    from ..data.synthetic import CRITEO_KAGGLE_CARDINALITIES, SyntheticCTRDataModule
+
+    hint = "pass datamodule= (CLI: --data path/to/data.yaml with class_path/init_args)"
+    if spec is None:
+        raise ValueError(f"the checkpoint has no feature_spec to build calibration data from; {hint}")
+    n = len(spec.cardinalities)
+    names = [f"C{i + 1}" for i in range(n)]
+    if list(spec.cardinalities) != names or n > len(CRITEO_KAGGLE_CARDINALITIES):
+        raise ValueError(f"the checkpoint's features {list(spec.cardinalities)[:6]}... are not synthetic C1..Cn; {hint}")
+    cap = max(spec.cardinalities.values())
+    too_big = [f for f, c, k in zip(names, spec.cardinalities.values(), CRITEO_KAGGLE_CARDINALITIES) if min(k, cap) > c]
+    if too_big:
+        raise ValueError(f"synthetic ids would exceed the checkpoint's tables for features {too_big}; {hint}")
+    rates = (0.25, 0.03) if len(spec.tasks) == 2 else tuple([0.25] * len(spec.tasks))
+    return SyntheticCTRDataModule(
+        num_train=64 * batch_size, num_val=8 * batch_size, num_test=batch_size, batch_size=batch_size,
+        max_rows=cap, num_dense=spec.num_dense, num_sparse=n, tasks=spec.tasks, base_rates=rates,
+    )  # fmt: skip
+
+
+def _prepare_out_dir(out_dir: Path, ckpt_path: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output path {out_dir} exists and is not a directory")
+    if ckpt_path.resolve().parent == out_dir.resolve():
+        raise ValueError(f"output directory {out_dir} holds the checkpoint itself; choose a new directory")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"output directory {out_dir} is not empty; choose a new directory or pass --overwrite")
+        for name in ARTIFACT_FILES:  # replace only our own files, never anything else in the folder
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _as_recipe(config: QuantConfig | dict | str | Path | None) -> QuantConfig:
+    if config is None or isinstance(config, dict):
+        return recipe_from_dict(config)
+    if isinstance(config, (str, Path)):
+        return load_recipe(config)
+    if isinstance(config, QuantConfig):
+        return config
+    raise TypeError(f"config must be a QuantConfig, a dict or a YAML path, got {type(config).__name__}")
+
+
+@torch.no_grad()
+def _evaluate(ref: nn.Module, quant: nn.Module, loader, num_batches: int, tasks: list[str]) -> dict[str, Any]:
+    outs_r, outs_q, labels = [], [], []
+    for i, batch in enumerate(loader):
+        if i >= num_batches:
+            break
+        outs_r.append(ref(batch))
+        outs_q.append(quant(batch))
+        if isinstance(batch, RecsysBatch) and tasks and tasks[0] in batch.labels:
+            labels.append(batch.labels[tasks[0]])
+    if not outs_r:
+        return {}
+    r, q = torch.cat(outs_r), torch.cat(outs_q)
+    out: dict[str, Any] = {"num_batches": len(outs_r), "num_rows": int(r.shape[0]), **output_errors(r, q)}
+    if labels and len(labels) == len(outs_r):
+        y = torch.cat(labels)
+        fp, qm = eval_metrics(r[:, 0], y), eval_metrics(q[:, 0], y)
+        out.update(task=tasks[0], auc_fp32=fp["auc"], auc_quant=qm["auc"], ne_fp32=fp["ne"], ne_quant=qm["ne"],
+                   ne_delta=qm["ne"] - fp["ne"], auc_delta=qm["auc"] - fp["auc"])  # fmt: skip
+    return out
+
+
+def quantize_checkpoint(
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    config: QuantConfig | dict | str | Path | None = None,
+    datamodule: pl.LightningDataModule | None = None,
+    calib_batches: int = 16,
+    eval_batches: int = 4,
+    format: Literal["onnx", "torch"] = "onnx",
+    overwrite: bool = False,
+    unsafe_full_unpickle: bool = False,
+    module_class: type | str | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Quantize a Lightning checkpoint into a new artifact directory; returns the report dict."""
+    if format not in ("onnx", "torch"):
+        raise ValueError(f"format must be 'onnx' or 'torch', got {format!r}")
+    if not isinstance(calib_batches, int) or calib_batches < 1:
+        raise ValueError(f"calib_batches must be an integer >= 1, got {calib_batches!r}")
+    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    recipe = _as_recipe(config)
+    ckpt = load_checkpoint(ckpt_path, unsafe_full_unpickle)
+    module = _build_module(ckpt, ckpt_path, module_class)
+    spec = getattr(module, "feature_spec", None)
+    dm = datamodule if datamodule is not None else _default_datamodule(spec, batch_size)
+    _prepare_out_dir(out_dir, ckpt_path, overwrite)
+    dm.prepare_data()
+    dm.setup("fit")
+    reference = copy.deepcopy(module).eval()
+    quantize_(module, recipe)
+    calibration = calibrate(module, dm.train_dataloader(), calib_batches)
+    tasks = list(getattr(module, "tasks", []))
+    evaluation = _evaluate(reference, module, dm.val_dataloader(), eval_batches, tasks)
+    meta: dict[str, Any] = {
+        "format": format, "tasks": tasks, "checkpoint": str(ckpt_path),
+        "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "hyper_parameters": ckpt["hyper_parameters"], "recipe": config_to_dict(recipe),
+    }  # fmt: skip
+    if format == "onnx":
+        example = next(iter(dm.val_dataloader()))
+        meta["onnx"] = export_onnx(module, out_dir / "model.onnx", example, extra_metadata={"tasks": tasks})
+    else:
+        torch.save(module.state_dict(), out_dir / "model.pt")
+    report = {"checkpoint": str(ckpt_path), "format": format, **module_report(module, reference), "evaluation": evaluation}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+    import yaml
+
+    (out_dir / "quant_config.yaml").write_text(yaml.safe_dump(config_to_dict(recipe), sort_keys=False))
+    return report
+
+
+def rebuild_quantized_module(artifact_dir: Path, meta: dict[str, Any]) -> nn.Module:
+    """Rebuild a ``format="torch"`` artifact: the model class (only :class:`RecsysModule` — an
+    artifact never picks code to import), the recipe, then the saved quantized weights."""
+    if meta.get("module_class") != _RECSYS_CLASS:
+        raise ValueError(
+            f"torch artifacts can only be rebuilt for {_RECSYS_CLASS}, this one holds {meta.get('module_class')!r}; "
+            "export with format='onnx' instead"
+        )
+    from ..models.module import RecsysModule
+
+    module = RecsysModule(**meta["hyper_parameters"])
+    quantize_(module, recipe_from_dict(meta["recipe"]))
+    state = torch.load(artifact_dir / "model.pt", map_location="cpu", weights_only=True)
+    module.load_state_dict(state, strict=True)
+    return module.eval()

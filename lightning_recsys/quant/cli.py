@@ -1,0 +1,94 @@
+"""``lrs quantize CKPT --out DIR ...``: quantize a Lightning checkpoint from the command line.
+
+Usage::
+
+    lrs quantize last.ckpt --out artifacts/int8 [--config quant.yaml] [--calib-batches 16]
+        [--format onnx|torch] [--overwrite] [--unsafe-full-unpickle]
+        [--data synthetic|data.yaml] [--batch-size 256] [--eval-batches 4] [--module-class pkg.mod.Class]
+
+``--data`` names the calibration data: ``synthetic`` (default: a SyntheticCTRDataModule sized from
+the checkpoint's feature spec) or a YAML file with a LightningCLI-style data section, either
+``{class_path: ..., init_args: {...}}`` or a whole LightningCLI config with a ``data:`` key.
+Also runnable as ``python -m lightning_recsys.quant.cli``. Exit status 0 on success, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser", "datamodule_from_yaml"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lrs quantize", description="Quantize a Lightning checkpoint (int8/int4/fp16) and export it.")
+    p.add_argument("ckpt", type=Path, help="Lightning checkpoint (read with torch's weights-only loader, never modified)")
+    p.add_argument("--out", type=Path, required=True, help="new (or empty) output directory for the artifact and report")
+    p.add_argument("--config", type=Path, default=None, help="quantization recipe YAML (embeddings / linears / overrides)")
+    p.add_argument("--calib-batches", type=int, default=16, help="calibration batches for static activations (default 16)")
+    p.add_argument("--eval-batches", type=int, default=4, help="validation batches for the report's accuracy check (default 4)")
+    p.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="artifact format (default onnx)")
+    p.add_argument("--overwrite", action="store_true", help="replace the artifact files in a non-empty --out directory")
+    p.add_argument("--unsafe-full-unpickle", action="store_true",
+                   help="load the checkpoint with full unpickling (runs code from the file: only for trusted files)")
+    p.add_argument("--data", default="synthetic", help="calibration data: 'synthetic' or a data YAML (class_path/init_args)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size of the default synthetic data (default 256)")
+    p.add_argument("--module-class", default=None, help="LightningModule class to rebuild (default lightning_recsys RecsysModule)")
+    return p
+
+
+def datamodule_from_yaml(path: Path) -> Any:
+    """Instantiate a LightningDataModule from ``{class_path, init_args}`` (or a config's ``data:`` key)."""
+    import lightning.pytorch as pl
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"data config not found: {path}")
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict) and "data" in data and "class_path" not in data:
+        data = data["data"]
+    if not isinstance(data, dict) or "class_path" not in data:
+        raise ValueError(f"{path}: expected a data section with 'class_path' (and optional 'init_args')")
+    unknown = sorted(set(data) - {"class_path", "init_args"})
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown} in the data section; allowed: class_path, init_args")
+    module, _, name = str(data["class_path"]).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot import class_path {data['class_path']!r}: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningDataModule)):
+        raise TypeError(f"{path}: class_path {data['class_path']!r} is not a LightningDataModule")
+    return cls(**(data.get("init_args") or {}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``lrs quantize``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from .checkpoint import quantize_checkpoint
+
+    try:
+        dm = None if args.data == "synthetic" else datamodule_from_yaml(Path(args.data))
+        report = quantize_checkpoint(
+            args.ckpt, args.out, config=args.config, datamodule=dm, calib_batches=args.calib_batches,
+            eval_batches=args.eval_batches, format=args.format, overwrite=args.overwrite,
+            unsafe_full_unpickle=args.unsafe_full_unpickle, module_class=args.module_class, batch_size=args.batch_size,
+        )  # fmt: skip
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"lrs quantize: error: {err}", file=sys.stderr)
+        return 2
+    totals, ev = report["totals"], report.get("evaluation", {})
+    summary = {"out": str(args.out), "bytes": totals["bytes"], "bytes_ratio": round(totals.get("bytes_ratio", 1.0), 4)}
+    for key in ("logit_sqnr_db", "ne_fp32", "ne_quant", "auc_fp32", "auc_quant"):
+        if key in ev:
+            summary[key] = ev[key]
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

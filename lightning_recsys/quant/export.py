@@ -1,0 +1,262 @@
+"""``export_onnx(model, path, example_batch)``: a fast ONNX graph of a (quantized) recsys model.
+
+* Embedding bags are lowered to ``Gather`` + ``ReduceSum`` on padded ids (:mod:`.lowering`), never to
+  the ``Loop`` that ``nn.EmbeddingBag`` exports to; row-wise int8/int4 tables stay row-wise.
+* ``Int8Linear`` becomes ``DynamicQuantizeLinear`` (dynamic) or ``QuantizeLinear`` (static) +
+  ``MatMulInteger`` + rescale (ONNX Runtime fuses it into its integer matmul kernels).
+* fp16 tables and weights are stored as fp16 and cast in the graph.
+* The batch dimension (and every bag length) is dynamic; ``onnx.checker`` runs on the result, and
+  with ``verify=True`` an ONNX Runtime session must reproduce the PyTorch model on the example within
+  ``atol + rtol * |logit|`` (default ``1e-3 + 1e-3 |logit|``) or the export raises.
+
+ONNX inputs for a model taking :class:`~lightning_recsys.data.RecsysBatch`: ``dense`` [B, num_dense]
+float32, then per sparse feature ``<name>__ids`` [B, L] int64 padded with ``-1`` (and
+``<name>__weights`` [B, L] float32 when the example batch has per-id weights); output ``logits``.
+:func:`flatten_batch` builds them; the layout is stored in the model's metadata
+(``metadata_props["lightning_recsys"]``) so :func:`lightning_recsys.quant.load` can rebuild it.
+Models taking tensors are exported with those tensors as inputs (dim 0 dynamic).
+
+Example:
+    >>> from lightning_recsys.quant import export_onnx, load  # doctest: +SKIP
+    >>> export_onnx(model, "model.onnx", example_batch)       # doctest: +SKIP
+    >>> logits = load("model.onnx")(batch)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..data.batch import RecsysBatch, SparseFeature
+from .lowering import lower_tables
+
+__all__ = ["export_onnx", "flatten_batch", "METADATA_KEY"]
+
+METADATA_KEY = "lightning_recsys"
+_SEP = "__"
+
+
+def _onnx_translations() -> dict:
+    """onnxscript functions for our custom ops (imported lazily: onnxscript is heavy)."""
+    from onnxscript import FLOAT, INT8, UINT8  # noqa: F401  (type annotations for onnxscript)
+    from onnxscript import opset18 as op
+
+    def int8_linear_dynamic(x, wq_t, w_scale, bias):
+        xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
+        acc = op.MatMulInteger(xq, wq_t, x_zp)
+        return op.Add(op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, w_scale)), bias)
+
+    def int8_linear_static(x, x_scale, x_zero_point, wq_t, w_scale, bias):
+        zp = op.Cast(x_zero_point, to=2)  # uint8
+        xq = op.QuantizeLinear(x, x_scale, zp)
+        acc = op.MatMulInteger(xq, wq_t, zp)
+        return op.Add(op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, w_scale)), bias)
+
+    return {
+        torch.ops.lrs_quant.int8_linear_dynamic.default: int8_linear_dynamic,
+        torch.ops.lrs_quant.int8_linear_static.default: int8_linear_static,
+    }
+
+
+def flatten_batch(
+    batch: RecsysBatch, features: list[str], weighted: list[str], min_len: int = 1, single_hot: tuple | list = ()
+) -> dict[str, np.ndarray]:
+    """ONNX inputs for ``batch``: ``dense`` and per feature padded ``__ids`` (-1) / ``__weights``;
+    features in ``single_hot`` get 1-D ``[B]`` ids (-1 for an empty bag)."""
+    if not isinstance(batch, RecsysBatch):
+        raise TypeError(f"batch must be a RecsysBatch, got {type(batch).__name__}")
+    missing = [f for f in features if f not in batch.sparse]
+    if missing:
+        raise ValueError(f"batch lacks sparse features {missing} that the exported model needs")
+    b = batch.batch_size
+    out = {"dense": batch.dense.detach().float().cpu().numpy()}
+    for name in features:
+        f = batch.sparse[name]
+        values, offsets = f.values.cpu().long().numpy(), f.offsets.cpu().long().numpy()
+        if offsets.shape[0] != b + 1:
+            raise ValueError(f"sparse feature {name!r} has {offsets.shape[0] - 1} bags, the batch has {b} rows")
+        lengths = np.diff(offsets)
+        if name in single_hot:
+            if b and int(lengths.max()) > 1:
+                raise ValueError(
+                    f"sparse feature {name!r} was exported single-hot (one id per bag) but this batch has bags of "
+                    f"up to {int(lengths.max())} ids; export with a multi-hot example batch"
+                )
+            has = lengths == 1
+            ids = np.full((b,), -1, dtype=np.int64)
+            ids[has] = values[offsets[:-1][has]]
+            out[name + _SEP + "ids"] = ids
+            if name in weighted:
+                w = np.zeros((b,), dtype=np.float32)
+                w[has] = 1.0 if f.weights is None else f.weights.detach().float().cpu().numpy()[offsets[:-1][has]]
+                out[name + _SEP + "weights"] = w
+            continue
+        width = max(int(lengths.max()) if b else 0, min_len)
+        rows = np.repeat(np.arange(b), lengths)
+        cols = np.arange(values.shape[0]) - offsets[:-1][rows]
+        ids = np.full((b, width), -1, dtype=np.int64)
+        ids[rows, cols] = values
+        out[name + _SEP + "ids"] = ids
+        if name in weighted:
+            w = np.zeros((b, width), dtype=np.float32)
+            w[rows, cols] = 1.0 if f.weights is None else f.weights.detach().float().cpu().numpy()
+            out[name + _SEP + "weights"] = w
+    return out
+
+
+class _FlatRecsysModel(nn.Module):
+    """Takes the flattened tensors and calls the model with a RecsysBatch of padded features."""
+
+    def __init__(self, model: nn.Module, features: list[str], weighted: list[str]) -> None:
+        super().__init__()
+        self.model, self.features, self.weighted = model, features, weighted
+
+    def forward(self, dense: Tensor, *flat: Tensor) -> Tensor:
+        sparse, i = {}, 0
+        for name in self.features:
+            ids = flat[i]
+            i += 1
+            weights = None
+            if name in self.weighted:
+                weights = flat[i]
+                i += 1
+            dummy_offsets = torch.zeros(ids.shape[0] + 1, dtype=ids.dtype)  # unused by lowered tables
+            sparse[name] = SparseFeature(values=ids, offsets=dummy_offsets, weights=weights)
+        return self.model(RecsysBatch(dense=dense, sparse=sparse))
+
+
+def _grow(batch: RecsysBatch) -> RecsysBatch:
+    """Repeat a batch to at least 2 rows (dims of size 1 would be specialised by torch.export)."""
+    if batch.batch_size >= 2:
+        return batch
+    reps = 2 if batch.batch_size == 1 else 0
+    if reps == 0:
+        raise ValueError("example_batch must have at least one row")
+    sparse = {}
+    for name, f in batch.sparse.items():
+        n = f.values.numel()
+        sparse[name] = SparseFeature(
+            f.values.repeat(2), torch.tensor([0, n, 2 * n], dtype=f.offsets.dtype),
+            None if f.weights is None else f.weights.repeat(2),
+        )  # fmt: skip
+    return RecsysBatch(batch.dense.repeat(2, 1), sparse, {})
+
+
+def _export_program(wrapper: nn.Module, args: tuple, names: list[str], dynamic_shapes: tuple) -> Any:
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            wrapper, args, dynamo=True, input_names=names, output_names=["logits"], dynamic_shapes=dynamic_shapes,
+            custom_translation_table=_onnx_translations(), verbose=False, optimize=True,
+        )  # fmt: skip
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_batch: RecsysBatch | Tensor | tuple[Tensor, ...],
+    *,
+    verify: bool = True,
+    single_hot: str | list[str] = "auto",
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    extra_metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` (float or ``quantize_``-d) to ``path``; returns the metadata written with it
+    (input layout, tasks, parity check). Refuses to overwrite an existing file.
+
+    ``single_hot``: features fed as one id per bag (``[B]`` ids, -1 = empty bag, no reduction in the
+    graph); ``"auto"`` picks those whose bags in ``example_batch`` all hold exactly one id. Such a
+    feature refuses multi-id bags at inference (clear error); pass ``[]`` to keep all multi-hot.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; export_onnx never overwrites a file")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    model.eval()
+    lowered = lower_tables(model).eval()
+    meta: dict[str, Any] = {"format": "onnx", "version": 1}
+    if isinstance(example_batch, RecsysBatch):
+        features = list(example_batch.sparse)
+        weighted = [n for n, f in example_batch.sparse.items() if f.weights is not None]
+        if single_hot == "auto":
+            single_hot = [n for n, f in example_batch.sparse.items() if bool((f.lengths == 1).all())]
+        single_hot = list(single_hot)
+        example = _grow(example_batch)
+        inputs = flatten_batch(example, features, weighted, min_len=2, single_hot=single_hot)
+        names = list(inputs)
+        args = tuple(torch.from_numpy(v) for v in inputs.values())
+        batch_dim = torch.export.Dim("batch")
+        shapes: list[dict] = [{0: batch_dim}]
+        for n in names[1:]:  # every bag length is dynamic; a feature's weights share its ids' length
+            if n.split(_SEP)[0] in single_hot:
+                shapes.append({0: batch_dim})
+                continue
+            length = torch.export.Dim(f"len_{len(shapes)}") if n.endswith("ids") else shapes[-1][1]
+            shapes.append({0: batch_dim, 1: length})
+        wrapper = _FlatRecsysModel(lowered, features, weighted)
+        meta["inputs"] = {"kind": "recsys", "features": features, "weighted": weighted, "single_hot": single_hot,
+                          "num_dense": int(example.dense.shape[1])}  # fmt: skip
+    else:
+        tensors = (example_batch,) if isinstance(example_batch, Tensor) else tuple(example_batch)
+        if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+            raise TypeError("example_batch must be a RecsysBatch, a Tensor or a tuple of Tensors")
+        if any(t.dim() == 0 or t.shape[0] < 2 for t in tensors):
+            tensors = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() else t for t in tensors)
+        args = tensors
+        names = [f"input_{i}" for i in range(len(args))]
+        batch_dim = torch.export.Dim("batch")
+        shapes = [{0: batch_dim} for _ in args]
+        wrapper = lowered
+        meta["inputs"] = {"kind": "tensors", "names": names}
+    dyn = (shapes[0], tuple(shapes[1:])) if meta["inputs"]["kind"] == "recsys" else tuple(shapes)
+    program = _export_program(wrapper, args, names, dyn)
+    program.save(str(path), external_data=False)
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    meta.update(extra_metadata or {})
+    meta["parity"] = {"atol": atol, "rtol": rtol}
+    if verify:
+        meta["parity"].update(_verify(model, proto, example_batch, meta, atol, rtol))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    onnx.save(proto, str(path))
+    return meta
+
+
+def _verify(model: nn.Module, proto: Any, example: Any, meta: dict, atol: float, rtol: float) -> dict[str, float]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    if meta["inputs"]["kind"] == "recsys":
+        inputs = meta["inputs"]
+        feeds = flatten_batch(example, inputs["features"], inputs["weighted"], single_hot=inputs["single_hot"])
+        with torch.no_grad():
+            ref = model(example)
+    else:
+        tensors = (example,) if isinstance(example, Tensor) else tuple(example)
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(meta["inputs"]["names"], tensors)}
+        with torch.no_grad():
+            ref = model(*tensors)
+    got = torch.from_numpy(sess.run(None, feeds)[0])
+    ref = ref.detach().float().cpu()
+    diff = (got - ref).abs()
+    bound = atol + rtol * ref.abs()
+    if got.shape != ref.shape or bool((diff > bound).any()):
+        raise RuntimeError(
+            f"ONNX Runtime output differs from the PyTorch model: max |diff| {float(diff.max()):.3g} exceeds "
+            f"atol={atol} + rtol={rtol}*|ref| (shapes {tuple(got.shape)} vs {tuple(ref.shape)}); a model whose "
+            "forward does more with sparse features than pass values/offsets to its tables cannot be lowered"
+        )
+    return {"max_abs_diff": float(diff.max()) if diff.numel() else 0.0}

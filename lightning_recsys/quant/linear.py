@@ -1,0 +1,214 @@
+"""Quantized ``nn.Linear``: int8 per-channel weights with dynamic or static (calibrated) uint8
+activations, and fp16 weights.
+
+The int8 arithmetic is ONNX Runtime's: activations ``xq = sat(round(x / sx) + zx)`` (uint8, round half
+to even), weights ``wq = round(w / sw)`` (int8, symmetric, one scale per output channel), output
+``((xq - zx) @ wq^T) * sx * sw + b``. Dynamic activations take ``sx, zx`` from each input's min/max
+(``DynamicQuantizeLinear``); static ones from calibration (``quant.calibrate``). The two torch custom
+ops below compute exactly that in eager mode and export to ``DynamicQuantizeLinear`` /
+``QuantizeLinear`` + ``MatMulInteger`` (see ``quant.export``).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> lin = nn.Linear(16, 4)
+    >>> qlin = Int8Linear.from_float(lin, activation="dynamic")
+    >>> x = torch.randn(8, 16)
+    >>> bool((qlin(x) - lin(x)).abs().max() < 0.1)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embedding import weight_sqnr_db
+from .observers import Observer, make_observer
+
+__all__ = ["Int8Linear", "FP16Linear", "quantize_activation_params", "int8_weight_per_channel"]
+
+
+def quantize_activation_params(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """uint8 asymmetric ``(scale, zero_point)`` for the range ``[lo, hi]`` widened to contain 0
+    (ONNX ``DynamicQuantizeLinear``'s rule). ``zero_point`` is a float tensor holding an integer."""
+    lo = torch.clamp(lo.float(), max=0.0)
+    hi = torch.clamp(hi.float(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    return scale, zp
+
+
+def _int8_matmul(x: Tensor, scale: Tensor, zp: Tensor, wq_t: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    xq = torch.clamp(torch.round(x / scale) + zp, 0, 255)
+    acc = (xq - zp) @ wq_t.to(x.dtype)  # exact integer sums (within float32's 24-bit mantissa)
+    return acc * (scale * w_scale) + bias
+
+
+@torch.library.custom_op("lrs_quant::int8_linear_dynamic", mutates_args=())
+def int8_linear_dynamic(x: Tensor, wq_t: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    """``DynamicQuantizeLinear(x)`` -> ``MatMulInteger`` -> rescale + bias."""
+    scale, zp = quantize_activation_params(x.amin(), x.amax())
+    return _int8_matmul(x.float(), scale, zp, wq_t, w_scale, bias)
+
+
+@int8_linear_dynamic.register_fake
+def _(x: Tensor, wq_t: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], wq_t.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("lrs_quant::int8_linear_static", mutates_args=())
+def int8_linear_static(x: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq_t: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    """``QuantizeLinear(x, x_scale, x_zero_point)`` -> ``MatMulInteger`` -> rescale + bias."""
+    return _int8_matmul(x.float(), x_scale, x_zero_point, wq_t, w_scale, bias)
+
+
+@int8_linear_static.register_fake
+def _(x: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq_t: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], wq_t.shape[1]), dtype=torch.float32)
+
+
+def int8_weight_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 per-output-channel quantization: ``(wq [out, in] int8, scale [out] float32)``."""
+    w = weight.detach().float()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("linear weight contains NaN or infinite values")
+    scale = w.abs().amax(1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    wq = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return wq, scale
+
+
+class Int8Linear(nn.Module):
+    """int8 ``nn.Linear`` replacement with the same ``forward(x)``.
+
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        activation: ``"dynamic"`` (per-batch activation range) or ``"static"`` (calibrated range;
+            run :func:`lightning_recsys.quant.calibrate` before inference).
+        observer: for static activations: ``"minmax"``, ``"percentile"``, ``"mse"`` or ``"entropy"``.
+        percentile, bins: observer options.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: Literal["dynamic", "static"] = "dynamic",
+        observer: str = "minmax",
+        percentile: float = 99.99,
+        bins: int = 2048,
+    ) -> None:
+        super().__init__()
+        if activation not in ("dynamic", "static"):
+            raise ValueError(f"activation must be 'dynamic' or 'static', got {activation!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation = activation
+        self.precision = "int8"
+        self.observer_name = observer
+        self._observer_kwargs = {"percentile": percentile, "bins": bins}
+        self.observer: Observer | None = None
+        if activation == "static":
+            self.reset_observer()
+        self.calibrating = False
+        self.sqnr_db: float | None = None
+        self.register_buffer("wq_t", torch.zeros(in_features, out_features, dtype=torch.int8))
+        self.register_buffer("w_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features))
+        self.register_buffer("x_scale", torch.ones(()))
+        self.register_buffer("x_zero_point", torch.zeros(()))
+        self.register_buffer("calibrated", torch.tensor(activation == "dynamic"))
+        self._calibrated = activation == "dynamic"  # python mirror of the buffer (no data-dependent branch)
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, activation: str = "dynamic", observer: str = "minmax",
+                   percentile: float = 99.99, bins: int = 2048) -> Int8Linear:  # fmt: skip
+        q = cls(module.in_features, module.out_features, activation, observer, percentile, bins)
+        wq, scale = int8_weight_per_channel(module.weight)
+        q.wq_t.copy_(wq.t())
+        q.w_scale.copy_(scale)
+        if module.bias is not None:
+            q.bias.copy_(module.bias.detach().float())
+        q.sqnr_db = weight_sqnr_db(module.weight, q.dequantized_weight())
+        return q
+
+    def dequantized_weight(self) -> Tensor:
+        """Float32 ``[out, in]`` weight the module computes with."""
+        return self.wq_t.t().float() * self.w_scale[:, None]
+
+    def reset_observer(self) -> None:
+        """Start a fresh observer (recalibration forgets earlier data)."""
+        self.observer = make_observer(self.observer_name, **self._observer_kwargs)
+
+    def calibrated_range(self) -> tuple[float, float]:
+        """The float range the static uint8 activation grid covers (for out-of-range monitoring)."""
+        scale, zp = float(self.x_scale), float(self.x_zero_point)
+        return (0.0 - zp) * scale, (255.0 - zp) * scale
+
+    def set_activation_range(self, lo: float, hi: float) -> None:
+        """Fix the static activation range (``calibrate`` calls this from the observer's choice)."""
+        scale, zp = quantize_activation_params(torch.tensor(float(lo)), torch.tensor(float(hi)))
+        self.x_scale.copy_(scale)
+        self.x_zero_point.copy_(zp)
+        self.calibrated.fill_(True)
+        self._calibrated = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "calibrated" in state_dict:
+            self._calibrated = bool(state_dict[prefix + "calibrated"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activation == "dynamic":
+            return torch.ops.lrs_quant.int8_linear_dynamic(x, self.wq_t, self.w_scale, self.bias)
+        if self.calibrating:
+            if self.observer is None:
+                self.reset_observer()
+            self.observer.observe(x)
+            return torch.ops.lrs_quant.int8_linear_dynamic(x, self.wq_t, self.w_scale, self.bias)
+        if not self._calibrated:
+            raise RuntimeError(
+                "Int8Linear(activation='static') is not calibrated: run "
+                "lightning_recsys.quant.calibrate(model, dataloader, num_batches) first"
+            )
+        return torch.ops.lrs_quant.int8_linear_static(x, self.x_scale, self.x_zero_point, self.wq_t, self.w_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, activation={self.activation}"
+
+
+class FP16Linear(nn.Module):
+    """``nn.Linear`` with its weight stored in fp16 (computed in float32)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.precision = "fp16"
+        self.sqnr_db: float | None = None
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.float16))
+        self.register_buffer("bias", torch.zeros(out_features))
+
+    @classmethod
+    def from_float(cls, module: nn.Linear) -> FP16Linear:
+        w = module.weight.detach().float()
+        if w.numel() and float(w.abs().max()) > 65504.0:
+            raise ValueError(f"linear weight exceeds the fp16 range (max |w| = {float(w.abs().max()):g})")
+        q = cls(module.in_features, module.out_features)
+        q.weight.copy_(w.half())
+        if module.bias is not None:
+            q.bias.copy_(module.bias.detach().float())
+        q.sqnr_db = weight_sqnr_db(w, q.weight.float())
+        return q
+
+    def dequantized_weight(self) -> Tensor:
+        return self.weight.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, precision=fp16"

@@ -1,0 +1,182 @@
+"""Graph-export versions of embedding tables: bags lowered to Gather + ReduceSum.
+
+``nn.EmbeddingBag`` exports to an ONNX ``Loop`` that runs 7-25x slower than a gather and a sum. For
+export, every table is swapped for a module that takes **padded** ids ``[B, L]`` (``-1`` = padding;
+an empty bag is a row of ``-1``) and gathers from a table with one extra all-zero row at the end (ONNX
+``Gather`` reads index ``-1`` as the last row), so padding and empty bags add nothing without any mask.
+Row-wise int8/int4 tables stay row-wise in the graph: ``Gather`` on the uint8 codes and on the per-row
+scale and bias, then ``q * scale + bias`` (int4 bytes are split into their two codes arithmetically).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> bag = nn.EmbeddingBag(10, 4)
+    >>> low = lower_table(bag)
+    >>> ids = torch.tensor([[1, 2], [3, 9]])
+    >>> torch.allclose(low(ids), bag(ids))
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
+
+__all__ = ["LoweredTable", "FusedCollection", "lower_table", "lower_tables"]
+
+
+def _with_zero_row(t: Tensor) -> Tensor:
+    return torch.cat([t, torch.zeros((1, *t.shape[1:]), dtype=t.dtype)], 0).contiguous()
+
+
+class LoweredTable(nn.Module):
+    """A table for export: ``forward(ids [B, L], offsets=None, per_sample_weights=None)``, or
+    ``ids [B]`` for a single-hot feature (one id per bag, ``-1`` for an empty bag, no reduction).
+
+    ``bag=True`` pools over ``L`` (``mode`` ``"sum"`` or ``"mean"``) like a fixed-length
+    ``nn.EmbeddingBag``; ``bag=False`` returns rows ``[*ids.shape, D]`` like ``nn.Embedding``.
+    ``offsets`` is ignored (the padded layout carries the bags).
+    """
+
+    def __init__(self, kind: str, tensors: dict[str, Tensor], dim: int, bag: bool, mode: str = "sum") -> None:
+        super().__init__()
+        if kind not in ("float", "fp16", "int8", "int4"):
+            raise ValueError(f"kind must be float, fp16, int8 or int4, got {kind!r}")
+        self.kind, self.dim, self.bag, self.mode = kind, int(dim), bag, mode
+        for name, t in tensors.items():
+            t = t.detach()
+            if name in ("scale", "bias"):
+                t = t.float().reshape(-1, 1)
+            self.register_buffer(name, _with_zero_row(t))
+
+    def rows(self, ids: Tensor) -> Tensor:
+        """Float32 rows for ``ids`` (any shape; ``-1`` reads the zero row in ONNX)."""
+        if self.kind == "float":
+            return F.embedding(ids, self.weight)
+        if self.kind == "fp16":
+            return F.embedding(ids, self.weight).float()
+        codes = F.embedding(ids, self.q).float()
+        if self.kind == "int4":  # two codes per byte, even column in the low nibble
+            high = torch.floor(codes / 16.0)
+            codes = torch.stack([codes - 16.0 * high, high], -1).flatten(-2)[..., : self.dim]
+        return codes * F.embedding(ids, self.scale) + F.embedding(ids, self.bias)
+
+    def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
+        if not self.bag:
+            return self.rows(input)
+        if input.dim() == 1:  # single-hot export: one id per bag, -1 = empty bag
+            rows = self.rows(input)
+            return rows if per_sample_weights is None else rows * per_sample_weights.unsqueeze(-1)
+        if input.dim() != 2:
+            raise ValueError(
+                f"an exported bag table needs padded 2-D ids [batch, max_bag] (-1 = padding), got shape {tuple(input.shape)}"
+            )
+        rows = self.rows(input)
+        if per_sample_weights is not None:
+            rows = rows * per_sample_weights.unsqueeze(-1)
+        out = rows.sum(1)
+        if self.mode == "mean":
+            out = out / (input >= 0).sum(1, keepdim=True).clamp(min=1).to(out.dtype)
+        return out
+
+
+def lower_table(m: nn.Module) -> LoweredTable:
+    """The export version of a float or quantized embedding table."""
+    if isinstance(m, (QuantizedEmbedding, QuantizedEmbeddingBag)):
+        bag = isinstance(m, QuantizedEmbeddingBag)
+        kind = "fp16" if m.precision == "fp16" else m.precision
+        return LoweredTable(kind, m.lowering_tensors(), m.embedding_dim, bag, m.mode if bag else "sum")
+    if callable(getattr(m, "to_dense", None)) and not isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+        m = m.to_dense()  # chunked / pruned tables export their dense table
+    if isinstance(m, nn.EmbeddingBag):
+        if m.mode not in ("sum", "mean"):
+            raise TypeError(f"nn.EmbeddingBag mode {m.mode!r} cannot be exported; supported: 'sum', 'mean'")
+        weight = m.weight.detach().clone()
+        if m.padding_idx is not None:
+            weight[m.padding_idx] = 0.0
+        return LoweredTable("float", {"weight": weight}, m.embedding_dim, True, m.mode)
+    if isinstance(m, nn.Embedding):
+        return LoweredTable("float", {"weight": m.weight.detach()}, m.embedding_dim, False)
+    raise TypeError(f"cannot lower {type(m).__name__} for export")
+
+
+class FusedCollection(nn.Module):
+    """Export version of an ``EmbeddingBagCollection`` whose tables share one kind and width: all
+    tables stacked into one, so single-hot features cost ONE Gather (+ dequantization) for all of
+    them instead of a gather, a reduction and a concat per table. Multi-hot inputs fall back to the
+    per-table lowered modules."""
+
+    def __init__(self, names: list[str], tables: list[LoweredTable]) -> None:
+        super().__init__()
+        first = tables[0]
+        self.names, self.dim = list(names), first.dim
+        self.per_table = nn.ModuleDict(dict(zip(names, tables)))
+        parts: dict[str, list[Tensor]] = {}
+        base, start = [], 0
+        for t in tables:
+            for key, buf in t.named_buffers(recurse=False):
+                parts.setdefault(key, []).append(buf[:-1])  # drop each table's zero row
+            base.append(start)
+            start += int(getattr(t, "q", getattr(t, "weight", None)).shape[0]) - 1
+        tensors = {k: torch.cat(v, 0) for k, v in parts.items()}
+        self.fused = LoweredTable(first.kind, tensors, first.dim, bag=False)
+        self.register_buffer("base", torch.tensor(base, dtype=torch.long))
+        self.zero_row = start  # the fused table's appended zero row
+
+    def forward(self, sparse) -> Tensor:
+        feats = [sparse[n] for n in self.names]
+        if any(f.values.dim() != 1 for f in feats):
+            return torch.stack([self.per_table[n](f.values, None, f.weights) for n, f in zip(self.names, feats)], 1)
+        ids = torch.stack([f.values for f in feats], 1)  # [B, F]
+        ids = torch.where(ids < 0, torch.full_like(ids, self.zero_row), ids + self.base)
+        rows = self.fused.rows(ids)  # [B, F, D]
+        if any(f.weights is not None for f in feats):
+            w = torch.stack([f.weights if f.weights is not None else torch.ones_like(f.values, dtype=rows.dtype)
+                             for f in feats], 1)  # fmt: skip
+            rows = rows * w.unsqueeze(-1)
+        return rows
+
+
+def _fuse_collections(model: nn.Module) -> None:
+    try:
+        from ..models.dlrm import EmbeddingBagCollection
+    except ImportError:  # pragma: no cover
+        return
+    for fqn, m in list(model.named_modules()):
+        if not isinstance(m, EmbeddingBagCollection):
+            continue
+        tables = list(m.tables.values())
+        if not tables or not all(isinstance(t, LoweredTable) and t.bag and t.mode == "sum" for t in tables):
+            continue
+        if len({(t.kind, t.dim) for t in tables}) != 1:
+            continue
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if not fqn:
+            continue
+        setattr(parent, child, FusedCollection(list(m.tables.keys()), tables))
+
+
+def lower_tables(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every embedding table replaced by its :class:`LoweredTable`
+    (and the project's ``EmbeddingBagCollection`` fused into a :class:`FusedCollection` when its
+    tables share one precision and width)."""
+    from .api import _DENSE_EXPORTERS
+
+    model = copy.deepcopy(model)
+    table_types = (nn.Embedding, nn.EmbeddingBag, QuantizedEmbedding, QuantizedEmbeddingBag, *_DENSE_EXPORTERS)
+    targets = []
+    for fqn, m in model.named_modules():
+        if fqn and isinstance(m, table_types) and not any(fqn.startswith(t + ".") for t, _ in targets):
+            targets.append((fqn, m))
+    for fqn, m in targets:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, lower_table(m))
+    _fuse_collections(model)
+    return model

@@ -1,0 +1,97 @@
+"""``load(path)``: a predictor for a quantized artifact that takes a :class:`RecsysBatch`.
+
+``path`` is an ``.onnx`` file written by :func:`export_onnx`, or an artifact directory written by
+:func:`quantize_checkpoint` (``model.onnx`` or ``model.pt`` + ``meta.json``). The predictor returns
+logits ``[B, num_tasks]`` as a float32 tensor (``predict_proba`` applies the sigmoid).
+
+Example:
+    >>> from lightning_recsys.quant import load   # doctest: +SKIP
+    >>> predictor = load("artifacts/model")       # doctest: +SKIP
+    >>> logits = predictor(batch)                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data.batch import RecsysBatch
+from .export import METADATA_KEY, flatten_batch
+
+__all__ = ["load", "OnnxPredictor", "TorchPredictor"]
+
+
+class OnnxPredictor:
+    """ONNX Runtime session + the batch flattening recorded in the model's metadata."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        proto = onnx.load(str(self.path), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        if METADATA_KEY not in props:
+            raise ValueError(f"{self.path} has no {METADATA_KEY!r} metadata: it was not written by quant.export_onnx")
+        self.meta: dict[str, Any] = json.loads(props[METADATA_KEY])
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.tasks = self.meta.get("tasks")
+
+    def feeds(self, batch: Any) -> dict:
+        inputs = self.meta["inputs"]
+        if inputs["kind"] == "recsys":
+            return flatten_batch(batch, inputs["features"], inputs["weighted"], single_hot=inputs.get("single_hot", ()))
+        tensors = (batch,) if isinstance(batch, Tensor) else tuple(batch)
+        return {n: t.detach().cpu().numpy() for n, t in zip(inputs["names"], tensors)}
+
+    def __call__(self, batch: Any) -> Tensor:
+        return torch.from_numpy(self.session.run(None, self.feeds(batch))[0])
+
+    def predict_proba(self, batch: Any) -> Tensor:
+        return torch.sigmoid(self(batch))
+
+
+class TorchPredictor:
+    """A quantized PyTorch model in eval mode."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.tasks = meta.get("tasks")
+
+    @torch.no_grad()
+    def __call__(self, batch: RecsysBatch) -> Tensor:
+        return self.model(batch).float()
+
+    def predict_proba(self, batch: RecsysBatch) -> Tensor:
+        return torch.sigmoid(self(batch))
+
+
+def load(path: str | Path, threads: int | None = None) -> OnnxPredictor | TorchPredictor:
+    """Open an ONNX file or an artifact directory (see module docstring)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".onnx":
+        return OnnxPredictor(path, threads)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no quantized artifact at {path} (expected a .onnx file or an artifact directory)")
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} has no meta.json: not an artifact written by quantize_checkpoint")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") == "onnx":
+        return OnnxPredictor(path / "model.onnx", threads)
+    if meta.get("format") == "torch":
+        from .checkpoint import rebuild_quantized_module
+
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        return TorchPredictor(rebuild_quantized_module(path, meta), meta)
+    raise ValueError(f"{meta_path}: unknown artifact format {meta.get('format')!r}; expected 'onnx' or 'torch'")

@@ -1,0 +1,137 @@
+"""Row-wise (per-table-row) int8 / int4 quantization of embedding tables, in FBGEMM's fused layout.
+
+Each row ``x`` is stored as ``q = round((x - bias) / scale)`` with its own ``scale`` and ``bias``
+(``bias`` = the row minimum, ``scale`` = the row range / (2^bits - 1)), so every value is within half
+a step (``scale / 2``) of the original. The packed rows use the layout that torch's
+``quantized::embedding_bag_{byte,4bit}_rowwise_offsets`` lookups read:
+
+* int8: ``[D bytes of q][fp32 scale][fp32 bias]`` -> ``D + 8`` bytes per row;
+* int4: ``[ceil(D/2) bytes, even column in the low nibble][fp16 scale][fp16 bias]`` -> ``ceil(D/2) + 4``.
+
+Example:
+    >>> import torch
+    >>> w = torch.randn(100, 16)
+    >>> packed = pack_rowwise(w, bits=8)
+    >>> packed.shape, packed.dtype
+    (torch.Size([100, 24]), torch.uint8)
+    >>> q, scale, bias = unpack_rowwise(packed, bits=8, dim=16)
+    >>> bool(((dequantize_rowwise(packed, 8, 16) - w).abs() <= scale[:, None] / 2 + 1e-6).all())
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["pack_rowwise", "unpack_rowwise", "dequantize_rowwise", "packed_row_bytes", "FP16_MAX"]
+
+FP16_MAX = 65504.0
+
+
+def packed_row_bytes(bits: int, dim: int) -> int:
+    """Bytes per packed row for ``bits`` in (8, 4) and ``dim`` columns."""
+    if bits == 8:
+        return dim + 8
+    if bits == 4:
+        return (dim + 1) // 2 + 4
+    raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+
+
+def _check_weight(weight: Tensor, bits: int) -> Tensor:
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise TypeError(f"weight must be a 2-D floating-point tensor, got {getattr(weight, 'shape', type(weight))}")
+    w = weight.detach().float().cpu()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weight contains NaN or infinite values; row-wise quantization needs finite values")
+    if bits == 4 and w.numel() and float(w.abs().max()) > FP16_MAX / 32:
+        raise ValueError(
+            f"int4 row-wise quantization stores scale and bias in fp16: |weight| must be <= {FP16_MAX / 32:g}, "
+            f"got max |w| = {float(w.abs().max()):g}; use bits=8 for this table"
+        )
+    if bits == 8 and w.numel():
+        rng = w.amax(1).double() - w.amin(1).double()
+        if float(rng.max()) > 3.0e38:
+            raise ValueError("a row's value range overflows float32; cannot quantize it row-wise")
+    return w
+
+
+def _qparams_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    lo = w.amin(1)
+    scale = ((w.amax(1).double() - lo.double()) / 255.0).float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, lo
+
+
+def _qparams_int4(w: Tensor) -> tuple[Tensor, Tensor]:
+    """fp16 bias rounded down and fp16 scale rounded up, so the stored range still covers the row."""
+    lo = w.amin(1)
+    bias = lo.half()
+    bias = torch.where(bias.float() > lo, torch.nextafter(bias, torch.full_like(bias, -float("inf"))), bias)
+    step = (w.amax(1) - bias.float()) / 15.0
+    scale = step.half()
+    scale = torch.where(scale.float() < step, torch.nextafter(scale, torch.full_like(scale, float("inf"))), scale)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, bias
+
+
+def pack_rowwise(weight: Tensor, bits: int = 8, clip: str = "minmax") -> Tensor:
+    """Quantize ``weight`` [N, D] row-wise and pack it (uint8 [N, packed_row_bytes(bits, D)]).
+
+    ``clip="greedy"`` (int4 only) searches a per-row clipping range that minimises the row's L2
+    error (Guan et al. 2019, FBGEMM's ``optimized_qparams``); values outside it are clipped, so the
+    half-step error bound then holds only inside the range.
+    """
+    if bits not in (8, 4):
+        raise ValueError(f"bits must be 8 or 4, got {bits!r}")
+    if clip not in ("minmax", "greedy"):
+        raise ValueError(f"clip must be 'minmax' or 'greedy', got {clip!r}")
+    w = _check_weight(weight, bits)
+    n, d = w.shape
+    if clip == "greedy":
+        if bits != 4:
+            raise ValueError("clip='greedy' is only available for bits=4")
+        return torch.ops.quantized.embedding_bag_4bit_prepack(w, optimized_qparams=True)
+    if bits == 8:
+        scale, bias = _qparams_int8(w)
+        q = torch.round((w - bias[:, None]) / scale[:, None]).clamp_(0, 255).to(torch.uint8)
+        tail = torch.stack([scale, bias], 1).contiguous().view(torch.uint8)  # [N, 8]
+        return torch.cat([q, tail], 1).contiguous()
+    scale, bias = _qparams_int4(w)
+    q = torch.round((w - bias.float()[:, None]) / scale.float()[:, None]).clamp_(0, 15).to(torch.uint8)
+    if d % 2:
+        q = torch.cat([q, torch.zeros(n, 1, dtype=torch.uint8)], 1)
+    nibbles = q[:, 0::2] | (q[:, 1::2] << 4)
+    tail = torch.stack([scale, bias], 1).contiguous().view(torch.uint8)  # [N, 4]
+    return torch.cat([nibbles, tail], 1).contiguous()
+
+
+def _bytes_as(tail: Tensor, dtype: torch.dtype) -> Tensor:
+    """Reinterpret the last-dim bytes as ``dtype`` (copied into a fresh, aligned buffer first)."""
+    flat = tail.reshape(-1).clone().view(dtype)
+    return flat.reshape(*tail.shape[:-1], -1)
+
+
+def unpack_rowwise(packed: Tensor, bits: int, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Split packed rows (any leading shape ``[..., P]``) into ``q`` [..., dim] uint8, ``scale`` and
+    ``bias`` [...] float32."""
+    if packed.dtype != torch.uint8 or packed.shape[-1] != packed_row_bytes(bits, dim):
+        raise ValueError(
+            f"packed rows must be uint8 with {packed_row_bytes(bits, dim)} bytes per row for bits={bits}, "
+            f"dim={dim}; got {packed.dtype} with {packed.shape[-1]}"
+        )
+    if bits == 8:
+        q = packed[..., :dim]
+        tail = _bytes_as(packed[..., dim:], torch.float32)
+    else:
+        nb = (dim + 1) // 2
+        data = packed[..., :nb]
+        q = torch.stack([data & 15, data >> 4], -1).flatten(-2)[..., :dim]
+        tail = _bytes_as(packed[..., nb:], torch.float16).float()
+    return q, tail[..., 0], tail[..., 1]
+
+
+def dequantize_rowwise(packed: Tensor, bits: int, dim: int) -> Tensor:
+    """Float32 rows ``q * scale + bias`` (the reference every quantized lookup must match)."""
+    q, scale, bias = unpack_rowwise(packed, bits, dim)
+    return q.float() * scale[..., None] + bias[..., None]

@@ -1,0 +1,110 @@
+"""ONNX export: Gather+ReduceSum bags, row-wise tables in the graph, integer matmuls, ORT parity."""
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from lightning_recsys.data import RecsysBatch, SparseFeature
+from lightning_recsys.models import DLRM
+from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, load, quantize_
+
+pytestmark = pytest.mark.timeout(240)
+
+CARDS = {"a": 50, "b": 30, "c": 40}
+
+
+def _batch(bags_per_feature, dense_rows, weighted=("c",), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sparse = {}
+    for name, bags in bags_per_feature.items():
+        f = SparseFeature.from_lists(bags)
+        if name in weighted:
+            f.weights = torch.rand(f.values.numel(), generator=g)
+        sparse[name] = f
+    return RecsysBatch(torch.rand(dense_rows, 4, generator=g), sparse)
+
+
+def _random_batch(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    bags = {k: [torch.randint(0, c, (int(torch.randint(0, 4, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+            for k, c in CARDS.items()}  # fmt: skip
+    return _batch(bags, n, seed=seed)
+
+
+def test_recsys_model_export_matches_ort(tmp_path):
+    torch.manual_seed(0)
+    model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,), num_tasks=2).eval()
+    recipe = RecipeConfig(
+        linears=Int8LinearConfig(activation="static", observer="percentile", percentile=99.9),
+        overrides={r".*tables\.b": {"precision": "int4"}, r".*tables\.c": {"precision": "fp16"}},
+    )
+    quantize_(model, recipe)
+    calibrate(model, [_random_batch(32, s) for s in range(3)], num_batches=3)
+    path = tmp_path / "model.onnx"
+    meta = export_onnx(model, path, _random_batch(16, 10))
+    assert meta["parity"]["max_abs_diff"] <= 1e-3
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "Loop" not in ops and {"Gather", "ReduceSum", "MatMulInteger", "QuantizeLinear"} <= ops
+    uint8_tables = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) == 2]
+    assert {tuple(i.dims) for i in uint8_tables} >= {(51, 6), (31, 3)}  # row-wise int8 and packed int4 (+ zero row)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
+    predictor = load(path)
+    with pytest.raises(FileExistsError):
+        export_onnx(model, path, _random_batch(4, 1))
+    cases = [
+        _random_batch(64, 20),
+        _batch({"a": [[3]], "b": [[1, 2]], "c": [[4, 5, 6]]}, 1),  # batch size 1
+        _batch({"a": [[], [7, 7]], "b": [[], []], "c": [[0], []]}, 2),  # empty bags everywhere
+    ]
+    with torch.no_grad():
+        for batch in cases:
+            ref = model(batch)
+            got = predictor(batch)
+            assert got.shape == ref.shape
+            torch.testing.assert_close(got, ref, atol=2e-3, rtol=1e-3)
+
+
+class UserModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.user = nn.Embedding(100, 8)
+        self.items = nn.EmbeddingBag(200, 8, mode="mean")
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, user, items):
+        return self.mlp(torch.cat([self.user(user), self.items(items)], 1))
+
+
+def test_user_tensor_model_export(tmp_path):
+    model = UserModel().eval()
+    quantize_(model, RecipeConfig())
+    user, items = torch.randint(0, 100, (8,)), torch.randint(0, 200, (8, 3))
+    export_onnx(model, tmp_path / "user.onnx", (user, items))
+    predictor = load(tmp_path / "user.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "user.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulInteger" in ops
+    for n in (1, 33):
+        u, i = torch.randint(0, 100, (n,)), torch.randint(0, 200, (n, 3))
+        torch.testing.assert_close(predictor((u, i)), model(u, i).detach(), atol=2e-3, rtol=1e-3)
+
+
+def test_single_hot_features_use_one_fused_gather(tmp_path):
+    torch.manual_seed(1)
+    model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,)).eval()
+    quantize_(model, RecipeConfig())
+    single = _batch({k: [[i % c] for i in range(8)] for k, c in CARDS.items()}, 8, weighted=())
+    meta = export_onnx(model, tmp_path / "sh.onnx", single)
+    assert meta["inputs"]["single_hot"] == list(CARDS)
+    proto = onnx.load(str(tmp_path / "sh.onnx"))
+    assert sum(n.op_type == "Gather" for n in proto.graph.node) <= 4  # codes, scales, biases: one each for all tables
+    assert not any(n.op_type == "ReduceSum" for n in proto.graph.node)
+    predictor = load(tmp_path / "sh.onnx")
+    with torch.no_grad():
+        for batch in (_batch({"a": [[3]], "b": [[29]], "c": [[0]]}, 1, weighted=()),
+                      _batch({"a": [[1], []], "b": [[], [2]], "c": [[5], [6]]}, 2, weighted=())):  # fmt: skip
+            torch.testing.assert_close(predictor(batch), model(batch), atol=2e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="exported single-hot"):
+        predictor(_batch({"a": [[1, 2]], "b": [[1]], "c": [[1]]}, 1, weighted=()))
