@@ -6,20 +6,35 @@ Example:
     >>> module = lrs.RecsysModule(feature_spec=dm.feature_spec)
 """
 
-from .data import FeatureSpec, RecsysBatch, SparseFeature, SyntheticCTRDataModule
+from . import quant
+from .callbacks import FIITED, MultiBalance
+from .data import FeatureSpec, MovieLens100KDataModule, RecsysBatch, SparseFeature, SyntheticCTRDataModule
+from .embeddings import ChunkedEmbedding, ChunkedEmbeddingBag
 from .metrics import NormalizedEntropy
 from .models import DLRM, MultiTaskDLRM, RecsysModule
+from .optim import CounterSGD, MLorcAdamW, MLorcLion, Muon, module_parameters
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DLRM",
+    "FIITED",
+    "ChunkedEmbedding",
+    "ChunkedEmbeddingBag",
+    "CounterSGD",
     "FeatureSpec",
+    "MLorcAdamW",
+    "MLorcLion",
+    "MovieLens100KDataModule",
+    "MultiBalance",
     "MultiTaskDLRM",
+    "Muon",
     "NormalizedEntropy",
     "RecsysBatch",
     "RecsysModule",
     "SparseFeature",
     "SyntheticCTRDataModule",
     "__version__",
+    "module_parameters",
+    "quant",
 ]

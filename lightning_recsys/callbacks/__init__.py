@@ -1,5 +1,7 @@
-"""Lightning callbacks: FIITED (in-training embedding dimension pruning)."""
+"""Lightning callbacks: FIITED (in-training embedding dimension pruning), MultiBalance (multi-task
+gradient balancing on the shared representation)."""
 
 from .fiited import FIITED, remap_optimizer_state
+from .multibalance import MultiBalance
 
-__all__ = ["FIITED", "remap_optimizer_state"]
+__all__ = ["FIITED", "MultiBalance", "remap_optimizer_state"]

@@ -1,0 +1,326 @@
+"""MultiBalance: balance per-task gradient magnitudes on the shared representation (arXiv 2411.11871).
+
+Multi-task rankers share a bottom (embeddings, interaction, MLP) whose output ``Z`` feeds one tower per
+task. A task with a large loss scale dominates the shared bottom's gradient. ``MultiBalance`` rescales
+each task's gradient with respect to ``Z`` to the magnitude of an anchor (MetaBalance's rule,
+arXiv 2203.06801) and still runs only ONE backward pass through the shared bottom:
+
+* a forward hook hands the towers ``Zd = Z.detach().requires_grad_()`` instead of ``Z``;
+* per task, ``g_i = autograd.grad(L_i, Zd)`` goes through the towers only (cheap);
+* ``n_i = beta * n_i + (1 - beta) * ||g_i||`` (squared norms all-reduced over ranks);
+* ``Z.backward(sum_i w_i * g_i * (r * a / (n_i + eps) + 1 - r))`` with anchor ``a`` = the target task's
+  norm, the largest or the mean norm; the towers get the gradients of the loss ``training_step``
+  returns through Lightning's own backward.
+
+``level="parameter"`` applies the same rule per shared *parameter* instead (MetaBalance proper): one
+backward through the shared bottom per task, which is what makes it expensive.
+
+Protocol (two lines in your LightningModule)::
+
+    self.shared_representation = "encoder"        # in __init__: the submodule whose output the heads use
+    self.task_losses = {"click": l1, "buy": l2}   # in training_step, before returning l1 + l2
+
+``RecsysModule(arch="multitask")`` follows it already. Example:
+
+    >>> import lightning.pytorch as pl
+    >>> from lightning_recsys.callbacks.multibalance import MultiBalance
+    >>> trainer = pl.Trainer(callbacks=[MultiBalance(relax_factor=0.7, anchor="target")])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+
+__all__ = ["MultiBalance"]
+
+_ANCHORS = ("target", "max", "mean")
+_LEVELS = ("representation", "parameter")
+
+
+def _sq_norm(g: Tensor) -> Tensor:
+    if g.is_sparse:
+        g = g.coalesce().values()
+    return g.float().pow(2).sum()
+
+
+class MultiBalance(Callback):
+    """Balance per-task gradients on the shared representation with one backward through the bottom.
+
+    Args:
+        relax_factor: ``r`` in ``[0, 1]``; 0 leaves the plain sum of task gradients, 1 gives every task
+            the anchor's gradient magnitude.
+        beta: moving-average factor of the gradient norms, in ``[0, 1)``.
+        anchor: the magnitude every task is pulled to: ``"target"`` (the target task's), ``"max"`` or
+            ``"mean"`` over tasks.
+        target_task: the task whose magnitude is the anchor (default: the first task in
+            ``task_losses``).
+        task_weights: weight per task name on the balanced gradients (default 1 each). The towers are
+            trained by the loss ``training_step`` returns, so weight tasks there for the towers.
+        eps: added to the norms before dividing.
+        level: ``"representation"`` (MultiBalance, one backward through the shared bottom) or
+            ``"parameter"`` (MetaBalance: per shared parameter, one backward per task).
+        representation: dotted name of the shared submodule (``"model.shared"``); default: the
+            module's ``shared_representation`` attribute.
+
+    Example:
+        >>> from lightning_recsys.callbacks.multibalance import MultiBalance
+        >>> cb = MultiBalance(relax_factor=0.7, beta=0.9, anchor="target", target_task="click")
+    """
+
+    def __init__(
+        self,
+        relax_factor: float = 0.7,
+        beta: float = 0.9,
+        anchor: Literal["target", "max", "mean"] = "target",
+        target_task: str | None = None,
+        task_weights: Mapping[str, float] | None = None,
+        eps: float = 1e-8,
+        level: Literal["representation", "parameter"] = "representation",
+        representation: str | None = None,
+    ) -> None:
+        if isinstance(relax_factor, bool) or not isinstance(relax_factor, (int, float)) or not 0 <= relax_factor <= 1:
+            raise ValueError(f"relax_factor must be a number in [0, 1], got {relax_factor!r}")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+            raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
+        if anchor not in _ANCHORS:
+            raise ValueError(f"anchor must be one of {list(_ANCHORS)}, got {anchor!r}")
+        if level not in _LEVELS:
+            raise ValueError(f"level must be one of {list(_LEVELS)}, got {level!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        if target_task is not None and not isinstance(target_task, str):
+            raise TypeError(f"target_task must be a task name (str) or None, got {target_task!r}")
+        if representation is not None and (not isinstance(representation, str) or not representation):
+            raise TypeError(f"representation must be a dotted submodule name such as 'model.shared', got {representation!r}")
+        weights = dict(task_weights or {})
+        for t, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ValueError(f"task_weights[{t!r}] must be a number >= 0, got {w!r}")
+        self.relax_factor = float(relax_factor)
+        self.beta = float(beta)
+        self.anchor = anchor
+        self.target_task = target_task
+        self.task_weights = {str(t): float(w) for t, w in weights.items()}
+        self.eps = float(eps)
+        self.level = level
+        self.representation = representation
+        # state (checkpointed): task order, moving-average norms [T] or [T, P], number of updates
+        self.tasks: list[str] | None = None
+        self.norms: Tensor | None = None
+        self.steps = 0
+        self._last_weights: Tensor | None = None
+        self._weights: Tensor | None = None  # task_weights as a tensor in task order
+        self._module: nn.Module | None = None
+        self._path = ""
+        self._handle: Any = None
+        self._capturing = False
+        self._captured: list[tuple[Tensor, Tensor]] = []
+
+    @property
+    def last_weights(self) -> dict[str, float]:
+        """Effective weight per task of the last batch: ``w_i * scale_i`` (mean over parameters at level="parameter")."""
+        if self._last_weights is None or self.tasks is None:
+            return {}
+        return {t: float(v) for t, v in zip(self.tasks, self._last_weights)}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(level=self.level, representation=self.representation)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._attach(pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._captured.clear()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        wrapped = trainer.strategy.model
+        if isinstance(wrapped, nn.parallel.DistributedDataParallel) and wrapped.find_unused_parameters:
+            raise MisconfigurationException(
+                "MultiBalance detaches the shared representation, so DDP's find_unused_parameters=True marks the "
+                "shared parameters unused and then fails when they get their gradients. Use strategy='ddp' "
+                "(find_unused_parameters=False, the default)."
+            )
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._captured.clear()
+        self._capturing = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._captured.clear()
+        self._capturing = False
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        self._balance(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tasks": None if self.tasks is None else list(self.tasks),
+            "norms": None if self.norms is None else self.norms.detach().cpu().clone(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tasks = None if state_dict["tasks"] is None else list(state_dict["tasks"])
+        self.norms = state_dict["norms"]
+        self.steps = int(state_dict["steps"])
+
+    # ------------------------------------------------------------------ workers
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        path = self.representation or getattr(pl_module, "shared_representation", None)
+        if path is None:
+            raise MisconfigurationException(
+                f"MultiBalance needs the shared representation of {type(pl_module).__name__}: set "
+                "`self.shared_representation = '<submodule name>'` in its __init__ (the submodule whose output "
+                "the task heads consume, e.g. 'model.shared') or pass MultiBalance(representation=...)."
+            )
+        if not isinstance(path, str):
+            raise TypeError(f"shared_representation must be a dotted submodule name (str), got {path!r}")
+        try:
+            module = pl_module.get_submodule(path)
+        except AttributeError:
+            names = [n for n, _ in pl_module.named_modules() if n][:20]
+            raise MisconfigurationException(
+                f"MultiBalance: {type(pl_module).__name__} has no submodule {path!r} (shared representation); "
+                f"submodules include {names}"
+            ) from None
+        if self._handle is not None:
+            self._handle.remove()
+        self._module, self._path = module, path
+        self._handle = module.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: Any, output: Any) -> Tensor | None:
+        if not (self._capturing and module.training and torch.is_grad_enabled()):
+            return None
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                f"MultiBalance: the shared representation {self._path!r} must return one Tensor, "
+                f"got {type(output).__name__}"
+            )
+        if not output.requires_grad:
+            return None
+        detached = output.detach().requires_grad_()
+        self._captured.append((output, detached))
+        return detached
+
+    def _task_losses(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+        losses = getattr(pl_module, "task_losses", None)
+        if not isinstance(losses, Mapping) or not losses:
+            raise MisconfigurationException(
+                f"MultiBalance needs the per-task losses of this batch: set `self.task_losses = {{'task': loss, ...}}` "
+                f"in {type(pl_module).__name__}.training_step (got {type(losses).__name__}: {losses!r:.80})."
+            )
+        for t, value in losses.items():
+            if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad:
+                raise MisconfigurationException(
+                    f"MultiBalance: task_losses[{t!r}] must be a scalar tensor that requires grad, got {value!r:.80}"
+                )
+        tasks = [str(t) for t in losses]
+        if self.tasks is not None and tasks != self.tasks:
+            raise MisconfigurationException(
+                f"MultiBalance: task_losses names tasks {tasks}, but balancing started with {self.tasks}"
+            )
+        self._start(tasks)
+        return {str(t): v for t, v in losses.items()}
+
+    def _start(self, tasks: list[str]) -> None:
+        unknown = sorted(set(self.task_weights) - set(tasks))
+        if unknown:
+            raise ValueError(f"task_weights names unknown tasks {unknown}; task_losses has {tasks}")
+        if self.target_task is not None and self.target_task not in tasks:
+            raise ValueError(f"target_task {self.target_task!r} is not in task_losses; tasks are {tasks}")
+        if tasks != self.tasks:
+            self.tasks, self._weights = tasks, None
+
+    def _balance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._captured:
+            raise MisconfigurationException(
+                f"MultiBalance: the shared representation {self._path!r} did not run with gradients in "
+                f"{type(pl_module).__name__}.training_step, so there is nothing to balance."
+            )
+        losses = self._task_losses(pl_module)
+        zs = [z for z, _ in self._captured]
+        zds = [zd for _, zd in self._captured]
+        self._captured.clear()
+        grads = []
+        for t, loss in losses.items():
+            try:
+                g = torch.autograd.grad(loss, zds, retain_graph=True, allow_unused=True)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"MultiBalance: cannot differentiate task_losses[{t!r}]; set task_losses anew in every "
+                    f"training_step ({err})"
+                ) from err
+            if all(x is None for x in g):
+                raise MisconfigurationException(
+                    f"MultiBalance: task_losses[{t!r}] does not depend on this batch's output of {self._path!r}"
+                )
+            grads.append([torch.zeros_like(zd) if x is None else x for x, zd in zip(g, zds)])
+        # Lightning divides the returned loss by accumulate_grad_batches (and AMP scales it): match it
+        factor = 1.0 / trainer.accumulate_grad_batches
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            factor *= float(scaler.get_scale())
+        w = self._weights if self._weights is not None and self._weights.device == zs[0].device else None
+        if w is None:
+            w = self._weights = torch.tensor([self.task_weights.get(t, 1.0) for t in self.tasks], device=zs[0].device)
+        if self.level == "representation":
+            sq = torch.stack([sum(_sq_norm(x) for x in g) for g in grads])  # [T]
+            scale = self._update(trainer, sq) * w  # [T]
+            out = [factor * sum(scale[i] * grads[i][k] for i in range(len(grads))) for k in range(len(zs))]
+            torch.autograd.backward(zs, out)
+            weights = scale
+        else:
+            params = [p for p in self._module.parameters() if p.requires_grad]
+            per_task = []
+            for i, g in enumerate(grads):  # one backward through the shared bottom per task
+                gp = torch.autograd.grad(zs, params, grad_outputs=g, retain_graph=i < len(grads) - 1, allow_unused=True)
+                per_task.append(gp)
+            used = [j for j in range(len(params)) if any(gp[j] is not None for gp in per_task)]
+            params = [params[j] for j in used]
+            per_task = [[gp[j] if gp[j] is not None else torch.zeros_like(params[n]) for n, j in enumerate(used)] for gp in per_task]
+            sq = torch.stack([torch.stack([_sq_norm(x) for x in gp]) for gp in per_task])  # [T, P]
+            scale = self._update(trainer, sq) * w[:, None]  # [T, P]
+            out = [factor * sum(scale[i, j] * per_task[i][j] for i in range(len(per_task))) for j in range(len(params))]
+            torch.autograd.backward(params, out)
+            weights = scale.mean(dim=1)
+        self._last_weights = weights.detach()
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:  # logging costs ~0.1 ms a value
+            norms = self.norms if self.norms.dim() == 1 else self.norms.pow(2).sum(1).sqrt()
+            logs = {f"multibalance/grad_norm_{t}": norms[i] for i, t in enumerate(self.tasks)}
+            logs.update({f"multibalance/weight_{t}": weights[i] for i, t in enumerate(self.tasks)})
+            pl_module.log_dict({k: v.detach().float() for k, v in logs.items()}, on_step=True, on_epoch=False)
+
+    def _update(self, trainer: pl.Trainer, sq: Tensor) -> Tensor:
+        """All-reduce squared norms, update the moving averages, return the per-task scales."""
+        sq = trainer.strategy.reduce(sq.detach(), reduce_op="mean")
+        batch_norm = sq.clamp_min(0).sqrt()
+        if self.norms is None:
+            self.norms = torch.zeros_like(batch_norm)
+        elif self.norms.shape != batch_norm.shape:
+            raise MisconfigurationException(
+                f"MultiBalance: checkpointed norms have shape {tuple(self.norms.shape)}, this run needs "
+                f"{tuple(batch_norm.shape)} (different tasks, level or shared parameters)"
+            )
+        self.norms = self.beta * self.norms.to(batch_norm) + (1 - self.beta) * batch_norm
+        self.steps += 1
+        if self.anchor == "target":
+            a = self.norms[self.tasks.index(self.target_task or self.tasks[0])]
+        elif self.anchor == "max":
+            a = self.norms.max(dim=0).values
+        else:
+            a = self.norms.mean(dim=0)
+        r = self.relax_factor
+        return r * a / (self.norms + self.eps) + (1 - r)
