@@ -32,7 +32,8 @@ def train_reference(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     """Train the reference DLRM; return test metrics, planted AUCs and the checkpoint path."""
     n = 60_000 if quick else 1_500_000
     dm = SyntheticCTRDataModule(
-        num_train=n, num_val=n // 10, num_test=n // 5, batch_size=1024, max_rows=2_000 if quick else 20_000, seed=0
+        num_train=n, num_val=n // 10, num_test=n // 5, batch_size=1024, max_rows=2_000 if quick else 20_000, seed=0,
+        num_workers=0 if quick else 1,  # one core generates batches while the other trains
     )
     pl.seed_everything(0, verbose=False)
     # hybrid Muon: hidden MLP matrices on torch.optim.Muon, tables/biases/output layer on AdamW
@@ -89,13 +90,20 @@ def _example(name: str) -> Callable[..., Any]:
     return mod.main
 
 
-STEPS = ("optim",)
+STEPS = ("quant", "optim", "fiited")
 
 
 def _steps(res: dict[str, Any], out_dir: Path) -> dict[str, Callable[[], Any]]:
     """The capability steps, in order; each returns a dict of figures and prints its own summary."""
     steps = {
+        # quantize the checkpoint just trained (int8 tables and linears) and run the ONNX artifact
+        "quant": lambda: _example("quant")(
+            ckpt_path=res["checkpoint"], out_dir=out_dir / "quant-int8", datamodule=res["datamodule"]
+        ),
+        # the same DLRM under each optimizer of lightning_recsys.optim
         "optim": lambda: _example("optim")(),
+        # prune 90% of the embedding chunks during training; the tables really shrink
+        "fiited": lambda: _example("fiited")(),
     }
     return {name: steps[name] for name in STEPS}
 
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="parent directory of the run directory")
     parser.add_argument("--skip", default="", help="comma-separated capability steps to skip")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)  # the second core runs the data worker; oversubscribed threads stall
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     unknown = skip - set(STEPS)
     if unknown:
