@@ -6,13 +6,14 @@ Example:
     >>> module = lrs.RecsysModule(feature_spec=dm.feature_spec)
 """
 
-from . import quant
+from . import quant, strategies  # importing strategies registers "dct" and "dct_spawn"
 from .callbacks import FIITED, MultiBalance
 from .data import FeatureSpec, MovieLens100KDataModule, RecsysBatch, SparseFeature, SyntheticCTRDataModule
 from .embeddings import ChunkedEmbedding, ChunkedEmbeddingBag
 from .metrics import NormalizedEntropy
 from .models import DLRM, MultiTaskDLRM, RecsysModule
 from .optim import CounterSGD, MLorcAdamW, MLorcLion, Muon, module_parameters
+from .strategies import DCTStrategy
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "ChunkedEmbedding",
     "ChunkedEmbeddingBag",
     "CounterSGD",
+    "DCTStrategy",
     "FeatureSpec",
     "MLorcAdamW",
     "MLorcLion",
@@ -37,4 +39,5 @@ __all__ = [
     "__version__",
     "module_parameters",
     "quant",
+    "strategies",
 ]

@@ -1,0 +1,328 @@
+"""DCT benchmark: bytes, step time and AUC of gradient / boundary compression in 2 gloo processes.
+
+Part A (data parallel, full DLRM replicated; embedding gradients are dense, as with plain DDP):
+plain DDP (fp32 all-reduce), torch's fp16 compress hook, PowerSGD rank 1 and 4, DCT's threshold hook.
+Part B (hybrid: tables sharded table-wise, MLPs data parallel): the pooled-embedding all-to-all in fp32,
+fp16, int8 (row-wise scale) and DCT top-k. Part C: part A's DDP vs DCT, and the hybrid layouts (sharded
+tables with fp32 or top-k boundary, DCT hook on the MLPs), across two network namespaces joined by a
+veth pair rate-limited to 1 Gbit/s with ``tc tbf`` (needs root and iproute2); only step times count there
+(AUC comes from parts A and B).
+
+DCT runs with ``min_compress_numel=100_000``: the replicated embedding tables are thresholded, every MLP
+tensor (< 100k entries) is sent exactly (thresholding the MLPs too at 1% density cost ~0.02 AUC with Adam
+in an earlier run of this script). PowerSGD runs through a wrapper that finishes each bucket before
+returning (torch's hook waits inside future callbacks, which can deadlock gloo's worker threads).
+
+Bytes are those handed to the collectives (``torch.distributed`` calls wrapped for the whole step, so
+the anchors' hooks are counted the same way as ours), per rank and step, averaged over the steps after
+compression starts (step >= 2). Same model, data and seeds for every method.
+
+    python benchmarks/dct.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import interleaved_times, parse_args, write_results  # noqa: E402
+from lightning_recsys.data import SyntheticCTRDataModule  # noqa: E402
+from lightning_recsys.embeddings.sharded import ignore_sharded_parameters, shard_embeddings  # noqa: E402
+from lightning_recsys.models import DLRM  # noqa: E402
+from lightning_recsys.strategies import DCTCommState, dct_comm_hook  # noqa: E402
+
+DP_METHODS = ("ddp", "fp16", "powersgd_r1", "powersgd_r4", "dct")
+MP_METHODS = ("mp_fp32", "mp_fp16", "mp_int8", "mp_topk")
+
+
+class Counter:
+    """Counts bytes handed to torch.distributed collectives while ``on``."""
+
+    on = False
+    nbytes = 0
+
+    @classmethod
+    def install(cls) -> None:
+        def wrap(fn, pick):
+            @functools.wraps(fn)
+            def inner(*args, **kwargs):
+                if cls.on:
+                    t = pick(*args, **kwargs)
+                    cls.nbytes += t.numel() * t.element_size()
+                return fn(*args, **kwargs)
+
+            return inner
+
+        dist.all_reduce = wrap(dist.all_reduce, lambda t, *a, **k: t)
+        dist.all_gather = wrap(dist.all_gather, lambda out, t, *a, **k: t)
+        dist.all_to_all_single = wrap(dist.all_to_all_single, lambda out, t, *a, **k: t)
+
+
+def config(quick: bool) -> dict:
+    return {
+        "steps": 12 if quick else 120, "batch_size": 256 if quick else 512, "num_val": 2048 if quick else 16384,
+        "max_rows": 20000, "embedding_dim": 16, "lr": 3e-3, "density": 0.01, "refresh_interval": 50,
+        "mp_keep_ratio": 0.05, "powersgd_start": 2, "time_rounds": 3, "time_steps": 2 if quick else 3,
+        "link_steps": 3 if quick else 8, "link_rounds": 3 if quick else 5, "link_rate": "1gbit", "min_compress_numel": 100_000,
+        "dp_methods": list(DP_METHODS), "mp_methods": list(MP_METHODS),
+    }  # fmt: skip
+
+
+def datamodule(cfg: dict) -> SyntheticCTRDataModule:
+    n = cfg["steps"] * 2 * cfg["batch_size"]
+    return SyntheticCTRDataModule(num_train=n, num_val=cfg["num_val"], num_test=cfg["batch_size"],
+                                  batch_size=cfg["batch_size"], max_rows=cfg["max_rows"], seed=0)  # fmt: skip
+
+
+def _powersgd_sync(state: powerSGD_hook.PowerSGDState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    # torch's PowerSGD waits inside future callbacks; on gloo two buckets in flight can block both of the
+    # process group's worker threads (deadlock). Finishing each bucket before returning avoids that.
+    fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    fut.set_result(powerSGD_hook.powerSGD_hook(state, bucket).wait())
+    return fut
+
+
+_powersgd_sync.__annotations__ = {"state": object, "bucket": dist.GradBucket, "return": torch.futures.Future[torch.Tensor]}
+
+
+def hook_for(name: str, cfg: dict):
+    if name == "ddp" or name.startswith("mp_"):
+        return None, default_hooks.allreduce_hook
+    if name == "fp16":
+        return None, default_hooks.fp16_compress_hook
+    if name.startswith("powersgd"):
+        rank = int(name[-1])
+        return powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
+                                           start_powerSGD_iter=cfg["powersgd_start"]), _powersgd_sync
+    return DCTCommState(density=cfg["density"], refresh_interval=cfg["refresh_interval"],
+                        min_compress_numel=cfg["min_compress_numel"]), dct_comm_hook
+
+
+class Run:
+    """One method: model, DDP wrapper with its hook, optimizer, byte log."""
+
+    def __init__(self, name: str, dm: SyntheticCTRDataModule, cfg: dict) -> None:
+        torch.manual_seed(0)
+        model = DLRM.from_spec(dm.feature_spec, embedding_dim=cfg["embedding_dim"], bottom_mlp=(64,), top_mlp=(64, 32))
+        self.sharded = None
+        if name.startswith(("mp_", "hybrid_")):  # hybrid_<codec>: sharded tables + DCT hook on the MLPs
+            codec = name.split("_", 1)[1]
+            self.sharded = shard_embeddings(model, codec=codec, keep_ratio=cfg["mp_keep_ratio"])[0]
+            ignore_sharded_parameters(model)
+        self.name, self.dm, self.model = name, dm, model
+        self.ddp = DDP(model, broadcast_buffers=False)
+        state, hook = hook_for(name, cfg)
+        if isinstance(state, DCTCommState):
+            state.bind(self.ddp)
+        self.state = state
+        self.ddp.register_comm_hook(state, hook)
+        self.opt = torch.optim.Adam(self.ddp.parameters(), lr=cfg["lr"])
+        self.i = 0
+        self.bytes: list[int] = []
+        self.mp_bytes: list[int] = []
+        self.mp_dense_bytes: list[int] = []
+        self.nb = math.ceil(dm.num_train / dm.batch_size)
+
+    def step(self) -> None:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        batch = self.dm.make_batch("train", (self.i * world + rank) % self.nb)[0]
+        before = dict(self.sharded.stats) if self.sharded is not None else None
+        Counter.nbytes, Counter.on = 0, True
+        logits = self.ddp(batch)
+        loss = sum(F.binary_cross_entropy_with_logits(logits[:, j], batch.labels[t]) for j, t in enumerate(self.dm.feature_spec.tasks))
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        Counter.on = False
+        self.bytes.append(Counter.nbytes)
+        if self.sharded is not None:
+            s = self.sharded.stats
+            self.mp_bytes.append(s["forward_bytes"] + s["backward_bytes"] - before["forward_bytes"] - before["backward_bytes"])
+            dense = s["dense_forward_bytes"] + s["dense_backward_bytes"]
+            self.mp_dense_bytes.append(dense - before["dense_forward_bytes"] - before["dense_backward_bytes"])
+        self.i += 1
+
+    @torch.no_grad()
+    def auc(self) -> float:
+        from torchmetrics.classification import BinaryAUROC
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        nb = math.ceil(self.dm.num_val / self.dm.batch_size)
+        preds, labels = [], []
+        for i in range(rank, nb - nb % world, world):
+            batch = self.dm.make_batch("val", i)[0]
+            preds.append(self.model(batch)[:, 0])
+            labels.append(batch.labels[self.dm.feature_spec.tasks[0]])
+        p, y = torch.cat(preds), torch.cat(labels)
+        ps, ys = [torch.empty_like(p) for _ in range(world)], [torch.empty_like(y) for _ in range(world)]
+        dist.all_gather(ps, p)
+        dist.all_gather(ys, y)
+        return float(BinaryAUROC()(torch.cat(ps), torch.cat(ys).long()))
+
+    def summary(self, step_time: float) -> dict:
+        after = self.bytes[2:] or self.bytes
+        out = {"bytes_per_step": sum(after) / len(after), "step_time": step_time, "final_auc": self.auc()}
+        if self.mp_bytes:
+            out["mp_bytes_per_step"] = sum(self.mp_bytes) / len(self.mp_bytes)
+            out["mp_fp32_equivalent_bytes_per_step"] = sum(self.mp_dense_bytes) / len(self.mp_dense_bytes)
+        if isinstance(self.state, DCTCommState):
+            out["hook_bytes_per_step"] = self.state.total_bytes_sent / self.state.step
+            out["achieved_density"] = self.state.last_stats["density"]
+        return out
+
+
+def train_and_time(names: tuple[str, ...], cfg: dict, steps: int) -> dict[str, dict]:
+    dm = datamodule(cfg)
+    runs = {n: Run(n, dm, cfg) for n in names}
+    for run in runs.values():
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run.step()
+        if dist.get_rank() == 0:
+            print(f"[dct bench] {run.name}: {steps} steps in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    def many(run: Run) -> None:
+        for _ in range(cfg["time_steps"]):
+            run.step()
+
+    aucs = {n: None for n in names}
+    results = {}
+    for n, run in runs.items():  # AUC after the training steps, before the timing steps
+        aucs[n] = run.auc()
+    times = interleaved_times({n: functools.partial(many, r) for n, r in runs.items()}, repeats=cfg["time_rounds"], warmup=0)
+    for n, run in runs.items():
+        results[n] = run.summary(times[n] / cfg["time_steps"])
+        results[n]["final_auc"] = aucs[n]
+    return results
+
+
+def _worker(rank: int, world: int, port: int, cfg: dict, parts: list[str], out: str) -> None:
+    os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    Counter.install()
+    res = {}
+    if "dp" in parts:
+        res.update(train_and_time(tuple(cfg["dp_methods"]), cfg, cfg["steps"]))
+    if "mp" in parts:
+        res.update(train_and_time(tuple(cfg["mp_methods"]), cfg, cfg["steps"]))
+    if "link" in parts:
+        link_cfg = {**cfg, "time_steps": cfg["link_steps"], "time_rounds": cfg["link_rounds"]}
+        res.update(train_and_time(("ddp", "dct", "hybrid_fp32", "hybrid_topk"), link_cfg, 3))
+    if rank == 0:
+        Path(out).write_text(json.dumps(res))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local(cfg: dict, parts: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "res.json")
+        mp.start_processes(_worker, args=(2, _free_port(), cfg, parts, out), nprocs=2, start_method="spawn")
+        return json.loads(Path(out).read_text())
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def run_limited_link(cfg: dict) -> dict:
+    """Part A's DDP vs DCT over a veth pair between two fresh namespaces, each side ``tc tbf`` limited."""
+    if shutil.which("ip") is None or shutil.which("tc") is None or os.geteuid() != 0:
+        return {"skipped": "needs root, ip and tc"}
+    tag = uuid.uuid4().hex[:6]
+    ns, veth = [f"lrsb{tag}{i}" for i in range(2)], [f"vb{tag}{i}" for i in range(2)]
+    addr = ["10.213.7.1", "10.213.7.2"]
+    try:
+        for n in ns:
+            _sh("ip", "netns", "add", n)
+        _sh("ip", "link", "add", veth[0], "netns", ns[0], "type", "veth", "peer", "name", veth[1], "netns", ns[1])
+        for i in range(2):
+            _sh("ip", "-n", ns[i], "addr", "add", f"{addr[i]}/24", "dev", veth[i])
+            _sh("ip", "-n", ns[i], "link", "set", veth[i], "up")
+            _sh("ip", "-n", ns[i], "link", "set", "lo", "up")
+            _sh("ip", "netns", "exec", ns[i], "tc", "qdisc", "add", "dev", veth[i], "root", "tbf",
+                "rate", cfg["link_rate"], "burst", "256kb", "latency", "50ms")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "link.json")
+            procs = []
+            for i in range(2):
+                env = {**os.environ, "MASTER_ADDR": addr[0], "MASTER_PORT": "29611", "GLOO_SOCKET_IFNAME": veth[i],
+                       "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+                cmd = ["ip", "netns", "exec", ns[i], sys.executable, __file__, "--link-rank", str(i),
+                       "--link-out", out, "--cfg", json.dumps(cfg)]  # fmt: skip
+                procs.append(subprocess.Popen(cmd, env=env))
+            for p in procs:
+                p.wait(timeout=400)
+            if any(p.returncode for p in procs):
+                return {"skipped": f"link workers failed: {[p.returncode for p in procs]}"}
+            return json.loads(Path(out).read_text())
+    except subprocess.CalledProcessError as err:
+        return {"skipped": f"namespace setup failed: {' '.join(err.cmd)}: {err.stderr.strip()}"}
+    finally:
+        for n in ns:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def main() -> None:
+    if "--link-rank" in sys.argv:
+        i = sys.argv.index("--link-rank")
+        cfg = json.loads(sys.argv[sys.argv.index("--cfg") + 1])
+        out = sys.argv[sys.argv.index("--link-out") + 1]
+        _worker(int(sys.argv[i + 1]), 2, int(os.environ["MASTER_PORT"]), cfg, ["link"], out)
+        return
+    args = parse_args("dct")
+    cfg = config(args.quick)
+    t0 = time.perf_counter()
+    parts = os.environ.get("DCT_BENCH_PARTS", "dp,mp,link").split(",")
+    res = run_local(cfg, [p for p in parts if p != "link"])
+    link = run_limited_link(cfg) if "link" in parts else {"skipped": "not requested"}
+    ddp, dct = res["ddp"], res["dct"]
+    ratios = {
+        "dp_bytes_reduction": ddp["bytes_per_step"] / dct["bytes_per_step"],
+        "auc_delta_vs_ddp": dct["final_auc"] - ddp["final_auc"],
+        "mp_bytes_reduction": res["mp_fp32"]["mp_bytes_per_step"] / res["mp_topk"]["mp_bytes_per_step"],
+        "mp_bytes_reduction_fp16": res["mp_fp32"]["mp_bytes_per_step"] / res["mp_fp16"]["mp_bytes_per_step"],
+        "mp_bytes_reduction_int8": res["mp_fp32"]["mp_bytes_per_step"] / res["mp_int8"]["mp_bytes_per_step"],
+        "mp_auc_delta_vs_uncompressed_mp": res["mp_topk"]["final_auc"] - res["mp_fp32"]["final_auc"],
+        "dp_step_time_ratio_vs_ddp_localhost": ddp["step_time"] / dct["step_time"],
+    }
+    for n in ("fp16", "powersgd_r1", "powersgd_r4"):
+        ratios[f"dp_bytes_reduction_{n}"] = ddp["bytes_per_step"] / res[n]["bytes_per_step"]
+        ratios[f"auc_delta_vs_ddp_{n}"] = res[n]["final_auc"] - ddp["final_auc"]
+    if "skipped" not in link:
+        ratios["speedup_vs_ddp_on_limited_link"] = link["ddp"]["step_time"] / link["dct"]["step_time"]
+        for codec in ("fp32", "topk"):  # same math as mp_<codec> in part B (MLPs < min_compress_numel go exactly)
+            ratios[f"speedup_vs_ddp_on_limited_link_hybrid_{codec}"] = link["ddp"]["step_time"] / link[f"hybrid_{codec}"]["step_time"]
+    metrics = {"dct": dct, "mp_topk": res["mp_topk"], "limited_link": link, "wall_s": time.perf_counter() - t0}
+    anchors = {n: res[n] for n in (*DP_METHODS[:-1], *MP_METHODS[:-1])}
+    write_results(args, "dct", cfg, metrics, anchors, ratios)
+
+
+if __name__ == "__main__":
+    main()

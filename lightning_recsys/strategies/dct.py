@@ -1,0 +1,262 @@
+"""``DCTStrategy``: DDP with Dynamic Communication Thresholding (Gupta et al., KDD 2021).
+
+Data parallel: gradients go through :func:`~lightning_recsys.strategies.dp_hook.dct_comm_hook`
+(hard threshold + error feedback), registered on every device type (Lightning's ``DDPStrategy`` only
+registers comm hooks on CUDA). Model parallel (``mp_compression=True``): the model's embedding
+collection is sharded table-wise across ranks and the pooled embeddings cross the all-to-all as
+per-sample top-k values + indices (gradients back at the same positions).
+
+The hook state (step, residuals, thresholds of every rank) is stored in the checkpoint under
+``"dct_comm_state"``, so a run resumed with ``ckpt_path=`` continues exactly.
+
+Example:
+    >>> import lightning.pytorch as pl
+    >>> import lightning_recsys  # registers "dct" and "dct_spawn"
+    >>> trainer = pl.Trainer(strategy="dct", accelerator="cpu", devices=2)  # doctest: +SKIP
+    >>> from lightning_recsys.strategies import DCTStrategy
+    >>> trainer = pl.Trainer(strategy=DCTStrategy(density=0.005, refresh_interval=500))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.fabric.strategies import _StrategyRegistry
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch.nn.parallel import DistributedDataParallel
+
+from .dp_hook import DCTCommState, dct_comm_hook
+
+__all__ = ["DCTStrategy"]
+
+CHECKPOINT_KEY = "dct_comm_state"
+_REJECTED = ("ddp_comm_hook", "ddp_comm_state", "ddp_comm_wrapper", "model_averaging_period")
+
+
+def _check_number(name: str, value: Any, lo: float, hi: float | None, integer: bool, lo_open: bool = False) -> None:
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise TypeError(f"DCTStrategy: {name} must be {kind}, got {value!r} ({type(value).__name__})")
+    too_low = value <= lo if lo_open else value < lo
+    if too_low or (hi is not None and value > hi):
+        lo_s = f"> {lo}" if lo_open else f">= {lo}"
+        hi_s = f" and <= {hi}" if hi is not None else ""
+        raise ValueError(f"DCTStrategy: {name} must be {lo_s}{hi_s}, got {value!r}")
+
+
+class DCTStrategy(DDPStrategy):
+    """DDP that thresholds data-parallel gradients and, optionally, the model-parallel embedding boundary.
+
+    Args:
+        density: target fraction of gradient entries sent per step (the threshold's quantile), in (0, 1].
+        refresh_interval: ``L``, steps between threshold refreshes (sampled quantile; in between only a
+            comparison).
+        error_feedback: keep what was not sent and add it to the next step's gradient.
+        start_step: first optimizer step that is compressed (>= 2: DDP rebuilds its buckets at step 1);
+            earlier steps use a plain all-reduce.
+        min_compress_numel: parameters with fewer entries (biases) are sent exactly.
+        sample_size: entries sampled to estimate each threshold.
+        mp_compression: shard the model's :class:`~lightning_recsys.models.dlrm.EmbeddingBagCollection`
+            table-wise across ranks (or use the model's
+            :class:`~lightning_recsys.embeddings.sharded.ShardedEmbeddingBagCollection`) and compress the
+            pooled-embedding all-to-all.
+        mp_keep_ratio: fraction of each sample's boundary activations kept (per-sample top-k), in (0, 1].
+        mp_codec: boundary codec: ``"topk"`` (DCT), or the uncompressed / quantized anchors ``"fp32"``,
+            ``"fp16"``, ``"int8"`` (table-wise model parallelism without DCT on the boundary).
+        log_stats: log ``dct_density``, ``dct_bytes_sent`` and ``dct_compression_ratio`` (previous step's
+            figures, this rank) through the LightningModule's ``log``.
+        seed: seed of the threshold sampling (deterministic across resumes).
+        **kwargs: everything :class:`~lightning.pytorch.strategies.DDPStrategy` takes (``start_method``,
+            ``process_group_backend``, ``find_unused_parameters``, ``cluster_environment``, ...) except the
+            comm-hook arguments, which this strategy sets itself.
+    """
+
+    strategy_name = "dct"
+
+    def __init__(
+        self,
+        density: float = 0.01,
+        refresh_interval: int = 100,
+        error_feedback: bool = True,
+        start_step: int = 2,
+        min_compress_numel: int = 1024,
+        sample_size: int = 8192,
+        mp_compression: bool = False,
+        mp_keep_ratio: float = 0.05,
+        mp_codec: Literal["topk", "fp32", "fp16", "int8"] = "topk",
+        log_stats: bool = True,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        bad = [k for k in _REJECTED if kwargs.get(k) is not None]
+        if bad:
+            raise ValueError(f"DCTStrategy sets the DDP comm hook itself; do not pass {bad} (use DDPStrategy for that)")
+        _check_number("density", density, 0.0, 1.0, integer=False, lo_open=True)
+        _check_number("refresh_interval", refresh_interval, 1, None, integer=True)
+        _check_number("start_step", start_step, 2, None, integer=True)
+        _check_number("min_compress_numel", min_compress_numel, 0, None, integer=True)
+        _check_number("sample_size", sample_size, 1, None, integer=True)
+        _check_number("mp_keep_ratio", mp_keep_ratio, 0.0, 1.0, integer=False, lo_open=True)
+        _check_number("seed", seed, 0, None, integer=True)
+        if mp_codec not in ("topk", "fp32", "fp16", "int8"):
+            raise ValueError(f"DCTStrategy: mp_codec must be one of 'topk', 'fp32', 'fp16', 'int8', got {mp_codec!r}")
+        for name, flag in (("error_feedback", error_feedback), ("mp_compression", mp_compression), ("log_stats", log_stats)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"DCTStrategy: {name} must be True or False, got {flag!r}")
+        super().__init__(**kwargs)
+        self.density = float(density)
+        self.refresh_interval = refresh_interval
+        self.error_feedback = error_feedback
+        self.start_step = start_step
+        self.min_compress_numel = min_compress_numel
+        self.sample_size = sample_size
+        self.mp_compression = mp_compression
+        self.mp_keep_ratio = float(mp_keep_ratio)
+        self.mp_codec = mp_codec
+        self.log_stats = log_stats
+        self.seed = seed
+        self.comm_state: DCTCommState | None = None
+        self._sharded_this_run = False
+        self._pending_comm_state: list[dict[str, Any]] | None = None
+
+    # ----------------------------------------------------------------- registration
+    @classmethod
+    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
+        """Register ``"dct"`` (subprocess launch) and ``"dct_spawn"``; a second call is a no-op."""
+        for name, start_method in (("dct", "popen"), ("dct_spawn", "spawn")):
+            if name in strategy_registry:
+                continue
+            strategy_registry.register(
+                name,
+                cls,
+                description=f"DCT-compressed DDP (lightning_recsys) with start_method '{start_method}'",
+                start_method=start_method,
+            )
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, trainer: pl.Trainer) -> None:
+        self._sharded_this_run = False
+        if self.mp_compression and trainer.state.fn == "fit":
+            self._shard_embeddings()
+        super().setup(trainer)
+
+    def on_train_end(self) -> None:
+        """Swap full tables back into the model (collective), so that after ``fit`` it is a normal model."""
+        super().on_train_end()
+        if self._sharded_this_run:
+            from ..embeddings.sharded import unshard_embeddings
+
+            unshard_embeddings(self.lightning_module)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.lightning_module, [])
+
+    def _shard_embeddings(self) -> None:
+        from ..embeddings.sharded import ignore_sharded_parameters, shard_embeddings  # avoids an import cycle
+
+        module = self.lightning_module
+        collections = shard_embeddings(module, codec=self.mp_codec, keep_ratio=self.mp_keep_ratio)
+        if not collections:
+            raise ValueError(
+                "DCTStrategy(mp_compression=True) needs an embedding collection to shard, but "
+                f"{type(module).__name__} contains no lightning_recsys EmbeddingBagCollection or "
+                "ShardedEmbeddingBagCollection. Use one in your model, or set mp_compression=False."
+            )
+        ignore_sharded_parameters(module)
+        self._sharded_this_run = True
+        rank_zero_info(
+            f"DCTStrategy: sharded {len(collections)} embedding collection(s) table-wise, boundary codec "
+            f"{self.mp_codec!r}" + (f", keep ratio {self.mp_keep_ratio}" if self.mp_codec == "topk" else "")
+        )
+
+    def _register_ddp_hooks(self) -> None:
+        # Lightning's DDPStrategy registers comm hooks only on CUDA; ours runs on every device type
+        if not isinstance(self.model, DistributedDataParallel):
+            raise RuntimeError("DCTStrategy: the model must be wrapped in DistributedDataParallel before hooks are registered")
+        self.comm_state = DCTCommState(
+            density=self.density,
+            refresh_interval=self.refresh_interval,
+            error_feedback=self.error_feedback,
+            start_step=self.start_step,
+            min_compress_numel=self.min_compress_numel,
+            sample_size=self.sample_size,
+            seed=self.seed,
+        ).bind(self.model)
+        if self._pending_comm_state is not None:
+            self.comm_state.load_state_dict(self._pending_comm_state[self.global_rank], device=self.root_device)
+            self._pending_comm_state = None
+        self.model.register_comm_hook(self.comm_state, dct_comm_hook)
+
+    # ----------------------------------------------------------------- logging
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().training_step(*args, **kwargs)
+        module = self.lightning_module
+        if self.log_stats and self.comm_state is not None and self.comm_state.last_stats and module is not None:
+            stats = self.comm_state.last_stats
+            for key in ("density", "bytes_sent", "compression_ratio"):
+                module.log(f"dct_{key}", stats[key], on_step=True, on_epoch=False, batch_size=1)
+        return out
+
+    # ----------------------------------------------------------------- checkpointing
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """Model state with sharded embedding tables gathered from all ranks (full, unsharded keys)."""
+        state = super().lightning_module_state_dict()
+        for prefix, sub in self._sharded_collections():
+            for key, value in sub.gather_full_state().items():
+                state[f"{prefix}.{key}" if prefix else key] = value
+        return state
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """With sharded tables each rank's optimizer differs: store all ranks' states."""
+        state = super().optimizer_state(optimizer)
+        if not (self._sharded_this_run or self._has_sharded_tables()):
+            return state
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, state)
+        return {"dct_per_rank": gathered}
+
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        states = checkpoint["optimizer_states"]
+        if states and isinstance(states[0], Mapping) and "dct_per_rank" in states[0]:
+            rank = self.global_rank
+            checkpoint = {**checkpoint, "optimizer_states": [s["dct_per_rank"][rank] for s in states]}
+        super().load_optimizer_state_dict(checkpoint)
+
+    def _sharded_collections(self) -> list[tuple[str, Any]]:
+        from ..embeddings.sharded import ShardedEmbeddingBagCollection
+
+        module = self.lightning_module
+        if module is None:
+            return []
+        return [(p, m) for p, m in module.named_modules() if isinstance(m, ShardedEmbeddingBagCollection)]
+
+    def _has_sharded_tables(self) -> bool:
+        return bool(self._sharded_collections())
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
+        """Add every rank's comm-hook state (collective: all ranks call it, as ``Trainer.save_checkpoint`` does)."""
+        if self.comm_state is not None and dist.is_available() and dist.is_initialized():
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, self.comm_state.state_dict())
+            checkpoint[CHECKPOINT_KEY] = {"world_size": len(states), "ranks": states}
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is not None:
+            if saved["world_size"] != self.world_size:
+                raise ValueError(
+                    f"DCTStrategy: the checkpoint's comm-hook state was saved with {saved['world_size']} processes, "
+                    f"this run has {self.world_size}; resume with the same number of processes"
+                )
+            if self.comm_state is not None:
+                self.comm_state.load_state_dict(saved["ranks"][self.global_rank], device=self.root_device)
+            else:
+                self._pending_comm_state = saved["ranks"]
+        return checkpoint

@@ -1,0 +1,124 @@
+"""Single-process checks of DCT: option validation, registration, CLI class_path, pure compression functions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import StrategyRegistry
+
+import lightning_recsys  # noqa: F401
+from lightning_recsys.models import RecsysModule
+from lightning_recsys.strategies import (
+    BoundaryCodec,
+    DCTCommState,
+    DCTStrategy,
+    register_strategies,
+    sampled_threshold,
+    threshold_compress,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"density": 0.0}, ValueError, "density must be > 0.0"),
+        ({"density": 1.5}, ValueError, "density"),
+        ({"density": "0.1"}, TypeError, "density must be a number"),
+        ({"refresh_interval": 0}, ValueError, "refresh_interval must be >= 1"),
+        ({"refresh_interval": 2.5}, TypeError, "refresh_interval must be an integer"),
+        ({"start_step": 1}, ValueError, "start_step must be >= 2"),
+        ({"mp_keep_ratio": 0}, ValueError, "mp_keep_ratio"),
+        ({"error_feedback": "yes"}, TypeError, "error_feedback must be True or False"),
+        ({"sample_size": 0}, ValueError, "sample_size"),
+        ({"mp_codec": "fp8"}, ValueError, "mp_codec must be one of"),
+        ({"ddp_comm_hook": lambda s, b: None}, ValueError, "ddp_comm_hook"),
+    ],
+)
+def test_bad_options_raise_clear_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DCTStrategy(**kwargs)
+
+
+def test_registered_by_name_and_idempotent():
+    register_strategies()
+    register_strategies()  # a second registration is a no-op, not an error
+    assert "dct" in StrategyRegistry and "dct_spawn" in StrategyRegistry
+    t = pl.Trainer(strategy="dct", accelerator="cpu", devices=2, logger=False)
+    assert isinstance(t.strategy, DCTStrategy) and t.strategy._start_method == "popen"
+    t = pl.Trainer(strategy="dct_spawn", accelerator="cpu", devices=2, logger=False)
+    assert isinstance(t.strategy, DCTStrategy) and t.strategy._start_method == "spawn"
+
+
+def test_example_yaml_class_path_builds_the_strategy():
+    cli = LightningCLI(
+        RecsysModule, pl.LightningDataModule, subclass_mode_data=True, run=False,
+        args=["--config", str(ROOT / "examples/configs/dct.yaml")], save_config_callback=None,
+    )  # fmt: skip
+    s = cli.trainer.strategy
+    assert isinstance(s, DCTStrategy)
+    assert (s.density, s.refresh_interval, s.start_step, s.error_feedback) == (0.01, 50, 2, True)
+    assert s.num_processes == 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_error_feedback_invariant(seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(5000, generator=g) * torch.rand(5000, generator=g) ** 4
+    a[::7] = 0.0
+    tau = float(a.abs().quantile(0.98))
+    idx, values, residual = threshold_compress(a, tau)
+    assert torch.equal(residual.index_put((idx,), values), a)  # sent + kept == what was to be sent
+    assert bool((values.abs() >= tau).all()) and bool((residual.abs() < tau).all())
+    assert torch.equal(residual[idx], torch.zeros_like(values))
+    idx0, v0, r0 = threshold_compress(a, 0.0)  # tau 0: every nonzero goes, nothing is kept
+    assert idx0.numel() == int((a != 0).sum()) and not r0.any()
+
+
+def test_sampled_threshold_hits_target_density():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200_000, generator=g)
+    tau = sampled_threshold(a, 0.01, 8192, torch.Generator().manual_seed(1))
+    density = float((a.abs() >= tau).float().mean())
+    assert 0.006 < density < 0.015
+    small = torch.arange(100.0)
+    assert sampled_threshold(small, 0.05, 8192, torch.Generator()) == 95.0  # exact top-5 when small
+
+
+def test_refresh_cadence():
+    st = DCTCommState(start_step=2, refresh_interval=3)
+    assert [s for s in range(12) if st.refresh_due(s)] == [2, 5, 8, 11]
+
+
+def test_topk_codec_roundtrip_matches_mask():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 40, generator=g)
+    codec = BoundaryCodec("topk", keep_ratio=0.1)
+    payload, idx = codec.encode_forward(x)
+    assert payload.shape == (7, codec.forward_row_bytes(40)) and codec.k(40) == 4
+    dense, ridx = codec.decode_forward(payload, 40)
+    mask = torch.zeros_like(x).scatter_(1, torch.topk(x.abs(), 4, dim=1).indices, 1.0)
+    assert torch.equal(dense, x * mask)
+    grad = torch.randn(7, 40, generator=g)
+    back = codec.decode_backward(codec.encode_backward(grad, ridx), 40, idx)
+    assert torch.equal(back, grad * mask)
+    assert codec.forward_row_bytes(40) == 4 * (4 + 1)  # fp32 values + uint8 indices (row width <= 256)
+    assert codec.forward_row_bytes(1000) == 100 * (4 + 2)  # int16 indices beyond 256
+    with pytest.raises(ValueError, match="codec must be one of"):
+        BoundaryCodec("fp8")
+    with pytest.raises(ValueError, match="keep_ratio"):
+        BoundaryCodec("topk", keep_ratio=1.5)
+
+
+def test_int8_and_fp16_codecs_are_close():
+    x = torch.randn(5, 33)
+    for name, tol in (("fp16", 1e-2), ("int8", 0.03)):
+        c = BoundaryCodec(name)
+        out, _ = c.decode_forward(c.encode_forward(x)[0], 33)
+        assert (out - x).abs().max() < tol * math.ceil(float(x.abs().max()))
