@@ -90,7 +90,7 @@ def _example(name: str) -> Callable[..., Any]:
     return mod.main
 
 
-STEPS = ("quant", "optim", "fiited")
+STEPS = ("quant", "optim", "fiited", "multibalance", "dct")
 
 
 def _steps(res: dict[str, Any], out_dir: Path) -> dict[str, Callable[[], Any]]:
@@ -104,6 +104,10 @@ def _steps(res: dict[str, Any], out_dir: Path) -> dict[str, Callable[[], Any]]:
         "optim": lambda: _example("optim")(),
         # prune 90% of the embedding chunks during training; the tables really shrink
         "fiited": lambda: _example("fiited")(),
+        # two tasks of very different base rates, balanced on the shared representation
+        "multibalance": lambda: _example("multibalance")(),
+        # 2 processes on gloo with Trainer(strategy=DCTStrategy(...)): thresholded gradients
+        "dct": lambda: _example("dct")(),
     }
     return {name: steps[name] for name in STEPS}
 
