@@ -99,7 +99,11 @@ def test_single_hot_features_use_one_fused_gather(tmp_path):
     meta = export_onnx(model, tmp_path / "sh.onnx", single)
     assert meta["inputs"]["single_hot"] == list(CARDS)
     proto = onnx.load(str(tmp_path / "sh.onnx"))
-    assert sum(n.op_type == "Gather" for n in proto.graph.node) <= 4  # codes, scales, biases: one each for all tables
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
+    # codes and [scale, bias] pairs: one Gather each for all tables, plus the interaction's pair selection
+    assert len(gathers) == 3
+    assert not any(n.op_type == "GatherND" for n in proto.graph.node)
+    assert sum(n.op_type == "Unsqueeze" for n in proto.graph.node) <= 1  # the dense vector's; none per feature
     assert not any(n.op_type == "ReduceSum" for n in proto.graph.node)
     predictor = load(tmp_path / "sh.onnx")
     with torch.no_grad():
@@ -108,3 +112,38 @@ def test_single_hot_features_use_one_fused_gather(tmp_path):
             torch.testing.assert_close(predictor(batch), model(batch), atol=2e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="exported single-hot"):
         predictor(_batch({"a": [[1, 2]], "b": [[1]], "c": [[1]]}, 1, weighted=()))
+
+
+@pytest.mark.parametrize("num_dense", [4, 0])
+def test_lowered_interaction_matches_dot_interaction(num_dense):
+    from lightning_recsys.models.dlrm import DotInteraction
+    from lightning_recsys.quant.lowering import lower_tables
+
+    torch.manual_seed(2)
+    for n_emb in (1, 2, 5):
+        for include_dense in (True, False):
+            ref = DotInteraction(n_emb + (1 if num_dense else 0), include_dense=include_dense)
+            low = lower_tables(nn.ModuleDict({"inter": ref}))["inter"]
+            assert type(low).__name__ == "LoweredDotInteraction"
+            x = torch.randn(3, 6) if num_dense else None
+            e = torch.randn(3, n_emb, 6)
+            torch.testing.assert_close(low(x, e), ref(x, e), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_single_hot_export_parity_batch1_and_empty_bags(tmp_path, precision):
+    """The fused row-wise gather + lowered interaction graph against ORT: batch 1, all-empty bags, and a
+    batch size never seen at export."""
+    torch.manual_seed(3)
+    model = DLRM(4, CARDS, embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,), num_tasks=2).eval()
+    quantize_(model, RecipeConfig(overrides={r".*tables\.[abc]": {"precision": precision}}))
+    single = _batch({k: [[(3 * i) % c] for i in range(8)] for k, c in CARDS.items()}, 8, weighted=())
+    export_onnx(model, tmp_path / "m.onnx", single)
+    predictor = load(tmp_path / "m.onnx")
+    g = torch.Generator().manual_seed(4)
+    many = {k: [[int(torch.randint(0, c, (1,), generator=g))] if i % 3 else [] for i in range(37)] for k, c in CARDS.items()}
+    with torch.no_grad():
+        for batch in (_batch({"a": [[49]], "b": [[0]], "c": [[39]]}, 1, weighted=()),
+                      _batch({"a": [[]], "b": [[]], "c": [[]]}, 1, weighted=()),
+                      _batch(many, 37, weighted=())):  # fmt: skip
+            torch.testing.assert_close(predictor(batch), model(batch), atol=2e-3, rtol=1e-3)
