@@ -12,10 +12,14 @@ Chunk ``c`` of row ``r`` lives at ``base[r] + popcount(mask[r] & ((1 << c) - 1))
 else it reads the zero slot. So the index costs 5 bytes per row for ``K <= 8`` (not one int per chunk),
 and pruning reallocates the pool to exactly the kept chunks: memory really shrinks.
 
-Lookup is vectorised: one gather of the row index, a prefix popcount over ``K`` bits, one
+The pool is always laid out row-major (rows in order, each row's kept chunks in order), so while every
+chunk is kept (before the first pruning, or after everything is re-admitted) ``pool[1:]`` *is* the dense
+``[num_rows, d]`` table: the lookup is then the same single ``F.embedding`` / ``F.embedding_bag`` call as
+the dense modules (bit-exact forward), with a hand-written backward that adds the per-access gradients
+straight into the pool's gradient and, when tracking, records their per-chunk norms. Once chunks are
+pruned, lookup is vectorised: one gather of the row index, a prefix popcount over ``K`` bits, one
 ``F.embedding`` on the pool with ``padding_idx=0`` (so the zero slot never receives a gradient), then
-``F.embedding_bag`` for the bag variant. Before any pruning the modules equal ``nn.Embedding`` /
-``nn.EmbeddingBag`` in forward and gradients.
+the pooling. ``max`` bags always take the gather path.
 
 Example:
     >>> import torch
@@ -62,6 +66,12 @@ def _rank_lut(k: int, device: torch.device) -> Tensor:
     """``[2^k, k]``: rank of chunk ``c`` among the kept chunks of mask ``m``, or a large negative if pruned."""
     bits = (torch.arange(1 << k).unsqueeze(1) >> torch.arange(k)) & 1
     return torch.where(bits == 1, bits.cumsum(1) - 1, -(1 << 40)).to(device)
+
+
+@functools.cache
+def _chunk_indicator(k: int, c: int, device: torch.device) -> Tensor:
+    """``[k * c, k]`` 0/1 matrix: column ``j`` sums the ``c`` columns of chunk ``j``."""
+    return torch.eye(k, device=device).repeat_interleave(c, dim=0)
 
 
 def _check_shape(num_embeddings: int, embedding_dim: int, chunk_size: int) -> None:
@@ -168,6 +178,26 @@ class ChunkedEmbeddingBase(nn.Module):
     def _check_ids(self, ids: Tensor) -> None:
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"input must be an int64 or int32 tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
+
+    @property
+    def all_kept(self) -> bool:
+        """Whether every chunk is stored: then ``pool[1:]`` is the row-major ``[num_rows, d]`` table."""
+        return int(self.pool.shape[0]) - 1 == self.num_embeddings * self.num_chunks
+
+    def _dense_view(self, pool: Tensor) -> Tensor:
+        """``pool[1:]`` as the ``[num_rows, d]`` weight (valid while :attr:`all_kept`)."""
+        return pool[1:].view(self.num_embeddings, self.embedding_dim)
+
+    def _accesses(self, input: Tensor, offsets: Tensor | None, weights: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """How the output gradient reaches every access: ids ``[N]``, output row of each (``None`` = row ``i``)
+        and a per-access factor (``None`` = 1). Overridden by the bag variant."""
+        return input.reshape(-1), None, None
+
+    def _chunk_norms(self, grad: Tensor) -> Tensor:
+        """Per-chunk L2 norms ``[N, K]`` of ``grad [N, d]`` (a matmul with a 0/1 chunk indicator: far faster
+        on CPU than a reduction over C-wide blocks)."""
+        sq = grad.detach().float().square()
+        return (sq @ _chunk_indicator(self.num_chunks, self.chunk_size, sq.device)).sqrt_()
 
     # ---------------------------------------------------------------- pruning
     def track_grad_norms(self, enabled: bool = True) -> None:
@@ -281,6 +311,8 @@ class ChunkedEmbedding(ChunkedEmbeddingBase):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_ids(input)
+        if self.all_kept:  # exactly nn.Embedding on the pool seen as the dense table
+            return _AllKeptLookup.apply(self.pool, None, self, input, None)
         return self._gather(input.reshape(-1)).view(*input.shape, self.embedding_dim)
 
     def to_dense(self) -> nn.Embedding:
@@ -334,9 +366,11 @@ class ChunkedEmbeddingBag(ChunkedEmbeddingBase):
             raise ValueError(f"input must be 1-D (with offsets) or 2-D, got shape {tuple(input.shape)}")
         elif offsets is None:
             raise ValueError("offsets must be given when input is 1-D")
-        flat = input.reshape(-1)
+        if self.all_kept and self.mode != "max":  # exactly nn.EmbeddingBag on the pool seen as the dense table
+            return _AllKeptLookup.apply(self.pool, per_sample_weights, self, input, offsets)
         if self.mode == "sum" and self.padding_idx is None:
             return self._sum_bags(input, offsets, per_sample_weights)
+        flat = input.reshape(-1)
         rows = self._gather(flat)
         positions = torch.arange(flat.numel(), device=flat.device)
         pad = None
@@ -348,6 +382,38 @@ class ChunkedEmbeddingBag(ChunkedEmbeddingBase):
             positions.view(input.shape), rows, offsets, mode=self.mode, per_sample_weights=per_sample_weights,
             include_last_offset=self.include_last_offset, padding_idx=pad,
         )  # fmt: skip
+
+    def _accesses(self, input: Tensor, offsets: Tensor | None, weights: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Ids ``[N]``, bag of each (``None`` when every bag holds one id) and factor on the bag gradient
+        (``None`` = 1; ``sum``: the weight, ``mean``: 1 / bag size; padded ids are left out of their bag: 0)."""
+        flat = input.reshape(-1)
+        bag_of = self._bag_of(input, offsets)
+        if bag_of is not None:
+            flat = flat[: bag_of.numel()]  # ids past the last offset (include_last_offset) are in no bag
+        factor = None if weights is None else weights.detach().reshape(-1)[: flat.numel()]
+        real = None if self.padding_idx is None else (flat != self.padding_idx).to(self.pool.dtype)
+        if real is not None:
+            factor = real if factor is None else factor * real
+        if self.mode == "mean" and bag_of is not None:
+            ones = real if real is not None else self.pool.new_ones(flat.numel())
+            size = self.pool.new_zeros(int(bag_of[-1]) + 1 if bag_of.numel() else 0).index_add_(0, bag_of, ones)
+            inv = size.clamp_min_(1).reciprocal_().index_select(0, bag_of)
+            factor = inv if factor is None else factor * inv
+        return flat, bag_of, factor
+
+    def _bag_of(self, input: Tensor, offsets: Tensor | None) -> Tensor | None:
+        """Bag number of every id of ``input`` (1-D with offsets, or 2-D); ``None`` when id ``i`` is bag ``i``."""
+        if input.dim() == 2:
+            if input.shape[1] == 1:
+                return None
+            return torch.arange(input.shape[0], device=input.device).repeat_interleave(input.shape[1])
+        n = input.numel()
+        if not self.include_last_offset and offsets.numel() == n and bool((offsets.diff() == 1).all()) and (n == 0 or int(offsets[0]) == 0):
+            return None
+        if self.include_last_offset:
+            return torch.repeat_interleave(torch.arange(offsets.numel() - 1, device=input.device), offsets.diff())
+        ends = torch.cat([offsets[1:], offsets.new_tensor([n])])
+        return torch.repeat_interleave(torch.arange(offsets.numel(), device=input.device), ends - offsets, output_size=n)
 
     def _sum_bags(self, input: Tensor, offsets: Tensor | None, weights: Tensor | None) -> Tensor:
         """Sum pooling as gather + ``index_add`` into the bags (on CPU ``embedding_bag``'s backward sorts
@@ -380,3 +446,54 @@ class ChunkedEmbeddingBag(ChunkedEmbeddingBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
+
+
+class _AllKeptLookup(torch.autograd.Function):
+    """Lookup while every chunk is kept (``sum``/``mean`` bags and plain embeddings).
+
+    Forward: ``F.embedding`` / ``F.embedding_bag`` on ``pool[1:]`` seen as the dense ``[num_rows, d]`` table
+    (bit-exact with the dense modules). Backward: the gradient of every access (its bag's, times its weight
+    or 1 over the bag size) is added straight into a pool-shaped gradient (``index_add_``: no slice round
+    trip, no sort), and when tracking, its per-chunk L2 norms go to ``grad_norm_acc``.
+    """
+
+    @staticmethod
+    def forward(ctx, pool: Tensor, weights: Tensor | None, table: ChunkedEmbeddingBase, input: Tensor, offsets: Tensor | None) -> Tensor:
+        weight = table._dense_view(pool)
+        if isinstance(table, ChunkedEmbeddingBag):
+            out = F.embedding_bag(
+                input, weight, offsets, mode=table.mode, per_sample_weights=weights,
+                include_last_offset=table.include_last_offset, padding_idx=table.padding_idx,
+            )  # fmt: skip
+        else:
+            out = F.embedding(input, weight, table.padding_idx)
+        ctx.table, ctx.input, ctx.offsets, ctx.acc = table, input, offsets, table.grad_norm_acc
+        ctx.save_for_backward(pool, weights)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        pool, weights = ctx.saved_tensors
+        table, input, offsets = ctx.table, ctx.input, ctx.offsets
+        grad = grad.reshape(-1, table.embedding_dim)
+        ids, bag_of, factor = table._accesses(input, offsets, weights)
+        per_access = grad if bag_of is None else grad.index_select(0, bag_of)
+        if ctx.acc is not None:  # per-chunk norms of every access's gradient: the bag's norms times |factor|
+            norms = table._chunk_norms(grad)
+            norms = norms if bag_of is None else norms.index_select(0, bag_of)
+            ctx.acc.index_add_(0, ids, norms if factor is None else norms * factor.abs().unsqueeze(1))
+        grad_pool = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            g = per_access if factor is None else per_access * factor.unsqueeze(1).to(grad.dtype)
+            if table.padding_idx is not None and not isinstance(table, ChunkedEmbeddingBag):
+                g = g.masked_fill((ids == table.padding_idx).unsqueeze(1), 0)  # the padding row gets no gradient
+            grad_pool = pool.new_zeros(pool.shape)
+            table._dense_view(grad_pool).index_add_(0, ids, g.to(pool.dtype))
+        if weights is not None and ctx.needs_input_grad[1]:
+            gw = (per_access * table._dense_view(pool).index_select(0, ids)).sum(1)
+            if table.padding_idx is not None:
+                gw = gw * (ids != table.padding_idx).to(gw.dtype)
+            grad_weights = weights.new_zeros(weights.numel())
+            grad_weights[: gw.numel()] = gw
+            grad_weights = grad_weights.view(weights.shape)
+        return grad_pool, grad_weights, None, None, None

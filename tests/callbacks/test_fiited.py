@@ -91,6 +91,21 @@ def test_swaps_prunes_to_target_and_frees_memory():
     assert (module.user.weight.view(ROWS, 4, 2).abs().sum(-1) > 0).sum() <= cb.tables["user"].num_kept
 
 
+def test_dense_fast_path_until_the_first_pruning_event():
+    """The tables look up through the dense view of the pool until the first pruning, the chunked gather after."""
+    module = Plain()
+    cb = FIITED(chunk_size=2, target_sparsity=0.5, start_step=3, end_step=6, interval=3, schedule="constant")
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.global_step, pl_module.user.all_kept, pl_module.items.all_kept))
+
+    _trainer([cb, Probe()], max_steps=6).fit(module, DataLoader(_data(), batch_size=8))
+    assert seen == [(s, s < 3, s < 3) for s in range(6)]
+    assert all(u.sum() > 0 for u in cb.utility.values())  # the fast path fed the utilities
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_optimizer_state_is_remapped(name):
     table = ChunkedEmbeddingBag.from_dense(nn.EmbeddingBag(20, 8, mode="sum"), chunk_size=2)

@@ -199,3 +199,106 @@ def test_single_hot_sum_bags_equal_dense_and_track_norms(two_d):
     norms = (g * w[:, None]).view(4, 2, 4).norm(dim=2)
     expected = torch.zeros(30, 2).index_add_(0, ids, norms)
     torch.testing.assert_close(table.grad_norm_acc, expected)
+
+
+def _reference_norms(weight, ids, offsets, mode, psw, padding_idx, include_last_offset, g, chunk):
+    """Per-access chunk gradient norms summed per row, from plain autograd through explicitly gathered rows."""
+    flat = ids.reshape(-1)
+    n, d = flat.numel(), weight.shape[1]
+    rows = torch.cat([weight.detach()[flat], torch.zeros(1, d)]).requires_grad_(True)
+    pos = torch.where(flat == padding_idx, n, torch.arange(n)) if padding_idx is not None else torch.arange(n)
+    out = F.embedding_bag(
+        pos.view(ids.shape), rows, offsets, mode=mode, per_sample_weights=psw, include_last_offset=include_last_offset,
+        padding_idx=n if padding_idx is not None else None,
+    )  # fmt: skip
+    out.backward(g)
+    norms = rows.grad[:n].view(n, d // chunk, chunk).norm(dim=2)
+    return torch.zeros(weight.shape[0], d // chunk).index_add_(0, flat, norms)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("padding_idx", [None, 3])
+@pytest.mark.parametrize("layout", ["offsets", "last_offset", "2d", "single_hot"])
+def test_all_kept_fast_path_then_pruned_path_match_dense(mode, padding_idx, layout):
+    """All chunks kept: the lookup is the dense one on the pool seen as ``[rows, d]`` (exact forward, same
+    gradients, same tracked norms); after the first pruning the chunked gather takes over (equal to the dense
+    module with pruned chunks zeroed); keeping everything again goes back to the fast path."""
+    torch.manual_seed(0)
+    last = layout == "last_offset"
+    dense = nn.EmbeddingBag(50, 16, mode=mode, padding_idx=padding_idx, include_last_offset=last)
+    table = ChunkedEmbeddingBag.from_dense(dense, chunk_size=4)
+    table.track_grad_norms()
+    if layout == "2d":
+        ids, offsets = torch.randint(0, 50, (8, 5)), None
+    elif layout == "single_hot":
+        ids, offsets = torch.randint(0, 50, (10,)), torch.arange(10)
+    else:
+        ids = torch.randint(0, 50, (40,))
+        offsets = torch.tensor([0, 3, 3, 10, 20] + ([40] if last else []))
+    ids.view(-1)[5] = 3
+    psw = torch.rand(ids.shape, requires_grad=True) if mode == "sum" else None
+    psw_t = psw.detach().clone().requires_grad_(True) if psw is not None else None
+    assert table.all_kept
+    a, b = dense(ids, offsets, per_sample_weights=psw), table(ids, offsets, per_sample_weights=psw_t)
+    assert torch.equal(a, b)  # bit-exact: the same embedding_bag call on the same numbers
+    g = torch.randn_like(a)
+    a.backward(g)
+    b.backward(g)
+    torch.testing.assert_close(_dense_grad(table), dense.weight.grad, rtol=0, atol=1e-6)
+    assert table.pool.grad[0].abs().sum() == 0
+    if psw is not None:
+        torch.testing.assert_close(psw_t.grad, psw.grad)
+    ref = _reference_norms(dense.weight, ids, offsets, mode, None if psw is None else psw.detach(), padding_idx, last, g, 4)
+    torch.testing.assert_close(table.grad_norm_acc, ref)
+
+    # first pruning: the chunked gather path, equal to the dense module with the pruned chunks zeroed
+    keep = torch.rand(50, 4) < 0.5
+    table.set_kept(keep)
+    assert not table.all_kept
+    table.track_grad_norms()
+    masked = nn.EmbeddingBag(50, 16, mode=mode, padding_idx=padding_idx, include_last_offset=last)
+    with torch.no_grad():
+        masked.weight.copy_((dense.weight.view(50, 4, 4) * keep.unsqueeze(2)).view(50, 16))
+    table.pool.grad = None
+    psw = psw.detach().clone().requires_grad_(True) if psw is not None else None
+    psw_t = psw.detach().clone().requires_grad_(True) if psw is not None else None
+    a, b = masked(ids, offsets, per_sample_weights=psw), table(ids, offsets, per_sample_weights=psw_t)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    a.backward(g)
+    b.backward(g)
+    grad = _dense_grad(table).view(50, 4, 4)
+    torch.testing.assert_close(grad[keep], masked.weight.grad.view(50, 4, 4)[keep], rtol=0, atol=1e-6)
+    assert (grad[~keep] == 0).all() and table.pool.grad[0].abs().sum() == 0  # pruned chunks get nothing
+    if psw is not None:
+        torch.testing.assert_close(psw_t.grad, psw.grad)
+    ref = _reference_norms(masked.weight, ids, offsets, mode, None if psw is None else psw.detach(), padding_idx, last, g, 4)
+    torch.testing.assert_close(table.grad_norm_acc, ref)  # pruned chunks too: the gradient they would get
+
+    # everything kept again (re-admission): back to the row-major pool and the fast path
+    before = table.dense_weight()
+    table.set_kept(torch.ones(50, 4, dtype=torch.bool))
+    assert table.all_kept and torch.equal(table.pool[1:].view(50, 16), before)
+    assert torch.equal(table(ids, offsets, per_sample_weights=psw_t), masked(ids, offsets, per_sample_weights=psw))
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_embedding_paths_gradients_and_norms(pruned):
+    dense = nn.Embedding(30, 8, padding_idx=2)
+    table = ChunkedEmbedding.from_dense(dense, chunk_size=4)
+    keep = torch.rand(30, 2) < (0.5 if pruned else 2)
+    table.set_kept(keep)
+    assert table.all_kept is not pruned
+    with torch.no_grad():
+        dense.weight.copy_(table.dense_weight())
+    table.track_grad_norms()
+    x = torch.randint(0, 30, (6, 5))
+    x[0, 0] = 2
+    g = torch.randn(6, 5, 8)
+    a, b = dense(x), table(x)
+    assert torch.equal(a, b)
+    a.backward(g)
+    b.backward(g)
+    expected = dense.weight.grad.view(30, 2, 4) * keep.unsqueeze(2)
+    torch.testing.assert_close(_dense_grad(table).view(30, 2, 4), expected, rtol=0, atol=1e-6)
+    norms = torch.zeros(30, 2).index_add_(0, x.flatten(), g.view(-1, 2, 4).norm(dim=2))  # every access recorded
+    torch.testing.assert_close(table.grad_norm_acc, norms)
