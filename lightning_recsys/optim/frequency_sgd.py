@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,15 +32,19 @@ __all__ = ["CounterSGD", "counter_sgd_update"]
 
 
 def counter_sgd_update(
-    param: Tensor, grad: Tensor, count: Tensor, *, lr: float, decay: float, weight_decay: float
-) -> None:
+    param: Tensor, grad: Tensor, count: Tensor, *, lr: float, decay: float, weight_decay: float,
+    steps: float | None = None,
+) -> None:  # fmt: skip
     """One counter-SGD step in place on ``param`` (rows along dim 0) and its per-row ``count``.
 
     ``grad`` may be sparse COO (duplicate ids are summed, the row counted once) or dense (a row is
-    present when any of its gradient entries is non-zero)."""
+    present when any of its gradient entries is non-zero). ``steps``: the (decayed) number of steps
+    so far, this one included; when given, the rate is ``lr / sqrt(count / steps)`` (the row's
+    estimated frequency, ``mode="frequency"``), otherwise ``lr / sqrt(count)``."""
     if decay != 1.0:
         count.mul_(decay)
     rows2d = param.view(param.shape[0], -1) if param.ndim else param.view(1, 1)
+    norm = 1.0 if steps is None else steps
     if grad.is_sparse:
         g = grad.coalesce()
         idx = g.indices()[0]
@@ -48,7 +52,7 @@ def counter_sgd_update(
         count.index_add_(0, idx, torch.ones_like(idx, dtype=count.dtype))
         if weight_decay:
             values = values + weight_decay * rows2d.index_select(0, idx)
-        scale = lr / count.index_select(0, idx).sqrt()
+        scale = lr / (count.index_select(0, idx) / norm).sqrt()
         rows2d.index_add_(0, idx, values * scale.unsqueeze(1), alpha=-1)
         return
     g = grad.reshape(rows2d.shape)
@@ -56,7 +60,7 @@ def counter_sgd_update(
     count.add_(present)
     if weight_decay:
         g = g + weight_decay * rows2d * present.unsqueeze(1)
-    scale = lr / count.clamp_min(1).sqrt()  # absent rows have zero gradient: their scale is unused
+    scale = lr / (count.clamp_min(1) / norm).sqrt()  # present rows have count >= 1; absent rows' scale is unused
     rows2d.addcmul_(g, scale.unsqueeze(1), value=-1)
 
 
@@ -70,11 +74,15 @@ class CounterSGD(Optimizer):
     2. the rows present in the batch get ``c_r += 1`` once, however many times the id occurs
        (sparse gradients are coalesced; for a dense gradient a row is present when its gradient
        row is non-zero);
-    3. ``w_r -= lr / sqrt(c_r) * (g_r + weight_decay * w_r)`` for present rows only.
+    3. ``mode="count"``: ``w_r -= lr / sqrt(c_r) * (g_r + weight_decay * w_r)`` for present rows
+       only (FBGEMM's ``COUNTER_SGD`` rate ``lr / sqrt(counter)``: a row seen ``k`` times moves
+       with ``lr / sqrt(k)``, so every row's rate decays as it is seen);
+       ``mode="frequency"``: the same with ``c_r`` replaced by the row's estimated frequency
+       ``p_r = c_r / n`` (``n``: the number of steps so far, decayed like the counters), i.e. rate
+       ``lr / sqrt(p_r)``, from a counter-based frequency estimate as in Li et al.'s CF-SGD. A row
+       present in every batch moves with ``lr`` throughout; rarer rows move faster.
 
-    So a row seen once moves with ``lr``, a row seen ``k`` times with ``lr / sqrt(k)`` (the paper's
-    counter-based frequency-aware rate; FBGEMM's ``COUNTER_SGD`` mode uses the same
-    ``lr / sqrt(counter)`` form). State: one float per row.
+    State: one float per row (``mode="frequency"`` adds one scalar step count per table).
 
     Groups with ``counter=False`` are plain SGD (``w -= lr * (g + weight_decay * w)``), e.g. for the
     dense layers when :meth:`from_module` builds one optimizer for a whole model.
@@ -85,6 +93,7 @@ class CounterSGD(Optimizer):
         lr: base learning rate. half_life: counter half-life in steps (``None``: no decay).
         weight_decay: L2 penalty, applied to present rows only.
         dense_lr: learning rate of the plain-SGD group built from a module (default ``lr``).
+        mode: ``"count"`` (rate from the raw counter) or ``"frequency"`` (rate from counter / steps).
 
     Example:
         >>> from torch import nn
@@ -101,7 +110,10 @@ class CounterSGD(Optimizer):
         half_life: float | None = None,
         weight_decay: float = 0.0,
         dense_lr: float | None = None,
+        mode: Literal["count", "frequency"] = "count",
     ) -> None:
+        if mode not in ("count", "frequency"):
+            raise ValueError(f"mode must be 'count' or 'frequency', got {mode!r}")
         for name, val, optional in (("lr", lr, False), ("weight_decay", weight_decay, False),
                                     ("dense_lr", dense_lr, True), ("half_life", half_life, True)):  # fmt: skip
             if optional and val is None:
@@ -117,7 +129,8 @@ class CounterSGD(Optimizer):
                 (tables if isinstance(owner, EMBEDDING_TYPES) else dense).append(p)
             dense_group = {"params": dense, "counter": False, "lr": lr if dense_lr is None else dense_lr}
             params = [g for g in ({"params": tables, "counter": True}, dense_group) if g["params"]]
-        super().__init__(params, {"lr": lr, "half_life": half_life, "weight_decay": weight_decay, "counter": True})
+        defaults = {"lr": lr, "half_life": half_life, "weight_decay": weight_decay, "mode": mode, "counter": True}
+        super().__init__(params, defaults)
         for group in self.param_groups:
             check_real(group["params"], "CounterSGD")
 
@@ -151,5 +164,9 @@ class CounterSGD(Optimizer):
                 state = self.state[p]
                 if "count" not in state:
                     state["count"] = torch.zeros(p.shape[0] if p.ndim else 1, dtype=torch.float32, device=p.device)
-                counter_sgd_update(p, p.grad, state["count"], lr=lr, decay=decay, weight_decay=wd)
+                steps = None
+                if group["mode"] == "frequency":  # n_t = decay * n_{t-1} + 1: the (decayed) step count
+                    n = state.setdefault("steps", torch.zeros((), dtype=torch.float32, device=p.device))
+                    steps = float(n.mul_(decay).add_(1.0))
+                counter_sgd_update(p, p.grad, state["count"], lr=lr, decay=decay, weight_decay=wd, steps=steps)
         return loss

@@ -11,33 +11,38 @@ from lightning_recsys.optim import CounterSGD
 BATCHES = [[2, 2, 5, 2], [2, 7]]
 
 
-def _hand(weight: torch.Tensor, coefs: list[torch.Tensor], lr: float, half_life: float | None, wd: float):
+def _hand(weight: torch.Tensor, coefs: list[torch.Tensor], lr: float, half_life: float | None, wd: float, mode: str):
     """Expected table after the BATCHES, computed row by row with plain Python loops.
 
-    Loss per step: sum_i <coef_i, w[id_i]>  =>  grad of row r = sum of coef_i over occurrences of r."""
+    Loss per step: sum_i <coef_i, w[id_i]>  =>  grad of row r = sum of coef_i over occurrences of r.
+    mode "count": rate lr / sqrt(count); "frequency": lr / sqrt(count / steps) (steps decayed alike)."""
     w = weight.clone()
     count = [0.0] * w.shape[0]
     decay = 1.0 if half_life is None else 2.0 ** (-1.0 / half_life)
+    steps = 0.0
     for ids, coef in zip(BATCHES, coefs):
         count = [c * decay for c in count]
+        steps = steps * decay + 1.0
         grads: dict[int, torch.Tensor] = {}
         for i, r in enumerate(ids):
             grads[r] = grads.get(r, torch.zeros(w.shape[1])) + coef[i]
         for r, g in grads.items():
             count[r] += 1.0
-            w[r] = w[r] - lr / math.sqrt(count[r]) * (g + wd * w[r])
+            freq = count[r] / steps if mode == "frequency" else count[r]
+            w[r] = w[r] - lr / math.sqrt(freq) * (g + wd * w[r])
     return w, torch.tensor(count)
 
 
 @pytest.mark.parametrize("kind", ["embedding_sparse", "embedding_dense", "bag_sparse", "bag_dense"])
-@pytest.mark.parametrize("half_life, wd", [(None, 0.0), (3.0, 0.1)])
-def test_counter_sgd_equals_hand_computation_for_repeated_and_rare_ids(kind, half_life, wd):
+@pytest.mark.parametrize("half_life, wd, mode", [(None, 0.0, "count"), (3.0, 0.1, "count"), (None, 0.0, "frequency"),
+                                                  (3.0, 0.1, "frequency")])  # fmt: skip
+def test_counter_sgd_equals_hand_computation_for_repeated_and_rare_ids(kind, half_life, wd, mode):
     torch.manual_seed(0)
     sparse = kind.endswith("sparse")
     table = nn.Embedding(10, 3, sparse=sparse) if kind.startswith("embedding") else nn.EmbeddingBag(10, 3, mode="sum", sparse=sparse)
     start = table.weight.detach().clone()
     coefs = [torch.randn(len(ids), 3) for ids in BATCHES]
-    opt = CounterSGD(table.parameters(), lr=0.3, half_life=half_life, weight_decay=wd)
+    opt = CounterSGD(table.parameters(), lr=0.3, half_life=half_life, weight_decay=wd, mode=mode)
     for ids, coef in zip(BATCHES, coefs):
         ids_t = torch.tensor(ids)
         if kind.startswith("embedding"):
@@ -48,7 +53,7 @@ def test_counter_sgd_equals_hand_computation_for_repeated_and_rare_ids(kind, hal
         (out * coef).sum().backward()
         assert table.weight.grad.is_sparse == sparse
         opt.step()
-    expected, count = _hand(start, coefs, 0.3, half_life, wd)
+    expected, count = _hand(start, coefs, 0.3, half_life, wd, mode)
     torch.testing.assert_close(table.weight.detach(), expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(opt.state[table.weight]["count"], count.float())
     untouched = [r for r in range(10) if r not in {2, 5, 7}]
@@ -88,7 +93,7 @@ def test_from_module_routes_tables_to_counters_and_the_rest_to_sgd():
 def test_state_dict_round_trip_mid_training_gives_identical_next_steps():
     torch.manual_seed(0)
     table = nn.EmbeddingBag(30, 4, sparse=True)
-    opt = CounterSGD(table.parameters(), lr=0.2, half_life=5.0)
+    opt = CounterSGD(table.parameters(), lr=0.2, half_life=5.0, mode="frequency")
 
     def run(t: nn.Module, o: torch.optim.Optimizer, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -109,7 +114,8 @@ def test_state_dict_round_trip_mid_training_gives_identical_next_steps():
 def test_clear_errors_for_bad_hyperparameters_and_parameter_kinds():
     params = nn.Embedding(4, 2).parameters()
     for kwargs, match in [({"lr": -0.1}, "lr must be"), ({"half_life": 0}, "half_life must be"),
-                          ({"weight_decay": -1}, "weight_decay must be"), ({"dense_lr": "x"}, "dense_lr must be")]:  # fmt: skip
+                          ({"weight_decay": -1}, "weight_decay must be"), ({"dense_lr": "x"}, "dense_lr must be"),
+                          ({"mode": "adagrad"}, "mode must be")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             CounterSGD(params, **kwargs)
     with pytest.raises(ValueError, match="floating-point"):
