@@ -101,8 +101,9 @@ def throughput(train: Any, spec: Any, lr: float, rounds: int, steps: int, warmup
             trainer = _trainer([*_callbacks(method), timer], max_steps=warmup + steps, limit_val_batches=0)
             trainer.fit(_module(spec, lr, 0), train_dataloaders=train)
             speed[method].append(timer.samples_per_s)
-    ratio = {m: statistics.median(a / b for a, b in zip(speed[m], speed["sum"])) for m in METHODS}
-    return {"samples_per_s": {m: statistics.median(v) for m, v in speed.items()}, "ratio_vs_sum": ratio}
+    per_round = {m: [a / b for a, b in zip(speed[m], speed["sum"])] for m in METHODS}
+    ratio = {m: statistics.median(v) for m, v in per_round.items()}
+    return {"samples_per_s": {m: statistics.median(v) for m, v in speed.items()}, "ratio_vs_sum": ratio, "ratio_per_round": per_round}
 
 
 def run_dataset(
@@ -143,6 +144,7 @@ def run_dataset(
     meta_gain, meta_seeds = gain("metabalance")
     ratios = {
         "throughput_ratio_vs_sum": speed["ratio_vs_sum"]["multibalance"],
+        "throughput_ratio_vs_sum_per_round": speed["ratio_per_round"]["multibalance"],
         "metabalance_throughput_ratio_vs_sum": speed["ratio_vs_sum"]["metabalance"],
         "target_task_ne_gain_vs_sum": mb_gain,
         "target_task_ne_gain_vs_sum_per_seed": mb_seeds,

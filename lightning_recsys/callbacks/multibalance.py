@@ -5,12 +5,14 @@ task. A task with a large loss scale dominates the shared bottom's gradient. ``M
 each task's gradient with respect to ``Z`` to the magnitude of an anchor (MetaBalance's rule,
 arXiv 2203.06801) and still runs only ONE backward pass through the shared bottom:
 
-* a forward hook hands the towers ``Zd = Z.detach().requires_grad_()`` instead of ``Z``;
-* per task, ``g_i = autograd.grad(L_i, Zd)`` goes through the towers only (cheap);
+* a forward hook hands the towers ``Zb``, an identity on ``Z`` whose backward ignores the gradient
+  arriving from the towers and returns the balanced one set by the callback;
+* per task, ``g_i = autograd.grad(L_i, Zb)`` goes through the towers only (cheap);
 * ``n_i = beta * n_i + (1 - beta) * ||g_i||`` (squared norms all-reduced over ranks);
-* ``Z.backward(sum_i w_i * g_i * (r * a / (n_i + eps) + 1 - r))`` with anchor ``a`` = the target task's
-  norm, the largest or the mean norm; the towers get the gradients of the loss ``training_step``
-  returns through Lightning's own backward.
+* Lightning's own backward of the loss ``training_step`` returns then trains the towers and, at
+  ``Zb``, sends ``sum_i w_i * g_i * (r * a / (n_i + eps) + 1 - r)`` into the shared bottom (anchor
+  ``a`` = the target task's norm, the largest or the mean norm): one backward pass for the whole
+  model, so DDP's reducer sees every gradient exactly as without the callback.
 
 ``level="parameter"`` applies the same rule per shared *parameter* instead (MetaBalance proper): one
 backward through the shared bottom per task, which is what makes it expensive.
@@ -44,10 +46,43 @@ _ANCHORS = ("target", "max", "mean")
 _LEVELS = ("representation", "parameter")
 
 
-def _sq_norm(g: Tensor) -> Tensor:
+def _norm(g: Tensor) -> Tensor:
+    """L2 norm in float32 (sparse gradients: of their coalesced values)."""
     if g.is_sparse:
         g = g.coalesce().values()
-    return g.float().pow(2).sum()
+    return torch.linalg.vector_norm(g, dtype=torch.float32)
+
+
+def _sq_norms(grads: list[list[Tensor]]) -> Tensor:
+    """``[len(grads)]`` squared norms, each over one task's list of tensors."""
+    n = torch.stack([_norm(x) for g in grads for x in g]).square()
+    return n if len(grads[0]) == 1 else n.view(len(grads), -1).sum(1)
+
+
+class _Slot:
+    """The balanced gradient for one captured representation, filled in before the backward pass."""
+
+    __slots__ = ("grad", "used")
+
+    def __init__(self) -> None:
+        self.grad: Tensor | None = None
+        self.used = False
+
+
+class _Balanced(torch.autograd.Function):
+    """Identity on ``Z`` whose backward returns ``slot.grad`` (the balanced gradient) instead of the
+    towers' gradient; with no balanced gradient set it passes the towers' gradient through."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, slot: _Slot) -> Tensor:
+        ctx.slot = slot
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        slot = ctx.slot
+        slot.used = True
+        return (grad if slot.grad is None else slot.grad), None
 
 
 class MultiBalance(Callback):
@@ -121,7 +156,11 @@ class MultiBalance(Callback):
         self._path = ""
         self._handle: Any = None
         self._capturing = False
-        self._captured: list[tuple[Tensor, Tensor]] = []
+        # per forward of the representation in this batch: (Z, what the towers got, balanced-gradient slot)
+        self._captured: list[tuple[Tensor, Tensor, _Slot | None]] = []
+        self._pending: list[tuple[Tensor, _Slot]] = []  # slots filled, waiting for the backward pass
+        self._validated: list[str] | None = None  # task list already checked against the options
+        self._state_key = self._generate_state_key(level=self.level, representation=self.representation)
 
     @property
     def last_weights(self) -> dict[str, float]:
@@ -132,7 +171,7 @@ class MultiBalance(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(level=self.level, representation=self.representation)
+        return self._state_key  # cached: Lightning reads it on every hook call
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -144,26 +183,36 @@ class MultiBalance(Callback):
             self._handle.remove()
             self._handle = None
         self._captured.clear()
+        self._pending.clear()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wrapped = trainer.strategy.model
         if isinstance(wrapped, nn.parallel.DistributedDataParallel) and wrapped.find_unused_parameters:
             raise MisconfigurationException(
-                "MultiBalance detaches the shared representation, so DDP's find_unused_parameters=True marks the "
-                "shared parameters unused and then fails when they get their gradients. Use strategy='ddp' "
-                "(find_unused_parameters=False, the default)."
+                "MultiBalance does not support DDP's find_unused_parameters=True (at level='parameter' it detaches the "
+                "shared representation, so DDP would mark the shared parameters unused and then fail when they get "
+                "their gradients). Use strategy='ddp' (find_unused_parameters=False, the default)."
             )
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._captured.clear()
+        self._pending.clear()
         self._capturing = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._captured.clear()
+        self._pending.clear()
         self._capturing = False
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         self._balance(trainer, pl_module)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a loss that does not reach the representation still trains the shared bottom with the balanced gradient
+        missed = [(z, slot.grad) for z, slot in self._pending if not slot.used]
+        self._pending.clear()
+        if missed:
+            torch.autograd.backward([z for z, _ in missed], [g for _, g in missed])
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -211,9 +260,14 @@ class MultiBalance(Callback):
             )
         if not output.requires_grad:
             return None
-        detached = output.detach().requires_grad_()
-        self._captured.append((output, detached))
-        return detached
+        if self.level == "parameter":  # the shared parameters' gradients are set by the callback itself
+            detached = output.detach().requires_grad_()
+            self._captured.append((output, detached, None))
+            return detached
+        slot = _Slot()
+        balanced = _Balanced.apply(output, slot)
+        self._captured.append((output, balanced, slot))
+        return balanced
 
     def _task_losses(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         losses = getattr(pl_module, "task_losses", None)
@@ -228,12 +282,14 @@ class MultiBalance(Callback):
                     f"MultiBalance: task_losses[{t!r}] must be a scalar tensor that requires grad, got {value!r:.80}"
                 )
         tasks = [str(t) for t in losses]
-        if self.tasks is not None and tasks != self.tasks:
-            raise MisconfigurationException(
-                f"MultiBalance: task_losses names tasks {tasks}, but balancing started with {self.tasks}"
-            )
-        self._start(tasks)
-        return {str(t): v for t, v in losses.items()}
+        if tasks != self._validated:
+            if self.tasks is not None and tasks != self.tasks:
+                raise MisconfigurationException(
+                    f"MultiBalance: task_losses names tasks {tasks}, but balancing started with {self.tasks}"
+                )
+            self._start(tasks)
+            self._validated = tasks
+        return dict(zip(tasks, losses.values()))
 
     def _start(self, tasks: list[str]) -> None:
         unknown = sorted(set(self.task_weights) - set(tasks))
@@ -251,13 +307,12 @@ class MultiBalance(Callback):
                 f"{type(pl_module).__name__}.training_step, so there is nothing to balance."
             )
         losses = self._task_losses(pl_module)
-        zs = [z for z, _ in self._captured]
-        zds = [zd for _, zd in self._captured]
-        self._captured.clear()
+        captured, self._captured = self._captured, []
+        inputs = [zb for _, zb, _ in captured]
         grads = []
-        for t, loss in losses.items():
+        for t, loss in losses.items():  # through the towers only: they stop at the representation
             try:
-                g = torch.autograd.grad(loss, zds, retain_graph=True, allow_unused=True)
+                g = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
             except RuntimeError as err:
                 raise RuntimeError(
                     f"MultiBalance: cannot differentiate task_losses[{t!r}]; set task_losses anew in every "
@@ -267,22 +322,27 @@ class MultiBalance(Callback):
                 raise MisconfigurationException(
                     f"MultiBalance: task_losses[{t!r}] does not depend on this batch's output of {self._path!r}"
                 )
-            grads.append([torch.zeros_like(zd) if x is None else x for x, zd in zip(g, zds)])
+            grads.append([torch.zeros_like(zb) if x is None else x for x, zb in zip(g, inputs)])
         # Lightning divides the returned loss by accumulate_grad_batches (and AMP scales it): match it
         factor = 1.0 / trainer.accumulate_grad_batches
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None:
             factor *= float(scaler.get_scale())
-        w = self._weights if self._weights is not None and self._weights.device == zs[0].device else None
-        if w is None:
-            w = self._weights = torch.tensor([self.task_weights.get(t, 1.0) for t in self.tasks], device=zs[0].device)
+        device = inputs[0].device
+        w = self._weights
+        if w is None or w.device != device:
+            w = self._weights = torch.tensor([self.task_weights.get(t, 1.0) for t in self.tasks], device=device)
         if self.level == "representation":
-            sq = torch.stack([sum(_sq_norm(x) for x in g) for g in grads])  # [T]
-            scale = self._update(trainer, sq) * w  # [T]
-            out = [factor * sum(scale[i] * grads[i][k] for i in range(len(grads))) for k in range(len(zs))]
-            torch.autograd.backward(zs, out)
-            weights = scale
+            weights = self._update(trainer, _sq_norms(grads)) * w  # [T]
+            s = (weights if factor == 1.0 else weights * factor).unbind()
+            for k, (z, _, slot) in enumerate(captured):  # handed to the bottom by Lightning's backward
+                out = grads[0][k] * s[0]
+                for i in range(1, len(grads)):
+                    out.addcmul_(grads[i][k], s[i])
+                slot.grad = out
+                self._pending.append((z, slot))
         else:
+            zs = [z for z, _, _ in captured]
             params = [p for p in self._module.parameters() if p.requires_grad]
             per_task = []
             for i, g in enumerate(grads):  # one backward through the shared bottom per task
@@ -291,7 +351,7 @@ class MultiBalance(Callback):
             used = [j for j in range(len(params)) if any(gp[j] is not None for gp in per_task)]
             params = [params[j] for j in used]
             per_task = [[gp[j] if gp[j] is not None else torch.zeros_like(params[n]) for n, j in enumerate(used)] for gp in per_task]
-            sq = torch.stack([torch.stack([_sq_norm(x) for x in gp]) for gp in per_task])  # [T, P]
+            sq = torch.stack([torch.stack([_norm(x) for x in gp]) for gp in per_task]).square()  # [T, P]
             scale = self._update(trainer, sq) * w[:, None]  # [T, P]
             out = [factor * sum(scale[i, j] * per_task[i][j] for i in range(len(per_task))) for j in range(len(params))]
             torch.autograd.backward(params, out)
@@ -305,22 +365,27 @@ class MultiBalance(Callback):
 
     def _update(self, trainer: pl.Trainer, sq: Tensor) -> Tensor:
         """All-reduce squared norms, update the moving averages, return the per-task scales."""
-        sq = trainer.strategy.reduce(sq.detach(), reduce_op="mean")
-        batch_norm = sq.clamp_min(0).sqrt()
-        if self.norms is None:
-            self.norms = torch.zeros_like(batch_norm)
-        elif self.norms.shape != batch_norm.shape:
+        sq = sq.detach()
+        if trainer.world_size > 1:
+            sq = trainer.strategy.reduce(sq, reduce_op="mean")
+        batch_norm = sq.sqrt()
+        norms = self.norms
+        if norms is None:
+            norms = torch.zeros_like(batch_norm)
+        elif norms.shape != batch_norm.shape:
             raise MisconfigurationException(
-                f"MultiBalance: checkpointed norms have shape {tuple(self.norms.shape)}, this run needs "
+                f"MultiBalance: checkpointed norms have shape {tuple(norms.shape)}, this run needs "
                 f"{tuple(batch_norm.shape)} (different tasks, level or shared parameters)"
             )
-        self.norms = self.beta * self.norms.to(batch_norm) + (1 - self.beta) * batch_norm
+        elif norms.device != batch_norm.device or norms.dtype != batch_norm.dtype:
+            norms = norms.to(batch_norm)
+        self.norms = norms = norms.mul(self.beta).add_(batch_norm, alpha=1 - self.beta)
         self.steps += 1
         if self.anchor == "target":
-            a = self.norms[self.tasks.index(self.target_task or self.tasks[0])]
+            a = norms[self.tasks.index(self.target_task or self.tasks[0])]
         elif self.anchor == "max":
-            a = self.norms.max(dim=0).values
+            a = norms.max(dim=0).values
         else:
-            a = self.norms.mean(dim=0)
+            a = norms.mean(dim=0)
         r = self.relax_factor
-        return r * a / (self.norms + self.eps) + (1 - r)
+        return torch.div(a * r, norms + self.eps).add_(1 - r)

@@ -262,3 +262,59 @@ def test_clear_errors_when_protocol_is_not_followed(module, cb, match):
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MultiBalance(**kwargs)
+
+
+class DetachedLossModule(UserModule):
+    """Returns a loss that does not reach the representation: only the callback can train the encoder."""
+
+    def training_step(self, batch, batch_idx):
+        self.task_losses = self.losses(batch)
+        return 0.0 * sum(p.sum() for n, p in self.named_parameters() if n.startswith("head"))
+
+
+def test_loss_not_reaching_representation_still_trains_bottom():
+    """The balanced gradient reaches the shared bottom even when Lightning's backward never visits it."""
+    batch = _data()[:8]
+    module0 = UserModule()
+    mb = MultiBalance(relax_factor=1.0, beta=0.0, target_task="a", eps=1e-12)
+    _, grads = _fit([mb], module=DetachedLossModule())
+    _, _, g = _per_task(module0, batch)
+    norms = {t: float(v.norm()) for t, v in g.items()}
+    expected = _expected(module0, batch, {t: norms["a"] / norms[t] for t in "ab"})
+    _close(grads[0], {n: v for n, v in expected.items() if n.startswith("encoder")})
+    for n in ("head_a.weight", "head_a.bias", "head_b.weight", "head_b.bias"):
+        assert torch.count_nonzero(grads[0][n]) == 0
+
+
+class ManualModule(UserModule):
+    """Manual optimization: ``manual_backward`` runs the callback; a bare ``loss.backward()`` does not."""
+
+    def __init__(self, bare_backward: bool) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.bare_backward = bare_backward
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.task_losses = self.losses(batch)
+        loss = self.task_losses["a"] + self.task_losses["b"]
+        if self.bare_backward:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
+        self.grads.append({n: p.grad.detach().clone() for n, p in self.named_parameters()})
+        opt.step()
+
+
+@pytest.mark.parametrize("bare_backward", [False, True])
+def test_manual_optimization(bare_backward):
+    """manual_backward balances like automatic optimization; a backward that bypasses Lightning gets the plain sum."""
+    _, automatic = _fit([MultiBalance(relax_factor=1.0, beta=0.0, target_task="a")])
+    _, plain = _fit([])
+    module = ManualModule(bare_backward)
+    _trainer([MultiBalance(relax_factor=1.0, beta=0.0, target_task="a")], 1).fit(module, DataLoader(_data(), batch_size=8))
+    _close(module.grads[0], plain[0] if bare_backward else automatic[0])
+    if not bare_backward:  # the balancing really changed the shared gradient
+        assert not torch.allclose(automatic[0]["encoder.dense.weight"], plain[0]["encoder.dense.weight"], rtol=1e-3)
