@@ -1,7 +1,7 @@
 """Training throughput of RecsysModule under a Lightning Trainer vs a plain PyTorch loop, and the
 trained model's test AUC vs the planted (Bayes-optimal) model's AUC.
 
-    python benchmarks/train.py [--quick] [--out PATH]
+    python benchmarks/train.py [--quick] [--out PATH] [--threads 1]
 
 Ratios: ``lightning_over_plain`` (samples/s, Lightning / plain loop; same model init, data, optimizer),
 ``auc_gap_to_bayes`` (planted AUC - model AUC on the test split, main task).
@@ -90,12 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = (
         dict(num_train=300_000, num_val=20_000, num_test=50_000, max_rows=5_000, epochs=1, tp_batches=60, repeats=2)
         if args.quick
-        else dict(num_train=3_000_000, num_val=50_000, num_test=200_000, max_rows=20_000, epochs=1, tp_batches=300, repeats=3)
+        else dict(num_train=6_000_000, num_val=50_000, num_test=200_000, max_rows=20_000, epochs=1, tp_batches=300, repeats=3)
     )
     cfg.update(batch_size=1024, seed=0, warmup=10)
     dm = SyntheticCTRDataModule(
         num_train=cfg["num_train"], num_val=cfg["num_val"], num_test=cfg["num_test"],
         batch_size=cfg["batch_size"], max_rows=cfg["max_rows"], seed=cfg["seed"],
+        num_workers=1,  # batches are generated in a worker while the main process trains
     )  # fmt: skip
 
     # throughput: the same pre-generated batches for both loops, run in turn
