@@ -49,7 +49,15 @@ from lightning_recsys.models import DLRM  # noqa: E402
 from lightning_recsys.strategies import DCTCommState, dct_comm_hook  # noqa: E402
 
 DP_METHODS = ("ddp", "fp16", "powersgd_r1", "powersgd_r4", "dct")
-MP_METHODS = ("mp_fp32", "mp_fp16", "mp_int8", "mp_topk")
+MP_METHODS = ("mp_fp32", "mp_fp16", "mp_int8", "mp_topk_row", "mp_topk")
+CHANGES = [  # to this benchmark since its first committed full run (figures there: benchmarks/results/dct.json history)
+    "DCT hook: one packed all_gather per bucket with fixed capacities (no count exchange per step), "
+    "word-wise selection; capacity_factor=1.0 (the DCT default): at most density*numel pairs per thresholded "
+    "parameter, the rest stays in the residual. Same model, data, seeds and options otherwise.",
+    "MP: mp_topk is now the per-table top-k codec (ceil(keep_ratio*16)=1 of each table's 16 pooled entries per "
+    "sample); mp_topk_row is the former whole-row top-k, kept as an anchor.",
+    "--quick: 8 steps, 5000-row tables, min_compress_numel 50k, fewer timing rounds (was 12 steps, 20000 rows: 2 min 11 s).",
+]
 
 
 class Counter:
@@ -76,12 +84,16 @@ class Counter:
 
 
 def config(quick: bool) -> dict:
+    # --quick: smaller tables (5000 rows) and threshold limit (50k entries, so those tables are still
+    # thresholded), fewer steps and timing rounds; every figure is still measured
     return {
-        "steps": 12 if quick else 120, "batch_size": 256 if quick else 512, "num_val": 2048 if quick else 16384,
-        "max_rows": 20000, "embedding_dim": 16, "lr": 3e-3, "density": 0.01, "refresh_interval": 50,
-        "mp_keep_ratio": 0.05, "powersgd_start": 2, "time_rounds": 3, "time_steps": 2 if quick else 3,
-        "link_steps": 3 if quick else 8, "link_rounds": 3 if quick else 5, "link_rate": "1gbit", "min_compress_numel": 100_000,
+        "steps": 8 if quick else 120, "batch_size": 256 if quick else 512, "num_val": 1024 if quick else 16384,
+        "max_rows": 5000 if quick else 20000, "embedding_dim": 16, "lr": 3e-3, "density": 0.01, "refresh_interval": 50,
+        "mp_keep_ratio": 0.05, "powersgd_start": 2, "time_rounds": 2 if quick else 3, "time_steps": 2 if quick else 3,
+        "warmup_steps_link": 3, "link_steps": 2 if quick else 8, "link_rounds": 2 if quick else 5, "link_rate": "1gbit",
+        "min_compress_numel": 50_000 if quick else 100_000, "capacity_factor": 1.0,
         "dp_methods": list(DP_METHODS), "mp_methods": list(MP_METHODS),
+        "changes": CHANGES,
     }  # fmt: skip
 
 
@@ -112,7 +124,7 @@ def hook_for(name: str, cfg: dict):
         return powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
                                            start_powerSGD_iter=cfg["powersgd_start"]), _powersgd_sync
     return DCTCommState(density=cfg["density"], refresh_interval=cfg["refresh_interval"],
-                        min_compress_numel=cfg["min_compress_numel"]), dct_comm_hook
+                        min_compress_numel=cfg["min_compress_numel"], capacity_factor=cfg["capacity_factor"]), dct_comm_hook
 
 
 class Run:
@@ -124,7 +136,8 @@ class Run:
         self.sharded = None
         if name.startswith(("mp_", "hybrid_")):  # hybrid_<codec>: sharded tables + DCT hook on the MLPs
             codec = name.split("_", 1)[1]
-            self.sharded = shard_embeddings(model, codec=codec, keep_ratio=cfg["mp_keep_ratio"])[0]
+            per_table = not codec.endswith("_row")  # "topk_row": top-k over each sample's whole row
+            self.sharded = shard_embeddings(model, codec=codec.removesuffix("_row"), keep_ratio=cfg["mp_keep_ratio"], per_table=per_table)[0]
             ignore_sharded_parameters(model)
         self.name, self.dm, self.model = name, dm, model
         self.ddp = DDP(model, broadcast_buffers=False)
@@ -225,7 +238,7 @@ def _worker(rank: int, world: int, port: int, cfg: dict, parts: list[str], out: 
         res.update(train_and_time(tuple(cfg["mp_methods"]), cfg, cfg["steps"]))
     if "link" in parts:
         link_cfg = {**cfg, "time_steps": cfg["link_steps"], "time_rounds": cfg["link_rounds"]}
-        res.update(train_and_time(("ddp", "dct", "hybrid_fp32", "hybrid_topk"), link_cfg, 3))
+        res.update(train_and_time(("ddp", "dct", "hybrid_fp32", "hybrid_topk"), link_cfg, cfg["warmup_steps_link"]))
     if rank == 0:
         Path(out).write_text(json.dumps(res))
     dist.barrier()
@@ -300,27 +313,32 @@ def main() -> None:
     cfg = config(args.quick)
     t0 = time.perf_counter()
     parts = os.environ.get("DCT_BENCH_PARTS", "dp,mp,link").split(",")
+    if os.environ.get("DCT_BENCH_MP_METHODS"):  # development: a subset of part B
+        cfg["mp_methods"] = os.environ["DCT_BENCH_MP_METHODS"].split(",")
     res = run_local(cfg, [p for p in parts if p != "link"])
     link = run_limited_link(cfg) if "link" in parts else {"skipped": "not requested"}
-    ddp, dct = res["ddp"], res["dct"]
-    ratios = {
-        "dp_bytes_reduction": ddp["bytes_per_step"] / dct["bytes_per_step"],
-        "auc_delta_vs_ddp": dct["final_auc"] - ddp["final_auc"],
-        "mp_bytes_reduction": res["mp_fp32"]["mp_bytes_per_step"] / res["mp_topk"]["mp_bytes_per_step"],
-        "mp_bytes_reduction_fp16": res["mp_fp32"]["mp_bytes_per_step"] / res["mp_fp16"]["mp_bytes_per_step"],
-        "mp_bytes_reduction_int8": res["mp_fp32"]["mp_bytes_per_step"] / res["mp_int8"]["mp_bytes_per_step"],
-        "mp_auc_delta_vs_uncompressed_mp": res["mp_topk"]["final_auc"] - res["mp_fp32"]["final_auc"],
-        "dp_step_time_ratio_vs_ddp_localhost": ddp["step_time"] / dct["step_time"],
-    }
-    for n in ("fp16", "powersgd_r1", "powersgd_r4"):
-        ratios[f"dp_bytes_reduction_{n}"] = ddp["bytes_per_step"] / res[n]["bytes_per_step"]
-        ratios[f"auc_delta_vs_ddp_{n}"] = res[n]["final_auc"] - ddp["final_auc"]
+    ratios: dict[str, float] = {}
+    if "ddp" in res:
+        ddp, dct = res["ddp"], res["dct"]
+        ratios["dp_bytes_reduction"] = ddp["bytes_per_step"] / dct["bytes_per_step"]
+        ratios["auc_delta_vs_ddp"] = dct["final_auc"] - ddp["final_auc"]
+        ratios["dp_step_time_ratio_vs_ddp_localhost"] = ddp["step_time"] / dct["step_time"]
+        for n in ("fp16", "powersgd_r1", "powersgd_r4"):
+            ratios[f"dp_bytes_reduction_{n}"] = ddp["bytes_per_step"] / res[n]["bytes_per_step"]
+            ratios[f"auc_delta_vs_ddp_{n}"] = res[n]["final_auc"] - ddp["final_auc"]
+    if "mp_fp32" in res:
+        base = res["mp_fp32"]
+        for n in cfg["mp_methods"][1:]:
+            suffix = "" if n == "mp_topk" else "_" + n.removeprefix("mp_")
+            ratios[f"mp_bytes_reduction{suffix}"] = base["mp_bytes_per_step"] / res[n]["mp_bytes_per_step"]
+            ratios[f"mp_auc_delta_vs_uncompressed_mp{suffix}"] = res[n]["final_auc"] - base["final_auc"]
     if "skipped" not in link:
         ratios["speedup_vs_ddp_on_limited_link"] = link["ddp"]["step_time"] / link["dct"]["step_time"]
         for codec in ("fp32", "topk"):  # same math as mp_<codec> in part B (MLPs < min_compress_numel go exactly)
             ratios[f"speedup_vs_ddp_on_limited_link_hybrid_{codec}"] = link["ddp"]["step_time"] / link[f"hybrid_{codec}"]["step_time"]
-    metrics = {"dct": dct, "mp_topk": res["mp_topk"], "limited_link": link, "wall_s": time.perf_counter() - t0}
-    anchors = {n: res[n] for n in (*DP_METHODS[:-1], *MP_METHODS[:-1])}
+    metrics = {k: res[k] for k in ("dct", "mp_topk") if k in res}
+    metrics.update(limited_link=link, wall_s=time.perf_counter() - t0)
+    anchors = {n: res[n] for n in (*cfg["dp_methods"][:-1], *cfg["mp_methods"]) if n in res and n != "mp_topk"}
     write_results(args, "dct", cfg, metrics, anchors, ratios)
 
 

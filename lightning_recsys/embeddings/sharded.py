@@ -56,6 +56,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
         embedding_dim: columns of every table.
         codec: boundary codec, ``"fp32"`` (uncompressed), ``"fp16"``, ``"int8"`` or ``"topk"`` (DCT).
         keep_ratio: fraction of each sample's boundary entries kept by ``"topk"``.
+        per_table: ``"topk"`` keeps ``ceil(keep_ratio * embedding_dim)`` entries of every table's pooled
+            vector per sample (default); ``False``: the top-k of the sample's whole row on each owner.
         placement: feature -> owner rank (default :func:`plan_placement`).
         weights: initial full tables (feature -> [rows, dim]); default DLRM's uniform(+-1/sqrt(rows)),
             drawn per table from ``seed`` so every rank agrees.
@@ -68,6 +70,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
         embedding_dim: int,
         codec: Codec = "fp32",
         keep_ratio: float = 0.05,
+        per_table: bool = True,
         placement: Mapping[str, int] | None = None,
         weights: Mapping[str, Tensor] | None = None,
         process_group: Any = None,
@@ -83,7 +86,9 @@ class ShardedEmbeddingBagCollection(nn.Module):
             raise ValueError("cardinalities must name at least one sparse feature")
         if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
-        self.codec = BoundaryCodec(codec, keep_ratio)
+        if not isinstance(per_table, bool):
+            raise TypeError(f"per_table must be True or False, got {per_table!r}")
+        self.codec = BoundaryCodec(codec, keep_ratio, group=embedding_dim if per_table else None)
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
@@ -198,21 +203,23 @@ class ShardedEmbeddingBagCollection(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
 
-def shard_embeddings(module: nn.Module, codec: Codec = "topk", keep_ratio: float = 0.05, process_group: Any = None) -> list[ShardedEmbeddingBagCollection]:
+def shard_embeddings(
+    module: nn.Module, codec: Codec = "topk", keep_ratio: float = 0.05, process_group: Any = None, per_table: bool = True
+) -> list[ShardedEmbeddingBagCollection]:
     """Replace every :class:`EmbeddingBagCollection` inside ``module`` by a sharded copy (same weights),
-    set ``codec``/``keep_ratio`` on sharded collections already there, and return them all."""
+    set ``codec``/``keep_ratio``/``per_table`` on sharded collections already there, and return them all."""
     found = []
     for parent in list(module.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, EmbeddingBagCollection):
                 sharded = ShardedEmbeddingBagCollection.from_collection(
-                    child, codec=codec, keep_ratio=keep_ratio, process_group=process_group
+                    child, codec=codec, keep_ratio=keep_ratio, per_table=per_table, process_group=process_group
                 ).to(next(child.parameters()).device)
                 sharded.swapped_from_collection = True
                 setattr(parent, child_name, sharded)
                 found.append(sharded)
             elif isinstance(child, ShardedEmbeddingBagCollection) and child not in found:
-                child.codec = BoundaryCodec(codec, keep_ratio)
+                child.codec = BoundaryCodec(codec, keep_ratio, group=child.embedding_dim if per_table else None)
                 found.append(child)
     if isinstance(module, ShardedEmbeddingBagCollection):
         found.append(module)

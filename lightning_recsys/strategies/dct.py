@@ -63,11 +63,16 @@ class DCTStrategy(DDPStrategy):
             earlier steps use a plain all-reduce.
         min_compress_numel: parameters with fewer entries (biases) are sent exactly.
         sample_size: entries sampled to estimate each threshold.
+        capacity_factor: pair slots per compressed parameter, as a multiple of ``density * numel``; every
+            rank sends one fixed-size packed buffer per bucket (no count exchange). Entries over the
+            threshold beyond the capacity (the largest go first) stay in the residual.
         mp_compression: shard the model's :class:`~lightning_recsys.models.dlrm.EmbeddingBagCollection`
             table-wise across ranks (or use the model's
             :class:`~lightning_recsys.embeddings.sharded.ShardedEmbeddingBagCollection`) and compress the
             pooled-embedding all-to-all.
         mp_keep_ratio: fraction of each sample's boundary activations kept (per-sample top-k), in (0, 1].
+        mp_per_table: run the per-sample top-k within every table's pooled vector (each table keeps
+            ``ceil(mp_keep_ratio * embedding_dim)`` entries) rather than over the sample's whole row.
         mp_codec: boundary codec: ``"topk"`` (DCT), or the uncompressed / quantized anchors ``"fp32"``,
             ``"fp16"``, ``"int8"`` (table-wise model parallelism without DCT on the boundary).
         log_stats: log ``dct_density``, ``dct_bytes_sent`` and ``dct_compression_ratio`` (previous step's
@@ -88,8 +93,10 @@ class DCTStrategy(DDPStrategy):
         start_step: int = 2,
         min_compress_numel: int = 1024,
         sample_size: int = 8192,
+        capacity_factor: float = 1.0,
         mp_compression: bool = False,
         mp_keep_ratio: float = 0.05,
+        mp_per_table: bool = True,
         mp_codec: Literal["topk", "fp32", "fp16", "int8"] = "topk",
         log_stats: bool = True,
         seed: int = 0,
@@ -103,11 +110,12 @@ class DCTStrategy(DDPStrategy):
         _check_number("start_step", start_step, 2, None, integer=True)
         _check_number("min_compress_numel", min_compress_numel, 0, None, integer=True)
         _check_number("sample_size", sample_size, 1, None, integer=True)
+        _check_number("capacity_factor", capacity_factor, 1.0, None, integer=False)
         _check_number("mp_keep_ratio", mp_keep_ratio, 0.0, 1.0, integer=False, lo_open=True)
         _check_number("seed", seed, 0, None, integer=True)
         if mp_codec not in ("topk", "fp32", "fp16", "int8"):
             raise ValueError(f"DCTStrategy: mp_codec must be one of 'topk', 'fp32', 'fp16', 'int8', got {mp_codec!r}")
-        for name, flag in (("error_feedback", error_feedback), ("mp_compression", mp_compression), ("log_stats", log_stats)):
+        for name, flag in (("error_feedback", error_feedback), ("mp_compression", mp_compression), ("mp_per_table", mp_per_table), ("log_stats", log_stats)):
             if not isinstance(flag, bool):
                 raise TypeError(f"DCTStrategy: {name} must be True or False, got {flag!r}")
         super().__init__(**kwargs)
@@ -117,8 +125,10 @@ class DCTStrategy(DDPStrategy):
         self.start_step = start_step
         self.min_compress_numel = min_compress_numel
         self.sample_size = sample_size
+        self.capacity_factor = float(capacity_factor)
         self.mp_compression = mp_compression
         self.mp_keep_ratio = float(mp_keep_ratio)
+        self.mp_per_table = mp_per_table
         self.mp_codec = mp_codec
         self.log_stats = log_stats
         self.seed = seed
@@ -160,7 +170,7 @@ class DCTStrategy(DDPStrategy):
         from ..embeddings.sharded import ignore_sharded_parameters, shard_embeddings  # avoids an import cycle
 
         module = self.lightning_module
-        collections = shard_embeddings(module, codec=self.mp_codec, keep_ratio=self.mp_keep_ratio)
+        collections = shard_embeddings(module, codec=self.mp_codec, keep_ratio=self.mp_keep_ratio, per_table=self.mp_per_table)
         if not collections:
             raise ValueError(
                 "DCTStrategy(mp_compression=True) needs an embedding collection to shard, but "
@@ -185,6 +195,7 @@ class DCTStrategy(DDPStrategy):
             start_step=self.start_step,
             min_compress_numel=self.min_compress_numel,
             sample_size=self.sample_size,
+            capacity_factor=self.capacity_factor,
             seed=self.seed,
         ).bind(self.model)
         if self._pending_comm_state is not None:

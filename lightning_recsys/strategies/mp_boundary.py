@@ -9,6 +9,10 @@ gradients the same way in reverse. Codecs:
 - ``"topk"``: DCT. Forward keeps each row's ``k = ceil(keep_ratio * width)`` largest-magnitude entries
   and sends fp32 values + indices in the smallest type that fits (uint8, int16, int32); backward sends
   only the gradients at those positions (values only: the receiver already knows the indices).
+  With ``group=G`` the top-k runs within every group of ``G`` consecutive entries of a row instead
+  (``ceil(keep_ratio * G)`` per group): the sharded collection uses one group per table, so every
+  table keeps some of its pooled vector for every sample, rather than the tables with the largest
+  activations taking the whole budget (which starves the others of gradient for good).
 
 Example:
     >>> import torch
@@ -17,6 +21,9 @@ Example:
     >>> payload, idx = codec.encode_forward(x)
     >>> codec.decode_forward(payload, width=4)[0].tolist()
     [[0.0, -3.0, 0.0, 0.0]]
+    >>> per_pair = BoundaryCodec("topk", keep_ratio=0.5, group=2)
+    >>> per_pair.decode_forward(per_pair.encode_forward(x)[0], width=4)[0].tolist()
+    [[0.0, -3.0, 0.0, 2.0]]
 """
 
 from __future__ import annotations
@@ -35,31 +42,48 @@ CODECS: tuple[str, ...] = ("fp32", "fp16", "int8", "topk")
 
 
 def _as_bytes(t: Tensor) -> Tensor:
-    return t.contiguous().view(torch.uint8).reshape(t.shape[0], -1)
+    """[N, W] of any dtype -> [N, W * itemsize] uint8."""
+    return t.reshape(-1).view(torch.uint8).reshape(t.shape[0], t.shape[1] * t.dtype.itemsize)
 
 
 def _from_bytes(b: Tensor, dtype: torch.dtype) -> Tensor:
-    return b.contiguous().view(dtype)
+    """[N, B] uint8 -> [N, B / itemsize] of ``dtype`` (``reshape(-1)`` copies column slices, even of one row)."""
+    return b.reshape(-1).view(dtype).reshape(b.shape[0], b.shape[1] // dtype.itemsize)
 
 
 class BoundaryCodec:
-    """Row codec of the embedding boundary; ``keep_ratio`` only matters for ``"topk"``."""
+    """Row codec of the embedding boundary; ``keep_ratio`` and ``group`` only matter for ``"topk"``
+    (``group=None``: top-k over the whole row; ``group=G``: top-k within each run of ``G`` entries)."""
 
-    def __init__(self, name: Codec = "fp32", keep_ratio: float = 0.05) -> None:
+    def __init__(self, name: Codec = "fp32", keep_ratio: float = 0.05, group: int | None = None) -> None:
         if name not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {name!r}")
         if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
             raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+            raise ValueError(f"group must be None or an integer >= 1, got {group!r}")
         self.name = name
         self.keep_ratio = float(keep_ratio)
+        self.group = group
+
+    def _groups(self, width: int) -> tuple[int, int]:
+        """(groups per row, entries per group) of a row of ``width``."""
+        if self.group is None or not width:
+            return 1, width
+        if width % self.group:
+            raise ValueError(f"row width {width} is not a multiple of the codec's group {self.group}")
+        return width // self.group, self.group
 
     def k(self, width: int) -> int:
-        return min(width, max(1, math.ceil(self.keep_ratio * width))) if width else 0
+        """Entries kept per row of ``width``."""
+        n, g = self._groups(width)
+        return n * min(g, max(1, math.ceil(self.keep_ratio * g))) if g else 0
 
     def _idx_dtype(self, width: int) -> torch.dtype:
-        if width <= 256:
+        g = self._groups(width)[1]
+        if g <= 256:
             return torch.uint8
-        return torch.int16 if width <= 32767 else torch.int32
+        return torch.int16 if g <= 32767 else torch.int32
 
     def forward_row_bytes(self, width: int) -> int:
         if self.name == "topk":
@@ -91,31 +115,42 @@ class BoundaryCodec:
         """``x`` [N, W] -> (payload uint8 [N, forward_row_bytes(W)], kept indices [N, k] or None)."""
         if self.name != "topk":
             return self._dense_encode(x), None
-        width = x.shape[1]
-        idx = torch.topk(x.detach().abs(), self.k(width), dim=1, sorted=False).indices
-        values = x.gather(1, idx).float()
-        return torch.cat([_as_bytes(values), _as_bytes(idx.to(self._idx_dtype(width)))], dim=1), idx
+        rows, width = x.shape
+        n, g = self._groups(width)
+        xg = x.reshape(rows * n, g)  # indices are positions within a group
+        idx = torch.topk(xg.detach().abs(), self.k(width) // n, dim=1, sorted=False).indices
+        values = xg.gather(1, idx).float()
+        payload = torch.cat([_as_bytes(values), _as_bytes(idx.to(self._idx_dtype(width)))], dim=1)
+        return payload.reshape(rows, self.forward_row_bytes(width)), idx
 
     def decode_forward(self, b: Tensor, width: int) -> tuple[Tensor, Tensor | None]:
         """payload [N, P] -> (dense [N, width] float32, kept indices or None)."""
         if self.name != "topk":
             return self._dense_decode(b, width), None
-        k = self.k(width)
+        rows = b.shape[0]
+        n, g = self._groups(width)
+        k = self.k(width) // n
+        b = b.reshape(rows * n, b.shape[1] // n)
         values = _from_bytes(b[:, : 4 * k], torch.float32)
         idx = _from_bytes(b[:, 4 * k :], self._idx_dtype(width)).long()
-        out = torch.zeros(b.shape[0], width, dtype=torch.float32, device=b.device)
-        return out.scatter_(1, idx, values), idx
+        out = torch.zeros(rows * n, g, dtype=torch.float32, device=b.device)
+        return out.scatter_(1, idx, values).reshape(rows, width), idx
 
     def encode_backward(self, grad: Tensor, idx: Tensor | None) -> Tensor:
         if self.name != "topk":
             return self._dense_encode(grad)
-        return _as_bytes(grad.float().gather(1, idx))
+        rows, width = grad.shape
+        n, g = self._groups(width)
+        kept = grad.float().reshape(rows * n, g).gather(1, idx)
+        return _as_bytes(kept).reshape(rows, self.backward_row_bytes(width))
 
     def decode_backward(self, b: Tensor, width: int, idx: Tensor | None) -> Tensor:
         if self.name != "topk":
             return self._dense_decode(b, width)
-        out = torch.zeros(b.shape[0], width, dtype=torch.float32, device=b.device)
-        return out.scatter_(1, idx, _from_bytes(b, torch.float32))
+        rows = b.shape[0]
+        n, g = self._groups(width)
+        out = torch.zeros(rows * n, g, dtype=torch.float32, device=b.device)
+        return out.scatter_(1, idx, _from_bytes(b.reshape(rows * n, b.shape[1] // n), torch.float32)).reshape(rows, width)
 
 
 def _exchange(payloads: Tensor, send_rows: list[int], recv_rows: list[int], send_row_bytes: int,

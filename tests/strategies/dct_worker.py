@@ -172,13 +172,19 @@ def run_mp(out: Path, res: dict) -> None:
     res["mp_ckpt_keys"] = sorted(k for k in torch.load(ckpt, weights_only=False)["state_dict"] if ".tables." in k)
 
 
+def _topk_mask(block: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.zeros_like(block).scatter_(-1, torch.topk(block.abs(), k, dim=-1).indices, 1.0)
+
+
 def run_boundary(res: dict) -> None:
-    """Compressed all-to-all vs the uncompressed one with the same top-k mask applied."""
+    """Compressed all-to-all vs the uncompressed one with the same top-k mask applied (per table, and
+    over each owner's whole row)."""
     rank = dist.get_rank()
     cards = {"a": 50, "b": 40, "c": 30}
     keep = 0.25
     ref = ShardedEmbeddingBagCollection(cards, 4, codec="fp32", seed=1)
     cmp = ShardedEmbeddingBagCollection(cards, 4, codec="topk", keep_ratio=keep, seed=1)
+    row = ShardedEmbeddingBagCollection(cards, 4, codec="topk", keep_ratio=keep, per_table=False, seed=1)
     g = torch.Generator().manual_seed(10 + rank)
     batch = 6 + rank  # ranks may hold different batch sizes
     sparse = {}
@@ -191,16 +197,25 @@ def run_boundary(res: dict) -> None:
         sparse[n] = SparseFeature(values, offsets, weights)
     out_ref = ref(sparse)
     out_cmp = cmp(sparse)
+    out_row = row(sparse)
     names = list(cards)
-    mask = torch.zeros_like(out_ref)
-    for owned in cmp.owned:
+    mask = _topk_mask(out_ref.detach(), 1)  # per table: ceil(0.25 * 4) = 1 of each table's 4 entries
+    row_mask = torch.zeros_like(out_ref)
+    for owned in row.owned:
         if not owned:
             continue
         cols = [names.index(n) for n in owned]
         block = out_ref[:, cols, :].detach().reshape(batch, -1)
-        k = math.ceil(keep * block.shape[1])
-        m = torch.zeros_like(block).scatter_(1, torch.topk(block.abs(), k, dim=1).indices, 1.0)
-        mask[:, cols, :] = m.reshape(batch, len(cols), -1)
+        row_mask[:, cols, :] = _topk_mask(block, math.ceil(keep * block.shape[1])).reshape(batch, len(cols), -1)
+    w = torch.randn(out_ref.shape, generator=g)
+    (out_row * w).sum().backward()
+    res["boundary_row"] = {
+        "out_cmp": out_row.detach(), "out_masked_ref": (out_ref * row_mask).detach(),
+        "grads_cmp": {n: t.weight.grad.clone() for n, t in row.tables.items()},
+    }  # fmt: skip
+    (out_ref * row_mask * w).sum().backward(retain_graph=True)
+    res["boundary_row"]["grads_ref"] = {n: t.weight.grad.clone() for n, t in ref.tables.items()}
+    ref.zero_grad()
     w = torch.randn(out_ref.shape, generator=g)
     (out_cmp * w).sum().backward()
     (out_ref * mask * w).sum().backward()

@@ -21,6 +21,7 @@ from lightning_recsys.strategies import (
     sampled_threshold,
     threshold_compress,
 )
+from lightning_recsys.strategies.dp_hook import threshold_compress_
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,3 +123,83 @@ def test_int8_and_fp16_codecs_are_close():
         c = BoundaryCodec(name)
         out, _ = c.decode_forward(c.encode_forward(x)[0], 33)
         assert (out - x).abs().max() < tol * math.ceil(float(x.abs().max()))
+
+
+def test_per_table_topk_codec_keeps_every_group():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3 * 16, generator=g)
+    x[:, :16] *= 100  # the first table dominates: a whole-row top-k would keep only its entries
+    codec = BoundaryCodec("topk", keep_ratio=0.1, group=16)
+    assert codec.k(48) == 3 * 2 and codec.forward_row_bytes(48) == 6 * (4 + 1)
+    payload, idx = codec.encode_forward(x)
+    dense, ridx = codec.decode_forward(payload, 48)
+    mask = torch.zeros(5, 3, 16).scatter_(2, torch.topk(x.view(5, 3, 16).abs(), 2, dim=2).indices, 1.0).view(5, 48)
+    assert torch.equal(dense, x * mask) and bool((mask.view(5, 3, 16).sum(2) == 2).all())
+    grad = torch.randn(5, 48, generator=g)
+    back = codec.decode_backward(codec.encode_backward(grad, ridx), 48, idx)
+    assert torch.equal(back, grad * mask)  # backward: exactly the forward's positions
+    with pytest.raises(ValueError, match="not a multiple of the codec's group 16"):
+        codec.encode_forward(torch.randn(2, 40))
+    with pytest.raises(ValueError, match="group must be None or an integer >= 1"):
+        BoundaryCodec("topk", group=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_capped_compress_sends_the_largest_and_keeps_the_rest(seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(4001, generator=g)  # not a multiple of 8: the word-wise selection handles the tail
+    tau = 1.0
+    over = int((a.abs() >= tau).sum())
+    residual = a.clone()
+    idx, values = threshold_compress_(residual, tau, cap=100)
+    assert idx.numel() == 100 < over
+    assert torch.equal(residual.index_put((idx,), values), a)  # error-feedback invariant still holds
+    assert float(values.abs().min()) >= float(residual.abs().max())  # the 100 largest went
+    assert idx.unique().numel() == 100
+    full = a.clone()
+    idx_all, _ = threshold_compress_(full, tau)
+    assert torch.equal(idx_all, (a.abs() >= tau).nonzero().flatten())
+
+
+def test_capacity_is_fixed_by_layout_and_options():
+    st = DCTCommState(density=0.01, capacity_factor=1.5)
+    assert st.capacity(320_000) == 4800 and st.capacity(10) == 1
+    with pytest.raises(ValueError, match="capacity_factor must be >= 1.0"):
+        DCTStrategy(capacity_factor=0.5)
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+@pytest.mark.parametrize(("name", "group"), [("topk", None), ("topk", 4), ("fp16", None), ("int8", None), ("fp32", None)])
+def test_codecs_handle_one_and_zero_rows(rows, name, group):
+    # a rank may hold a single sample (or none) of a batch: column slices of a one-row payload have odd strides
+    codec = BoundaryCodec(name, keep_ratio=0.25, group=group)
+    x = torch.arange(1.0, 1.0 + rows * 8).reshape(rows, 8)
+    payload, idx = codec.encode_forward(x)
+    dense, ridx = codec.decode_forward(payload, 8)
+    back = codec.decode_backward(codec.encode_backward(torch.ones(rows, 8), ridx), 8, idx)
+    assert dense.shape == back.shape == (rows, 8)
+    if rows and name == "topk":
+        assert torch.equal(dense != 0, back != 0) and torch.equal(dense[dense != 0], x[dense != 0])
+
+
+def test_touched_only_update_equals_full_scan():
+    # between refreshes the hook adds and compares only where g is nonzero (plus what the cap left over)
+    from lightning_recsys.strategies.dp_hook import _compress_touched, _threshold_compress
+
+    g = torch.Generator().manual_seed(3)
+    n, cap, tau = 4000, 30, 1.5
+    full, fast = torch.zeros(n), torch.zeros(n)
+    scratch, mask = torch.empty(n), torch.empty(n, dtype=torch.bool)
+    left = None
+    for step in range(6):
+        grad = torch.zeros(n)
+        rows = torch.randperm(n // 8, generator=g)[:40]
+        grad.view(-1, 8)[rows] = torch.randn(40, 8, generator=g) * 1.5
+        i1, v1, l1 = _threshold_compress(full.add_(grad), tau, scratch, mask, cap)
+        if left is None:
+            i2, v2, left = _threshold_compress(fast.add_(grad), tau, scratch, mask, cap)
+        else:
+            i2, v2, left = _compress_touched(fast, grad, tau, mask, cap, left)
+        assert torch.equal(i1.sort().values, i2.sort().values) and torch.equal(full, fast)
+        assert torch.equal(l1, left)
+    assert left.numel() > 0  # the cap did leave entries over the threshold on the way
