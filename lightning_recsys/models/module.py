@@ -179,14 +179,16 @@ class RecsysModule(pl.LightningModule):
     def _log_metrics(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         main = self.tasks[0]
+        # compute() already syncs the metric states across ranks, so every rank holds the same value;
+        # sync_dist only averages identical scalars (and keeps Lightning from warning under DDP)
         for t in self.tasks:
             values = metrics[t].compute()
             metrics[t].reset()
             for name, value in values.items():
-                self.log(name, value, prog_bar=(t == main and name.startswith(f"{stage}_auc")))
+                self.log(name, value, prog_bar=(t == main and name.startswith(f"{stage}_auc")), sync_dist=True)
             if t == main:
-                self.log(f"{stage}_auc", values[f"{stage}_auc_{t}"])
-                self.log(f"{stage}_ne", values[f"{stage}_ne_{t}"])
+                self.log(f"{stage}_auc", values[f"{stage}_auc_{t}"], sync_dist=True)
+                self.log(f"{stage}_ne", values[f"{stage}_ne_{t}"], sync_dist=True)
 
     def validation_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "val")
