@@ -7,6 +7,7 @@ the network interface. Writes ``OUT_DIR/node{rank}.pt``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def main() -> None:
          "master_addr": trainer.strategy.cluster_environment.main_address},
         out / f"node{trainer.global_rank}.pt",
     )  # fmt: skip
+    # tear the process group down explicitly: leaving it to interpreter exit sometimes aborts the
+    # process ("terminate called without an active exception") after all the work is done
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
