@@ -14,27 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_recsys.callbacks.multibalance import MultiBalance
 from tests._dist import run_distributed
+from tests.callbacks.test_multibalance import Encoder, _data
 
 BETA = 0.5
-
-
-def _data() -> TensorDataset:
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 20, (16, 3), generator=g)
-    dense = torch.randn(16, 4, generator=g)
-    ya = (torch.rand(16, generator=g) < 0.4).float()
-    yb = torch.randn(16, generator=g)
-    return TensorDataset(ids, dense, ya, yb)
-
-
-class Encoder(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.EmbeddingBag(20, 6, mode="sum")
-        self.dense = nn.Linear(4, 6)
-
-    def forward(self, ids, dense):
-        return torch.relu(self.emb(ids) + self.dense(dense))
 
 
 class TwoTask(pl.LightningModule):
