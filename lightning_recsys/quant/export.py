@@ -60,7 +60,15 @@ def _onnx_translations() -> dict:
         acc = op.MatMulInteger(xq, wq_t, zp)
         return op.Add(op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, w_scale)), bias)
 
+    def dequantize_rows(codes, scale, zero_point):
+        flat = op.Reshape(codes, op.Concat(op.Constant(value_ints=[-1]), op.Shape(codes, start=-1), axis=0))
+        per_row = op.Constant(value_ints=[-1])
+        zp = op.Cast(op.Reshape(zero_point, per_row), to=2)  # uint8
+        rows = op.DequantizeLinear(flat, op.Reshape(scale, per_row), zp, axis=0)
+        return op.Reshape(rows, op.Shape(codes))
+
     return {
+        torch.ops.lrs_quant.dequantize_rows.default: dequantize_rows,
         torch.ops.lrs_quant.int8_linear_dynamic.default: int8_linear_dynamic,
         torch.ops.lrs_quant.int8_linear_static.default: int8_linear_static,
     }

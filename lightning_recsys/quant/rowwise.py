@@ -1,8 +1,10 @@
 """Row-wise (per-table-row) int8 / int4 quantization of embedding tables, in FBGEMM's fused layout.
 
-Each row ``x`` is stored as ``q = round((x - bias) / scale)`` with its own ``scale`` and ``bias``
-(``bias`` = the row minimum, ``scale`` = the row range / (2^bits - 1)), so every value is within half
-a step (``scale / 2``) of the original. The packed rows use the layout that torch's
+Each row ``x`` is stored as ``q = round((x - bias) / scale)`` with its own ``scale`` and ``bias``, so
+every value is within half a step (``scale / 2``) of the original. int4: ``bias`` = the row minimum,
+``scale`` = the row range / 15. int8: ``bias = -zp * scale`` with an integer zero point ``zp`` (the
+grid spans the row's range extended to 0 in 254 steps), which graph runtimes dequantize as
+``(q - zp) * scale`` in one fused op. The packed rows use the layout that torch's
 ``quantized::embedding_bag_{byte,4bit}_rowwise_offsets`` lookups read:
 
 * int8: ``[D bytes of q][fp32 scale][fp32 bias]`` -> ``D + 8`` bytes per row;
@@ -57,10 +59,16 @@ def _check_weight(weight: Tensor, bits: int) -> Tensor:
 
 
 def _qparams_int8(w: Tensor) -> tuple[Tensor, Tensor]:
-    lo = w.amin(1)
-    scale = ((w.amax(1).double() - lo.double()) / 255.0).float()
+    """Scale and integer zero point per row: the grid ``(q - zp) * scale``, ``q`` in 0..255, spans
+    ``[min(row, 0), max(row, 0)]`` in 254 steps, so rounding ``zp`` still leaves every value within
+    half a step of a grid point, and the stored bias ``-zp * scale`` lets graph runtimes dequantize
+    with a plain zero point (ONNX ``DequantizeLinear``) instead of a float bias add."""
+    lo = w.amin(1).double().clamp(max=0.0)
+    hi = w.amax(1).double().clamp(min=0.0)
+    scale = ((hi - lo) / 254.0).float()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return scale, lo
+    zp = torch.round(-lo / scale.double()).clamp(0, 254)
+    return scale, zp.float()
 
 
 def _qparams_int4(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,9 +101,9 @@ def pack_rowwise(weight: Tensor, bits: int = 8, clip: str = "minmax") -> Tensor:
             raise ValueError("clip='greedy' is only available for bits=4")
         return torch.ops.quantized.embedding_bag_4bit_prepack(w, optimized_qparams=True)
     if bits == 8:
-        scale, bias = _qparams_int8(w)
-        q = torch.round((w - bias[:, None]) / scale[:, None]).clamp_(0, 255).to(torch.uint8)
-        tail = torch.stack([scale, bias], 1).contiguous().view(torch.uint8)  # [N, 8]
+        scale, zp = _qparams_int8(w)
+        q = (torch.round(w.double() / scale.double()[:, None]) + zp.double()[:, None]).clamp_(0, 255).to(torch.uint8)
+        tail = torch.stack([scale, -zp * scale], 1).contiguous().view(torch.uint8)  # [N, 8]
         return torch.cat([q, tail], 1).contiguous()
     scale, bias = _qparams_int4(w)
     q = torch.round((w - bias.float()[:, None]) / scale.float()[:, None]).clamp_(0, 15).to(torch.uint8)
