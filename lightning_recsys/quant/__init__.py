@@ -32,6 +32,7 @@ from .observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileO
 from .predictor import OnnxPredictor, TorchPredictor, load
 from .report import module_report
 from .rowwise import dequantize_rowwise, pack_rowwise, unpack_rowwise
+from .tensorrt import TensorRTPredictor, TensorRTProgram, export_tensorrt, prepare_tensorrt_program, tensorrt_inputs
 
 __all__ = [
     "EntropyObserver",
@@ -49,10 +50,13 @@ __all__ = [
     "QuantizedEmbeddingBag",
     "RecipeConfig",
     "RowwiseEmbeddingConfig",
+    "TensorRTPredictor",
+    "TensorRTProgram",
     "TorchPredictor",
     "calibrate",
     "dequantize_rowwise",
     "export_onnx",
+    "export_tensorrt",
     "flatten_batch",
     "is_quantized_module",
     "load",
@@ -61,10 +65,12 @@ __all__ = [
     "make_observer",
     "module_report",
     "pack_rowwise",
+    "prepare_tensorrt_program",
     "quantize_",
     "quantize_checkpoint",
     "recipe_from_dict",
     "register_dense_exporter",
     "register_quant_handler",
+    "tensorrt_inputs",
     "unpack_rowwise",
 ]

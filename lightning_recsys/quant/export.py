@@ -136,7 +136,7 @@ class _FlatRecsysModel(nn.Module):
             if name in self.weighted:
                 weights = flat[i]
                 i += 1
-            dummy_offsets = torch.zeros(ids.shape[0] + 1, dtype=ids.dtype)  # unused by lowered tables
+            dummy_offsets = torch.zeros(ids.shape[0] + 1, dtype=ids.dtype, device=ids.device)  # unused by lowered tables
             sparse[name] = SparseFeature(values=ids, offsets=dummy_offsets, weights=weights)
         return self.model(RecsysBatch(dense=dense, sparse=sparse))
 

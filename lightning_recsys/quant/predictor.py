@@ -1,7 +1,8 @@
 """``load(path)``: a predictor for a quantized artifact that takes a :class:`RecsysBatch`.
 
 ``path`` is an ``.onnx`` file written by :func:`export_onnx`, or an artifact directory written by
-:func:`quantize_checkpoint` (``model.onnx`` or ``model.pt`` + ``meta.json``). The predictor returns
+:func:`quantize_checkpoint` (``model.onnx`` or ``model.pt`` + ``meta.json``), or a TensorRT artifact
+directory written by :func:`~lightning_recsys.quant.tensorrt.export_tensorrt` (needs CUDA). The predictor returns
 logits ``[B, num_tasks]`` as a float32 tensor (``predict_proba`` applies the sigmoid).
 
 Example:
@@ -75,7 +76,7 @@ class TorchPredictor:
         return torch.sigmoid(self(batch))
 
 
-def load(path: str | Path, threads: int | None = None) -> OnnxPredictor | TorchPredictor:
+def load(path: str | Path, threads: int | None = None) -> Any:
     """Open an ONNX file or an artifact directory (see module docstring)."""
     path = Path(path)
     if path.is_file() and path.suffix == ".onnx":
@@ -94,4 +95,8 @@ def load(path: str | Path, threads: int | None = None) -> OnnxPredictor | TorchP
         if threads is not None:
             torch.set_num_threads(int(threads))
         return TorchPredictor(rebuild_quantized_module(path, meta), meta)
-    raise ValueError(f"{meta_path}: unknown artifact format {meta.get('format')!r}; expected 'onnx' or 'torch'")
+    if meta.get("format") == "tensorrt":
+        from .tensorrt import TensorRTPredictor
+
+        return TensorRTPredictor(path)
+    raise ValueError(f"{meta_path}: unknown artifact format {meta.get('format')!r}; expected 'onnx', 'torch' or 'tensorrt'")
