@@ -7,7 +7,7 @@ Example:
 """
 
 from . import quant, strategies  # importing strategies registers "dct" and "dct_spawn"
-from .callbacks import FIITED, MultiBalance
+from .callbacks import FIITED, MultiBalance, QuantizationMonitor
 from .data import FeatureSpec, MovieLens100KDataModule, RecsysBatch, SparseFeature, SyntheticCTRDataModule
 from .embeddings import ChunkedEmbedding, ChunkedEmbeddingBag
 from .metrics import NormalizedEntropy
@@ -32,6 +32,7 @@ __all__ = [
     "MultiTaskDLRM",
     "Muon",
     "NormalizedEntropy",
+    "QuantizationMonitor",
     "RecsysBatch",
     "RecsysModule",
     "SparseFeature",

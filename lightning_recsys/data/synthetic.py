@@ -134,6 +134,12 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             sparse features (those with the fewest rows) interact pairwise in the planted model.
         seed: everything (planted model, batches) derives from it.
         num_workers: DataLoader workers.
+        shift_at_step: plant a distribution shift (off by default): batches made once the attached
+            trainer's ``global_step`` has reached this step (train and validation alike) carry dense
+            features ``x * shift_dense_scale + shift_dense_offset``, while the labels still follow
+            the planted model of ``x`` (an upstream encoding change: same information, new scale).
+            Needs ``num_workers=0``; ``make_batch(..., shifted=True)`` makes a shifted batch explicitly.
+        shift_dense_scale, shift_dense_offset: the shift applied to the dense features.
     """
 
     def __init__(
@@ -155,6 +161,9 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         num_interacting: int = 6,
         seed: int = 0,
         num_workers: int = 0,
+        shift_at_step: int | None = None,
+        shift_dense_scale: float = 4.0,
+        shift_dense_offset: float = 0.0,
     ) -> None:
         super().__init__()
         for arg, val, lo in (
@@ -168,6 +177,13 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
                 raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
         if num_sparse > len(CRITEO_KAGGLE_CARDINALITIES):
             raise ValueError(f"num_sparse must be <= {len(CRITEO_KAGGLE_CARDINALITIES)}, got {num_sparse}")
+        if shift_at_step is not None and (isinstance(shift_at_step, bool) or not isinstance(shift_at_step, int) or shift_at_step < 0):
+            raise ValueError(f"shift_at_step must be None or an integer >= 0, got {shift_at_step!r}")
+        if shift_at_step is not None and num_workers > 0:
+            raise ValueError(f"shift_at_step reads the trainer's step in the main process: it needs num_workers=0, got {num_workers}")
+        for arg, val in (("shift_dense_scale", shift_dense_scale), ("shift_dense_offset", shift_dense_offset)):
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+                raise ValueError(f"{arg} must be a finite number, got {val!r}")
         if zipf_alpha <= 0:
             raise ValueError(f"zipf_alpha must be > 0, got {zipf_alpha}")
         tasks, base_rates = list(tasks), list(base_rates)
@@ -181,6 +197,8 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         self.max_bag_size = max_bag_size
         self.seed = seed
         self.num_workers = num_workers
+        self.shift_at_step = shift_at_step
+        self.shift_dense_scale, self.shift_dense_offset = float(shift_dense_scale), float(shift_dense_offset)
         self.cardinalities = [min(c, max_rows) for c in CRITEO_KAGGLE_CARDINALITIES[:num_sparse]]
         self.feature_names = [f"C{i + 1}" for i in range(num_sparse)]
         self.spec = FeatureSpec(num_dense, dict(zip(self.feature_names, self.cardinalities)), tasks)
@@ -223,8 +241,17 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         ranks = torch.searchsorted(self._cdfs[f], u).clamp_(max=self.cardinalities[f] - 1)
         return self._perms[f][ranks]
 
-    def make_batch(self, split: str, index: int) -> tuple[RecsysBatch, Tensor]:
-        """Batch ``index`` of ``split`` and the planted (Bayes-optimal) probabilities [B, T]."""
+    def shift_active(self) -> bool:
+        """Whether batches made now carry the planted shift (``shift_at_step`` reached by the trainer)."""
+        trainer = self.trainer
+        return self.shift_at_step is not None and trainer is not None and trainer.global_step >= self.shift_at_step
+
+    def make_batch(self, split: str, index: int, shifted: bool | None = None) -> tuple[RecsysBatch, Tensor]:
+        """Batch ``index`` of ``split`` and the planted (Bayes-optimal) probabilities [B, T].
+
+        ``shifted`` applies the planted dense shift (default: :meth:`shift_active`); labels and
+        probabilities are the same either way.
+        """
         num = {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
         n_batches = max(1, math.ceil(num / self.batch_size))
         if not 0 <= index < n_batches:
@@ -235,6 +262,10 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         probs = torch.sigmoid(self.planted.logits(batch.dense, list(batch.sparse.values())))
         labels_all = torch.bernoulli(probs, generator=gen)
         batch.labels = {t: labels_all[:, i].contiguous() for i, t in enumerate(self.spec.tasks)}
+        if shifted is None:
+            shifted = self.shift_active()
+        if shifted:
+            batch.dense = batch.dense * self.shift_dense_scale + self.shift_dense_offset
         return batch, probs
 
     def _features(self, b: int, gen: torch.Generator) -> RecsysBatch:
@@ -258,7 +289,7 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         metrics = {t: BinaryAUROC() for t in self.spec.tasks}
         num = {"train": self.num_train, "val": self.num_val, "test": self.num_test}[split]
         for i in range(max(1, math.ceil(num / self.batch_size))):
-            batch, probs = self.make_batch(split, i)
+            batch, probs = self.make_batch(split, i, shifted=False)
             for j, t in enumerate(self.spec.tasks):
                 metrics[t].update(probs[:, j], batch.labels[t].long())
         return {t: float(m.compute()) for t, m in metrics.items()}
