@@ -10,7 +10,16 @@ dim 64), then, in one process on the same test batches with 2 threads:
   export (our Gather + ReduceSum lowering: the stock ``nn.EmbeddingBag`` ``Loop`` export is 7-25x
   slower) — it quantizes each table per tensor;
 * ``ours_torch_int8`` / ``ours_onnx_int8``: ``quantize_`` with row-wise int8 tables and int8 linears
-  (dynamic activations), eager and exported with ``export_onnx``.
+  (dynamic activations), eager and exported with ``export_onnx``;
+* ``ours_budget_onnx``: the smallest plan the budgeted search picks per table / linear (int4 / int8 /
+  fp16 / fp32) for a ``--budget-ne`` relative NE budget (default 0.1 %), searched on validation
+  batches and confirmed on the test batches, exported with ``export_onnx``; ``ours_budget_no_int4_onnx``:
+  the same search without int4 tables (from the same sensitivity analysis). Compared with all-int8 and
+  ORT stock on the test split (``comparison_test``): relative NE change, AUC change, bytes, within budget.
+
+At the end, ``examples/quant_monitor.py``'s ``main(quick)`` (the QuantizationMonitor demo) runs when
+present; its ``detects_shift_within`` / ``recovered_under_budget`` go into the ratios ("not available"
+when the example is missing).
 
 Latency is the median of interleaved runs at batch 1, 64, 512 (ONNX inputs prepared beforehand, as a
 server would receive arrays). AUC / NE on the test split (first task). A MovieLens-100K section repeats
@@ -43,6 +52,9 @@ from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataMo
 from lightning_recsys.models import RecsysModule  # noqa: E402
 from lightning_recsys.quant import RecipeConfig, export_onnx, flatten_batch, quantize_  # noqa: E402
 from lightning_recsys.quant.report import eval_metrics, state_bytes  # noqa: E402
+from lightning_recsys.quant.search import plan_search  # noqa: E402
+from lightning_recsys.quant.sensitivity import run_sensitivity  # noqa: E402
+from lightning_recsys.quant.trials import TrialRunner  # noqa: E402
 
 BATCH_SIZES = (1, 64, 512)
 
@@ -51,6 +63,8 @@ def _extra(p) -> None:
     p.add_argument("--rows", type=int, default=None, help="table size cap (default 100000, quick 10000)")
     p.add_argument("--dim", type=int, default=64, help="embedding dim (default 64)")
     p.add_argument("--no-movielens", action="store_true", help="skip the MovieLens-100K section")
+    p.add_argument("--budget-ne", type=float, default=0.1, help="budget: max relative NE increase in PERCENT (default 0.1)")
+    p.add_argument("--no-monitor", action="store_true", help="skip the examples/quant_monitor.py figures")
 
 
 def _slice(batch: RecsysBatch, n: int) -> RecsysBatch:
@@ -120,8 +134,19 @@ def _metrics_torch(fn, batches) -> dict[str, float]:
     return eval_metrics(logits, labels)
 
 
+def _budget_search(args, fp32: nn.Module, calib: list[RecsysBatch], val: list[RecsysBatch], test: list[RecsysBatch]):
+    """Budgeted plans searched on ``val``, confirmed on ``test`` (first task, as every NE here), from one
+    sensitivity analysis: the smallest plan (tables may be int4) and one without int4 tables (int4
+    lookups cost more arithmetic in the ONNX graph than int8 ones)."""
+    runner = TrialRunner(fp32, calib, val, confirm_loader=test, task=0, eval_batches=len(val), confirm_batches=len(test))
+    sens = run_sensitivity(runner)
+    budget = args.budget_ne / 100.0
+    return (plan_search(runner, sens, budget_ne=budget),
+            plan_search(runner, sens, budget_ne=budget, table_precisions=["int8", "fp16", "fp32"]))  # fmt: skip
+
+
 def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[RecsysBatch], calib: list[RecsysBatch],
-                 timing: bool, tmp: Path, tag: str) -> dict:  # fmt: skip
+                 timing: bool, tmp: Path, tag: str, val_batches: list[RecsysBatch] | None = None) -> dict:  # fmt: skip
     t0 = time.perf_counter()
     _train(module, dm.train_dataloader(), steps)
     train_s = time.perf_counter() - t0
@@ -136,8 +161,14 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     single_hot = export_onnx(fp32, fp32_onnx, example)["inputs"]["single_hot"]
     export_onnx(ours, ours_onnx, example)
     _ort_stock_int8(fp32_onnx, stock_onnx, calib, features, single_hot)
-    sessions = {k: _ort_session(p, args.threads) for k, p in
-                (("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx))}  # fmt: skip
+    onnx_paths = [("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx)]
+    budget = budget_no_int4 = None
+    if val_batches is not None:
+        budget, budget_no_int4 = _budget_search(args, fp32, calib, val_batches, test_batches)
+        for name, plan in (("ours_budget_onnx", budget), ("ours_budget_no_int4_onnx", budget_no_int4)):
+            export_onnx(plan.model, tmp / f"{tag}_{name}.onnx", example)
+            onnx_paths.append((name, tmp / f"{tag}_{name}.onnx"))
+    sessions = {k: _ort_session(p, args.threads) for k, p in onnx_paths}
 
     def ort_fn(name):
         sess = sessions[name]
@@ -147,11 +178,14 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
         "fp32_eager": fp32, "torchao_dynamic_int8": ao, "ort_fp32": ort_fn("ort_fp32"),
         "ort_stock_int8": ort_fn("ort_stock_int8"), "ours_torch_int8": ours, "ours_onnx_int8": ort_fn("ours_onnx_int8"),
     }  # fmt: skip
+    if budget is not None:
+        fns["ours_budget_onnx"] = ort_fn("ours_budget_onnx")
+        fns["ours_budget_no_int4_onnx"] = ort_fn("ours_budget_no_int4_onnx")
     res: dict[str, dict] = {k: _metrics_torch(f, test_batches) for k, f in fns.items()}
     res["fp32_eager"]["model_bytes"] = state_bytes(fp32)
     res["torchao_dynamic_int8"]["model_bytes"] = _torchao_bytes(ao)
     res["ours_torch_int8"]["model_bytes"] = state_bytes(ours)
-    for k, p in (("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx)):
+    for k, p in onnx_paths:
         res[k]["model_bytes"] = p.stat().st_size
     if timing:
         big = test_batches[0]
@@ -171,7 +205,33 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
                 times = interleaved_times(calls, repeats=reps, warmup=3)
             for k, t in times.items():
                 res[k]["latency_ms"][f"b{bs}"] = t * 1e3
-    return {"train_seconds": train_s, "train_steps": steps, "methods": res}
+    out = {"train_seconds": train_s, "train_steps": steps, "methods": res}
+    if budget is not None:
+        out["budget"] = _budget_summary(args, budget, res, "ours_budget_onnx")
+        out["budget_no_int4"] = _budget_summary(args, budget_no_int4, res, "ours_budget_no_int4_onnx")
+    return out
+
+
+def _budget_summary(args, budget, res: dict, name: str) -> dict:
+    """The budgeted plan vs all-int8 vs ORT stock on the test split (relative NE change, AUC change)."""
+    fp = res["fp32_eager"]
+    limit = args.budget_ne / 100.0
+    comparison = {}
+    for k in (name, "ours_onnx_int8", "ort_stock_int8"):
+        rel = (res[k]["ne"] - fp["ne"]) / fp["ne"]
+        comparison[k] = {"ne_rel_delta": rel, "auc_delta": res[k]["auc"] - fp["auc"], "model_bytes": res[k]["model_bytes"],
+                         "within_budget": rel <= limit}  # fmt: skip
+    counts: dict[str, int] = {}
+    for p in budget.plan.values():
+        counts[p] = counts.get(p, 0) + 1
+    return {
+        "budget_ne_relative": limit, "met": budget.met, "message": budget.message, "precision_counts": counts,
+        "int8_bytes_fraction": budget.int8_bytes_fraction, "torch_bytes": budget.bytes, "fp32_bytes": budget.fp32_bytes,
+        "search_val": {k: budget.search[k] for k in ("ne_rel_delta", "auc_delta")},
+        "confirm_test": {k: budget.confirm[k] for k in ("ne_rel_delta", "auc_delta")},
+        "kept_higher": budget.reasons, "plans_tried": len(budget.trail), "seconds": budget.seconds,
+        "all_int8_on_val": budget.references.get("all_int8"), "comparison_test": comparison,
+    }  # fmt: skip
 
 
 def _synthetic(args, tmp: Path) -> dict:
@@ -183,7 +243,8 @@ def _synthetic(args, tmp: Path) -> dict:
     module = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=args.dim, bottom_mlp=(128, 64), top_mlp=(128, 64))
     test = [dm.make_batch("test", i)[0] for i in range(dm.num_test // 1024)]
     calib = [_slice(dm.make_batch("train", i)[0], 512) for i in range(8)]
-    out = _run_dataset(args, dm, module, n_train // 1024, test, calib, True, tmp, "synthetic")
+    val = [dm.make_batch("val", i)[0] for i in range(4 if args.quick else dm.num_val // 1024)]  # budget search batches
+    out = _run_dataset(args, dm, module, n_train // 1024, test, calib, True, tmp, "synthetic", val_batches=val)
     out["config"] = {"rows_cap": rows, "dim": args.dim, "tables": 26, "num_train": n_train, "num_test": dm.num_test,
                      "total_rows": sum(dm.cardinalities)}  # fmt: skip
     return out
@@ -206,8 +267,34 @@ def _movielens(args, tmp: Path) -> dict:
     return _run_dataset(args, dm, module, steps, test, calib, False, tmp, "movielens")
 
 
+def _monitor(args) -> dict:
+    """Figures of examples/quant_monitor.py (another capability's demo) when it is there."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "quant_monitor.py"
+    if args.no_monitor or not path.is_file():
+        return {"detects_shift_within": "not available", "recovered_under_budget": "not available",
+                "note": "--no-monitor" if args.no_monitor else f"{path.name} not found"}  # fmt: skip
+    try:
+        spec = importlib.util.spec_from_file_location("lrs_example_quant_monitor", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        t0 = time.perf_counter()
+        out = mod.main(quick=bool(args.quick))
+        seconds = time.perf_counter() - t0
+    except Exception as err:  # noqa: BLE001 - record why the optional figures are missing, never invent them
+        msg = f"failed: {type(err).__name__}: {err}"
+        return {"detects_shift_within": "not available", "recovered_under_budget": "not available", "note": msg}
+    return {
+        "detects_shift_within": out.get("detects_shift_within", "not available"),
+        "recovered_under_budget": out.get("recovered_under_budget", "not available"), "seconds": seconds,
+    }  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args("quant", argv, extra=_extra)
+    if not 0.0 <= args.budget_ne < 100.0:
+        raise SystemExit(f"--budget-ne is a percentage in [0, 100), got {args.budget_ne}")
     with tempfile.TemporaryDirectory() as d:
         syn = _synthetic(args, Path(d))
         ml = {"skipped": "--no-movielens"} if args.no_movielens else _movielens(args, Path(d))
@@ -227,17 +314,44 @@ def main(argv: list[str] | None = None) -> dict:
         mm = ml["methods"]
         ratios["movielens_ne_delta_ours"] = mm["ours_onnx_int8"]["ne"] - mm["fp32_eager"]["ne"]
         ratios["movielens_ne_delta_ort_stock"] = mm["ort_stock_int8"]["ne"] - mm["fp32_eager"]["ne"]
+    bud, bud4 = syn["budget"], syn["budget_no_int4"]
+    ratios["budget_met"] = bud["met"]
+    ratios["int8_bytes_fraction"] = bud["int8_bytes_fraction"]
+    ratios["budget_plan_onnx_latency_ms_b512"] = m["ours_budget_onnx"]["latency_ms"]["b512"]
+    ratios["budget_plan_onnx_speedup_vs_fp32_eager_b512"] = fp["latency_ms"]["b512"] / m["ours_budget_onnx"]["latency_ms"]["b512"]
+    ratios["budget_plan_bytes_ratio_vs_fp32"] = m["ours_budget_onnx"]["model_bytes"] / fp["model_bytes"]
+    ratios["budget_plan_ne_rel_delta_test"] = bud["comparison_test"]["ours_budget_onnx"]["ne_rel_delta"]
+    ratios["all_int8_ne_rel_delta_test"] = bud["comparison_test"]["ours_onnx_int8"]["ne_rel_delta"]
+    ratios["ort_stock_ne_rel_delta_test"] = bud["comparison_test"]["ort_stock_int8"]["ne_rel_delta"]
+    ratios["budget_no_int4_met"] = bud4["met"]
+    ratios["budget_no_int4_int8_bytes_fraction"] = bud4["int8_bytes_fraction"]
+    ratios["budget_no_int4_onnx_speedup_vs_fp32_eager_b512"] = (
+        fp["latency_ms"]["b512"] / m["ours_budget_no_int4_onnx"]["latency_ms"]["b512"])  # fmt: skip
+    ratios["budget_no_int4_bytes_ratio_vs_fp32"] = m["ours_budget_no_int4_onnx"]["model_bytes"] / fp["model_bytes"]
+    mon = _monitor(args)
+    ratios["monitor_detects_shift_within"] = mon["detects_shift_within"]
+    ratios["monitor_recovered_under_budget"] = mon["recovered_under_budget"]
     ratios["targets_met"] = {
         "speedup_b512_ge_2.5": ratios["onnx_int8_speedup_vs_fp32_eager_b512"] >= 2.5,
         "not_slower_than_ort_stock": ratios["onnx_int8_speedup_vs_ort_stock_int8_b512"] >= 1.0,
         "bytes_ratio_le_0.3": ratios["bytes_ratio_vs_fp32"] <= 0.3,
         "ne_delta_ours_below_ort_stock": abs(ratios["ne_delta_ours"]) < abs(ratios["ne_delta_ort_stock"]),
+        "budget_met": bool(bud["met"]),
+        "int8_bytes_fraction_ge_0.9": bud["int8_bytes_fraction"] >= 0.9,
+        "budget_plan_speedup_b512_ge_2": ratios["budget_plan_onnx_speedup_vs_fp32_eager_b512"] >= 2.0,
+        "monitor_detects_shift_within_2": isinstance(mon["detects_shift_within"], int) and mon["detects_shift_within"] <= 2,
+        "monitor_recovered_under_budget": mon["recovered_under_budget"] is True,
     }
     metrics = {k: v for k, v in m.items() if k.startswith(("fp32", "ours"))}
     anchors = {k: v for k, v in m.items() if not k.startswith(("fp32", "ours"))}
     anchors["movielens"] = ml
+    anchors["monitor"] = mon
+    metrics["budget_plan"] = bud
+    metrics["budget_plan_no_int4"] = bud4
     config = {**syn["config"], "batch_sizes": list(BATCH_SIZES), "threads": args.threads,
-              "train_seconds": syn["train_seconds"], "train_steps": syn["train_steps"]}  # fmt: skip
+              "train_seconds": syn["train_seconds"], "train_steps": syn["train_steps"],
+              "budget_ne_percent": args.budget_ne,
+              "budget_search": "val split (search) + test split (confirm), first task"}  # fmt: skip
     return write_results(args, "quant", config=config, metrics=metrics, anchors=anchors, ratios=ratios)
 
 

@@ -1,6 +1,7 @@
 """Low-precision deployment of recommendation models: row-wise int8/int4 and fp16 embedding tables,
-int8 (dynamic or calibrated static) and fp16 linears, calibration observers, fast ONNX export and
-checkpoint quantization (``lrs quantize``).
+int8 (dynamic or calibrated static) and fp16 linears, calibration observers, per-module sensitivity
+and a search for the smallest plan within an accuracy budget, fast ONNX export (and Torch-TensorRT),
+and checkpoint quantization (``lrs quantize``).
 
 Example:
     >>> import torch
@@ -31,10 +32,15 @@ from .linear import FP16Linear, Int8Linear
 from .observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver, make_observer
 from .predictor import OnnxPredictor, TorchPredictor, load
 from .report import module_report
+from .plan_report import write_plan_report
 from .rowwise import dequantize_rowwise, pack_rowwise, unpack_rowwise
+from .search import Budget, BudgetNotMetError, SearchResult, plan_search, plan_to_recipe, search_plan
+from .sensitivity import ModuleSensitivity, SensitivityResult, run_sensitivity, sensitivity_analysis
 from .tensorrt import TensorRTPredictor, TensorRTProgram, export_tensorrt, prepare_tensorrt_program, tensorrt_inputs
 
 __all__ = [
+    "Budget",
+    "BudgetNotMetError",
     "EntropyObserver",
     "FP16Config",
     "FP16Linear",
@@ -43,6 +49,7 @@ __all__ = [
     "Int8LinearConfig",
     "MSEObserver",
     "MinMaxObserver",
+    "ModuleSensitivity",
     "OnnxPredictor",
     "PercentileObserver",
     "QuantConfig",
@@ -50,6 +57,8 @@ __all__ = [
     "QuantizedEmbeddingBag",
     "RecipeConfig",
     "RowwiseEmbeddingConfig",
+    "SearchResult",
+    "SensitivityResult",
     "TensorRTPredictor",
     "TensorRTProgram",
     "TorchPredictor",
@@ -65,12 +74,18 @@ __all__ = [
     "make_observer",
     "module_report",
     "pack_rowwise",
+    "plan_search",
+    "plan_to_recipe",
     "prepare_tensorrt_program",
     "quantize_",
     "quantize_checkpoint",
     "recipe_from_dict",
     "register_dense_exporter",
     "register_quant_handler",
+    "run_sensitivity",
+    "search_plan",
+    "sensitivity_analysis",
     "tensorrt_inputs",
     "unpack_rowwise",
+    "write_plan_report",
 ]

@@ -15,6 +15,16 @@ Output directory (new, or empty, unless ``overwrite=True``): ``model.onnx`` or `
 ``meta.json``, ``report.json`` (per module precision / bytes / weight SQNR; model logit SQNR, AUC and
 NE before and after on validation batches), ``calibration.json`` and ``quant_config.yaml``.
 
+Accuracy budget (``budget_ne`` and/or ``budget_auc``): instead of applying ``config`` uniformly, a
+per-module precision search (:func:`~lightning_recsys.quant.search.search_plan`) picks the smallest
+plan meeting the budget: ``budget_ne`` is the largest *relative* NE increase as a FRACTION
+(``0.001`` = 0.1 %; the CLI's ``--budget-ne`` takes PERCENT), ``budget_auc`` the largest absolute AUC
+drop. It searches on the first ``eval_batches`` validation batches and confirms on the next
+``eval_batches``. ``config`` then only sets the int8 linear options and the int4 clipping. The plan
+report (``plan_report.json`` / ``.md`` / ``.png``) is written next to the artifact; when no plan meets
+the budget the artifact is refused: :class:`BudgetNotMetError` is raised and the report files are the
+only files written.
+
 Example:
     >>> from lightning_recsys.quant import quantize_checkpoint, load      # doctest: +SKIP
     >>> report = quantize_checkpoint("last.ckpt", "artifacts/int8")      # doctest: +SKIP
@@ -38,14 +48,27 @@ from torch import nn
 from ..data.batch import FeatureSpec, RecsysBatch
 from .api import quantize_
 from .calibrate import calibrate
-from .config import QuantConfig, RecipeConfig, config_to_dict, load_recipe, recipe_from_dict
+from .config import (
+    Int8LinearConfig,
+    QuantConfig,
+    RecipeConfig,
+    RowwiseEmbeddingConfig,
+    config_to_dict,
+    load_recipe,
+    recipe_from_dict,
+)
 from .export import export_onnx
+from .plan_report import PLAN_REPORT_FILES, write_plan_report
 from .report import eval_metrics, module_report, output_errors
+from .search import Budget, BudgetNotMetError, _check_size_ratio, search_plan
 
-__all__ = ["quantize_checkpoint", "load_checkpoint", "rebuild_quantized_module", "ARTIFACT_FILES", "UNSAFE_FLAG"]
+__all__ = [
+    "quantize_checkpoint", "load_checkpoint", "rebuild_quantized_module", "ARTIFACT_FILES", "UNSAFE_FLAG",
+    "BudgetNotMetError",
+]  # fmt: skip
 
 UNSAFE_FLAG = "--unsafe-full-unpickle"
-ARTIFACT_FILES = ("model.onnx", "model.pt", "meta.json", "report.json", "calibration.json", "quant_config.yaml")
+ARTIFACT_FILES = ("model.onnx", "model.pt", "meta.json", "report.json", "calibration.json", "quant_config.yaml", *PLAN_REPORT_FILES)
 _RECSYS_CLASS = "lightning_recsys.models.module.RecsysModule"
 
 
@@ -175,14 +198,25 @@ def quantize_checkpoint(
     unsafe_full_unpickle: bool = False,
     module_class: type | str | None = None,
     batch_size: int = 256,
+    budget_ne: float | None = None,
+    budget_auc: float | None = None,
+    budget_task: str | int = "mean",
+    max_size_ratio: float | None = None,
 ) -> dict[str, Any]:
-    """Quantize a Lightning checkpoint into a new artifact directory; returns the report dict."""
+    """Quantize a Lightning checkpoint into a new artifact directory; returns the report dict.
+
+    With ``budget_ne`` (relative NE increase, a fraction: 0.001 = 0.1 %) and/or ``budget_auc``
+    (absolute AUC drop) the precisions are searched per module (``budget_task``: ``"mean"`` over the
+    tasks, ``"worst"``, or a task name; ``max_size_ratio``: optional cap on the plan's bytes as a
+    fraction of the float model's); raises :class:`BudgetNotMetError` when no plan meets the budget.
+    """
     if format not in ("onnx", "torch"):
         raise ValueError(f"format must be 'onnx' or 'torch', got {format!r}")
     if not isinstance(calib_batches, int) or calib_batches < 1:
         raise ValueError(f"calib_batches must be an integer >= 1, got {calib_batches!r}")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     recipe = _as_recipe(config)
+    budget = _check_budget(budget_ne, budget_auc, max_size_ratio, recipe)
     ckpt = load_checkpoint(ckpt_path, unsafe_full_unpickle)
     module = _build_module(ckpt, ckpt_path, module_class)
     spec = getattr(module, "feature_spec", None)
@@ -191,8 +225,13 @@ def quantize_checkpoint(
     dm.prepare_data()
     dm.setup("fit")
     reference = copy.deepcopy(module).eval()
-    quantize_(module, recipe)
-    calibration = calibrate(module, dm.train_dataloader(), calib_batches)
+    plan_summary = None
+    if budget is None:
+        quantize_(module, recipe)
+        calibration = calibrate(module, dm.train_dataloader(), calib_batches)
+    else:
+        module, recipe, calibration, plan_summary = _budgeted(module, recipe, budget, dm, out_dir, calib_batches,
+                                                              eval_batches, budget_task, max_size_ratio)  # fmt: skip
     tasks = list(getattr(module, "tasks", []))
     evaluation = _evaluate(reference, module, dm.val_dataloader(), eval_batches, tasks)
     meta: dict[str, Any] = {
@@ -200,12 +239,16 @@ def quantize_checkpoint(
         "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
         "hyper_parameters": ckpt["hyper_parameters"], "recipe": config_to_dict(recipe),
     }  # fmt: skip
+    if plan_summary is not None:
+        meta["budget_plan"] = plan_summary
     if format == "onnx":
         example = next(iter(dm.val_dataloader()))
         meta["onnx"] = export_onnx(module, out_dir / "model.onnx", example, extra_metadata={"tasks": tasks})
     else:
         torch.save(module.state_dict(), out_dir / "model.pt")
     report = {"checkpoint": str(ckpt_path), "format": format, **module_report(module, reference), "evaluation": evaluation}
+    if plan_summary is not None:
+        report["budget_plan"] = plan_summary
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
@@ -213,6 +256,42 @@ def quantize_checkpoint(
 
     (out_dir / "quant_config.yaml").write_text(yaml.safe_dump(config_to_dict(recipe), sort_keys=False))
     return report
+
+
+def _check_budget(budget_ne: float | None, budget_auc: float | None, max_size_ratio: float | None,
+                  recipe: QuantConfig) -> Budget | None:  # fmt: skip
+    if budget_ne is None and budget_auc is None:
+        if max_size_ratio is not None:
+            raise ValueError("max_size_ratio only applies to a budgeted search: give budget_ne and/or budget_auc too")
+        return None
+    _check_size_ratio(max_size_ratio)
+    if not isinstance(recipe, RecipeConfig) or recipe.overrides:
+        raise ValueError(
+            "a budgeted search chooses each module's precision itself: the config may only set the embeddings / linears "
+            "defaults (int8 linear options, int4_clip), not overrides"
+        )
+    return Budget(budget_ne, budget_auc)
+
+
+def _budgeted(module: nn.Module, recipe: RecipeConfig, budget: Budget, dm: pl.LightningDataModule, out_dir: Path,
+              calib_batches: int, eval_batches: int, task: str | int, max_size_ratio: float | None):  # fmt: skip
+    """Search a plan meeting ``budget``; write the plan report; refuse (raise) when none does."""
+    emb, lin = recipe.embeddings, recipe.linears
+    result = search_plan(
+        module, dm.train_dataloader(), dm.val_dataloader(), budget_ne=budget.ne, budget_auc=budget.auc, task=task,
+        calib_batches=calib_batches, eval_batches=eval_batches, confirm_batches=eval_batches,
+        linear_config=lin if isinstance(lin, Int8LinearConfig) else None,
+        int4_clip=emb.clip if isinstance(emb, RowwiseEmbeddingConfig) and emb.bits == 4 else "minmax",
+        max_size_ratio=max_size_ratio,
+    )  # fmt: skip
+    paths = write_plan_report(result, out_dir)
+    if not result.met:
+        raise BudgetNotMetError(
+            f"refused: {result.message}. No artifact was written; the plan report is in {paths['md']} (and .json, .png)"
+        )
+    keep = ("met", "message", "budget", "plan", "search", "confirm", "bytes", "fp32_bytes", "size_ratio", "int8_bytes_fraction")
+    summary = {k: v for k, v in result.to_dict().items() if k in keep}
+    return result.model, result.recipe, result.calibration, summary
 
 
 def rebuild_quantized_module(artifact_dir: Path, meta: dict[str, Any]) -> nn.Module:

@@ -5,11 +5,19 @@ Usage::
     lrs quantize last.ckpt --out artifacts/int8 [--config quant.yaml] [--calib-batches 16]
         [--format onnx|torch] [--overwrite] [--unsafe-full-unpickle]
         [--data synthetic|data.yaml] [--batch-size 256] [--eval-batches 4] [--module-class pkg.mod.Class]
+        [--budget-ne PERCENT] [--budget-auc DROP] [--budget-task mean|worst|TASK] [--max-size-ratio R]
+
+Accuracy budget: ``--budget-ne 0.1`` allows a relative NE increase of 0.1 PERCENT
+(``(NE_q - NE_fp32) / NE_fp32 <= 0.001``); ``--budget-auc 0.001`` an absolute AUC drop of 0.001. With
+either, the precision of every table / linear is searched (smallest plan meeting the budget on held-out
+validation batches, confirmed on the next ones) and ``plan_report.{json,md,png}`` is written beside the
+artifact. When no plan meets the budget nothing but the report is written and the exit status is 3.
 
 ``--data`` names the calibration data: ``synthetic`` (default: a SyntheticCTRDataModule sized from
 the checkpoint's feature spec) or a YAML file with a LightningCLI-style data section, either
 ``{class_path: ..., init_args: {...}}`` or a whole LightningCLI config with a ``data:`` key.
-Also runnable as ``python -m lightning_recsys.quant.cli``. Exit status 0 on success, 2 on bad input.
+Also runnable as ``python -m lightning_recsys.quant.cli``. Exit status 0 on success, 2 on bad input,
+3 when the artifact is refused because no plan meets the accuracy budget.
 """
 
 from __future__ import annotations
@@ -38,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="synthetic", help="calibration data: 'synthetic' or a data YAML (class_path/init_args)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the default synthetic data (default 256)")
     p.add_argument("--module-class", default=None, help="LightningModule class to rebuild (default lightning_recsys RecsysModule)")
+    p.add_argument("--budget-ne", type=float, default=None, metavar="PERCENT",
+                   help="max relative NE increase in PERCENT (0.1 = 0.1%%); searches per-module precisions")
+    p.add_argument("--budget-auc", type=float, default=None, metavar="DROP",
+                   help="max absolute AUC drop (e.g. 0.001); searches per-module precisions")
+    p.add_argument("--budget-task", default="mean", help="task the budget applies to: mean (default), worst, or a task name")
+    p.add_argument("--max-size-ratio", type=float, default=None, help="cap on the plan's size as a fraction of fp32 (budget only)")
     return p
 
 
@@ -69,15 +83,23 @@ def datamodule_from_yaml(path: Path) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run ``lrs quantize``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import quantize_checkpoint
+    from .checkpoint import BudgetNotMetError, quantize_checkpoint
 
+    if args.budget_ne is not None and not 0.0 <= args.budget_ne < 100.0:
+        print(f"lrs quantize: error: --budget-ne is a percentage in [0, 100), got {args.budget_ne}", file=sys.stderr)
+        return 2
     try:
         dm = None if args.data == "synthetic" else datamodule_from_yaml(Path(args.data))
         report = quantize_checkpoint(
             args.ckpt, args.out, config=args.config, datamodule=dm, calib_batches=args.calib_batches,
             eval_batches=args.eval_batches, format=args.format, overwrite=args.overwrite,
             unsafe_full_unpickle=args.unsafe_full_unpickle, module_class=args.module_class, batch_size=args.batch_size,
+            budget_ne=None if args.budget_ne is None else args.budget_ne / 100.0, budget_auc=args.budget_auc,
+            budget_task=args.budget_task, max_size_ratio=args.max_size_ratio,
         )  # fmt: skip
+    except BudgetNotMetError as err:
+        print(f"lrs quantize: {err}", file=sys.stderr)
+        return 3
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"lrs quantize: error: {err}", file=sys.stderr)
         return 2
@@ -86,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("logit_sqnr_db", "ne_fp32", "ne_quant", "auc_fp32", "auc_quant"):
         if key in ev:
             summary[key] = ev[key]
+    if "budget_plan" in report:
+        summary["budget_met"] = report["budget_plan"]["met"]
+        summary["int8_bytes_fraction"] = round(report["budget_plan"]["int8_bytes_fraction"], 4)
     print(json.dumps(summary))
     return 0
 

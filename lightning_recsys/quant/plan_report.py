@@ -1,0 +1,157 @@
+"""Report of a budgeted precision search: JSON, a Markdown page and a PNG plot.
+
+The page has the status (met or not, and why), the budget, sizes, the whole-model effect on the
+search and confirmation batches, a per-module table (precision chosen, bytes, each candidate
+precision's effect when quantized alone: relative ΔNE, ΔAUC and output SQNR, and why the module was
+kept above its cheapest precision) and the plans tried. The PNG has two panels: sensitivity per
+module, and size vs NE change of every plan tried with the budget line.
+
+Example:
+    >>> paths = write_plan_report(result, "artifacts/int8")          # doctest: +SKIP
+    >>> sorted(paths)                                                 # doctest: +SKIP
+    ['json', 'md', 'png']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .search import SearchResult
+
+__all__ = ["write_plan_report", "plan_markdown", "plot_plan", "PLAN_REPORT_FILES"]
+
+PLAN_REPORT_FILES = ("plan_report.json", "plan_report.md", "plan_report.png")
+_PRECISIONS = ("int4", "int8", "fp16")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.4f}%"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.3f} MB" if n >= 1e5 else f"{int(n):,} B"
+
+
+def _effect(res: dict[str, Any] | None) -> str:
+    if res is None:
+        return "—"
+    return f"{_pct(res['ne_rel_delta'])} / {res['auc_delta']:+.5f}"
+
+
+def plan_markdown(result: SearchResult, png_name: str | None = "plan_report.png") -> str:
+    """The Markdown page for ``result`` (``png_name``: the plot to embed, or None)."""
+    d = result.to_dict()
+    sens = result.sensitivity
+    ref = result.references.get("all_int8")
+    task = sens.task if sens.task not in ("mean", "worst") else f"{sens.task} over tasks {sens.tasks or ['0']}"
+    lines = [
+        "# Quantization plan report",
+        "",
+        f"**Status: {'MET' if result.met else 'NOT MET: no artifact written'}.** {result.message}",
+        "",
+        f"- Budget: {result.budget.describe()} (metric: {task}); relative ΔNE = (NE_q - NE_fp32) / NE_fp32, "
+        "ΔAUC = AUC_q - AUC_fp32.",
+        f"- Size: {_mb(result.bytes)} vs {_mb(result.fp32_bytes)} in fp32 (ratio {d['size_ratio']:.4f}); "
+        f"share of the bytes in int8/int4: {result.int8_bytes_fraction:.4f}.",
+        f"- Search batches ({sens.num_rows} rows): ΔNE/ΔAUC {_effect(result.search)}; "
+        f"confirmation batches: {_effect(result.confirm) if result.confirm else 'none'}.",
+        f"- Float baseline (search batches): "
+        + ", ".join(f"{t}: NE {v['ne']:.5f}, AUC {v['auc']:.5f}" for t, v in sens.baseline.items()) + ".",
+        *([f"- Uniform all-int8 plan for comparison: {_mb(ref['bytes'])}, ΔNE/ΔAUC {_effect(ref)} "
+           f"(meets the budget: {'yes' if ref['meets_budget'] else 'no'})."] if ref else []),
+        f"- {len(result.trail)} whole-model plan(s) evaluated; sensitivity took {result.seconds['sensitivity']:.1f} s "
+        f"({sum(len(m.trials) for m in sens.modules)} single-module trials), search {result.seconds['search']:.1f} s.",
+        "",
+        "## Modules",
+        "",
+        "Effect of quantizing each module alone: relative ΔNE / ΔAUC, and the SQNR of the module's output.",
+        "",
+        "| module | kind | precision | bytes | fp32 bytes | " + " | ".join(f"alone at {p}" for p in _PRECISIONS)
+        + " | why kept higher |",
+        "|---|---|---|---:|---:|" + "---|" * len(_PRECISIONS) + "---|",
+    ]  # fmt: skip
+    for m in sens.modules:
+        cells = []
+        for p in _PRECISIONS:
+            t = m.trials.get(p)
+            cells.append("—" if t is None else f"{_pct(t['ne_rel_delta'])} / {t['auc_delta']:+.5f} / {t['sqnr_db']:.1f} dB")
+        lines.append(
+            f"| `{m.name}` | {m.kind} | **{result.plan[m.name]}** | {result.module_bytes[m.name]:,} | {m.fp32_bytes:,} | "
+            + " | ".join(cells) + f" | {result.reasons.get(m.name, '')} |"
+        )  # fmt: skip
+    lines += ["", "## Plans tried", "", "| step | change | bytes | size ratio | ΔNE (rel.) | ΔAUC | meets budget |",
+              "|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for t in result.trail:
+        lines.append(f"| {t.step} | {t.change} | {t.bytes:,} | {t.size_ratio:.4f} | {_pct(t.ne_rel_delta)} | {t.auc_delta:+.5f} | "
+                     f"{'yes' if t.meets_budget else 'no'} |")  # fmt: skip
+    if png_name:
+        lines += ["", f"![sensitivity per module and size vs NE of the plans tried]({png_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_plan(result: SearchResult, path: str | Path) -> None:
+    """Two panels: per-module sensitivity (relative ΔNE alone, per precision) and size vs ΔNE of the
+    plans tried, with the budget line. Uses matplotlib's Agg canvas (no display, no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    mods = result.sensitivity.modules
+    use_ne = result.budget.ne is not None
+    fig = Figure(figsize=(13, max(4.5, 0.28 * len(mods) + 1.5)))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+    names = [m.name for m in mods]
+    h = 0.8 / len(_PRECISIONS)
+    for k, p in enumerate(_PRECISIONS):
+        ys = [i + (k - 1) * h for i, m in enumerate(mods) if p in m.trials]
+        xs = [100 * m.trials[p]["ne_rel_delta"] if use_ne else -m.trials[p]["auc_delta"] for m in mods if p in m.trials]
+        if xs:
+            ax1.barh(ys, xs, height=h, label=f"{p} alone")
+    limit = 100 * result.budget.ne if use_ne else result.budget.auc
+    ax1.axvline(limit, color="red", linestyle="--", label="budget")
+    ax1.set_xscale("symlog", linthresh=max(limit / 10, 1e-6))
+    ax1.set_yticks(range(len(names)), [n if len(n) < 34 else "…" + n[-33:] for n in names], fontsize=7)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("relative NE increase (%) when quantized alone" if use_ne else "AUC drop when quantized alone")
+    ax1.set_title("Sensitivity per module")
+    ax1.legend(fontsize=7)
+    xs = [t.size_ratio for t in result.trail]
+    ys = [100 * t.ne_rel_delta if use_ne else -t.auc_delta for t in result.trail]
+    ax2.plot(xs, ys, "o-", color="tab:blue", label="plans tried (in order)")
+    for t, x, y in zip(result.trail, xs, ys):
+        ax2.annotate(str(t.step), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax2.plot([xs[-1]], [ys[-1]], "*", markersize=14, color="green" if result.met else "black",
+             label="final plan" + ("" if result.met else " (budget not met)"))  # fmt: skip
+    ref = result.references.get("all_int8")
+    if ref is not None:
+        y = 100 * ref["ne_rel_delta"] if use_ne else -ref["auc_delta"]
+        ax2.plot([ref["size_ratio"]], [y], "s", color="gray", label="all int8 (reference)")
+    ax2.axhline(limit, color="red", linestyle="--", label="budget")
+    ax2.set_yscale("symlog", linthresh=max(limit / 10, 1e-6))
+    ax2.set_xlabel("model size / fp32 size")
+    ax2.set_ylabel("relative NE increase (%)" if use_ne else "AUC drop")
+    ax2.set_title("Size vs accuracy of the plans tried (search batches)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=110)
+
+
+def write_plan_report(result: SearchResult, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write ``plan_report.json``, ``plan_report.md`` and ``plan_report.png`` into ``out_dir`` (created
+    if needed; existing report files are only replaced with ``overwrite=True``). Returns the paths."""
+    if not isinstance(result, SearchResult):
+        raise TypeError(f"result must be a SearchResult (from search_plan), got {type(result).__name__}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    paths = {"json": out / PLAN_REPORT_FILES[0], "md": out / PLAN_REPORT_FILES[1], "png": out / PLAN_REPORT_FILES[2]}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"report files already exist: {existing}; pass overwrite=True to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    paths["md"].write_text(plan_markdown(result, PLAN_REPORT_FILES[2]))
+    plot_plan(result, paths["png"])
+    return paths

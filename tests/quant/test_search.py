@@ -1,0 +1,188 @@
+"""Budgeted precision search: meets a budget that all-int8 misses by keeping the fragile module higher;
+greedy fallback re-checks the whole model; refusal writes no artifact; report files parse."""
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import matplotlib.image
+import pytest
+import torch
+
+from lightning_recsys.cli import main as lrs_main
+from lightning_recsys.data import SyntheticCTRDataModule
+from lightning_recsys.models import RecsysModule
+from lightning_recsys.quant import load, quantize_, quantize_checkpoint
+from lightning_recsys.quant.checkpoint import BudgetNotMetError
+from lightning_recsys.quant.plan_report import PLAN_REPORT_FILES, write_plan_report
+from lightning_recsys.quant.search import Budget, plan_search, search_plan
+from lightning_recsys.quant.sensitivity import run_sensitivity
+from lightning_recsys.quant.trials import LINEAR_LADDER, TABLE_LADDER, TrialRunner
+
+from .budget_models import bag_batches, bag_labels, dlrm_data, fragile_bag_model, fragile_dlrm
+
+pytestmark = pytest.mark.timeout(180)
+FRAGILE = "model.top_mlp.2"
+
+
+@pytest.fixture(scope="module")
+def dlrm():
+    dm = dlrm_data()
+    return dm, fragile_dlrm(dm)
+
+
+@pytest.fixture(scope="module")
+def dlrm_result(dlrm):
+    dm, module = dlrm
+    return search_plan(module, dm.train_dataloader(), dm.val_dataloader(), budget_ne=0.002, eval_batches=6, confirm_batches=6)
+
+
+def test_meets_budget_where_all_int8_does_not(dlrm, dlrm_result):
+    dm, module = dlrm
+    res = dlrm_result
+    assert not res.references["all_int8"]["meets_budget"] and res.references["all_int8"]["ne_rel_delta"] > 0.002
+    assert res.met, res.message
+    assert res.plan[FRAGILE] in ("fp16", "fp32") and "alone at int8" in res.reasons[FRAGILE]
+    assert res.search["ne_rel_delta"] <= 0.002 and res.confirm["ne_rel_delta"] <= 0.002
+    assert sum(p in ("int8", "int4") for p in res.plan.values()) == len(res.plan) - 1  # only the fragile layer kept higher
+    assert res.bytes < 0.5 * res.fp32_bytes and res.int8_bytes_fraction > 0.9
+    # the evaluated model is what the plan says, and the recipe rebuilds it (dynamic int8: no calibration)
+    assert type(res.model.get_submodule(FRAGILE)).__name__ == ("FP16Linear" if res.plan[FRAGILE] == "fp16" else "Linear")
+    rebuilt = copy.deepcopy(module)
+    quantize_(rebuilt, res.recipe)
+    batch = dm.make_batch("val", 0)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(batch), res.model(batch))
+    assert all(re_pattern.replace("\\", "") in res.plan for re_pattern in res.recipe.overrides)  # exact, escaped names
+    json.loads(json.dumps(res.to_dict()))
+
+
+def test_greedy_fallback_rechecks_whole_model():
+    """Two moderately fragile tables each fit the budget alone but not together: the search must step
+    the most sensitive module up one precision at a time until the WHOLE model fits."""
+    model = fragile_bag_model(hidden_a=1e3, hidden_b=1e3)
+    runner = TrialRunner(model, None, bag_batches(16, seed=1), label_fn=bag_labels, eval_batches=8, confirm_batches=8)
+    sens = run_sensitivity(runner)
+    solo = max(sens.module(n).trials["int8"]["ne_rel_delta"] for n in ("bag_a", "bag_b"))
+    together = runner.evaluate({n: "int8" for n in runner.kinds})["ne_rel_delta"]
+    budget = (solo + together) / 2  # each table fits alone at int8, both together do not
+    assert solo < budget < together < min(sens.module(n).trials["int4"]["ne_rel_delta"] for n in ("bag_a", "bag_b"))
+    res = plan_search(runner, sens, budget_ne=budget)
+    trail = res.trail
+    assert len(trail) >= 2 and not trail[0].meets_budget and trail[-1].meets_budget and res.met, res.message
+    assert trail[0].plan == {n: "int8" for n in runner.kinds}
+    assert [t.meets_budget for t in trail[:-1]] == [False] * (len(trail) - 1)
+    for prev, cur in zip(trail, trail[1:]):
+        changed = [f for f in cur.plan if cur.plan[f] != prev.plan[f]]
+        assert len(changed) == 1
+        ladder = TABLE_LADDER if changed[0].startswith("bag") else LINEAR_LADDER
+        assert ladder.index(cur.plan[changed[0]]) == ladder.index(prev.plan[changed[0]]) + 1
+        assert cur.bytes > prev.bytes
+        # the module moved was the most sensitive one (largest share of the budget alone at its precision)
+        shares = {f: res.sensitivity.module(f).trials[p]["ne_rel_delta"] for f, p in prev.plan.items() if p != "fp32"}
+        assert max(shares, key=shares.get) == changed[0]
+    assert "fallback step 1" in res.reasons[trail[1].change.split(":")[0]]
+    assert res.search["ne_rel_delta"] == pytest.approx(trail[-1].ne_rel_delta)
+    # a second search on the same analysis: a narrower ladder (no int4) reuses the sensitivities
+    no_int4 = plan_search(runner, sens, budget_ne=budget, table_precisions=["int8", "fp16", "fp32"])
+    assert "int4" not in no_int4.plan.values() and no_int4.sensitivity is sens
+
+
+def test_no_plan_meets_budget_says_so(dlrm):
+    dm, module = dlrm
+    res = search_plan(module, None, dm.val_dataloader(), budget_ne=0.002, eval_batches=4, confirm_batches=2,
+                      linear_precisions=["int8"])  # an int8-only target: the fragile layer cannot fall back
+    assert not res.met and "no plan meets the budget" in res.message and "highest allowed precision" in res.message
+    assert res.trail[-1].ne_rel_delta > 0.002 and res.plan[FRAGILE] == "int8"
+    res = search_plan(module, None, dm.val_dataloader(), budget_ne=0.002, eval_batches=4, confirm_batches=2, max_size_ratio=0.05)
+    assert not res.met and "max_size_ratio" in res.message
+
+
+def test_budget_validation():
+    with pytest.raises(ValueError, match="give a budget"):
+        Budget()
+    with pytest.raises(ValueError, match=r"budget_ne must be a number in \[0, 1\).*got 5"):
+        Budget(ne=5)
+    with pytest.raises(ValueError, match="budget_auc must be a number"):
+        Budget(auc=-0.1)
+    assert Budget(ne=0.001).meets({"ne_rel_delta": 0.001, "auc_delta": -0.5})
+    assert not Budget(ne=0.001, auc=0.01).meets({"ne_rel_delta": 0.0, "auc_delta": -0.02})
+    assert not Budget(ne=0.0).meets({"ne_rel_delta": 1e-9, "auc_delta": 0.0})
+    with pytest.raises(ValueError, match="max_size_ratio must be a number in"):
+        search_plan(fragile_bag_model(), None, bag_batches(1, seed=1), label_fn=bag_labels, budget_ne=0.01, max_size_ratio=0)
+
+
+def test_report_files_exist_and_parse(dlrm_result, tmp_path):
+    paths = write_plan_report(dlrm_result, tmp_path / "rep")
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == sorted(PLAN_REPORT_FILES)
+    data = json.loads(paths["json"].read_text())
+    assert data["met"] is True and data["plan"][FRAGILE] in ("fp16", "fp32") and len(data["trail"]) >= 1
+    md = paths["md"].read_text()
+    assert "| module | kind | precision | bytes |" in md and f"| `{FRAGILE}` | linear | **{data['plan'][FRAGILE]}** |" in md
+    assert "alone at int8" in md and "![" in md
+    img = matplotlib.image.imread(paths["png"])
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_plan_report(dlrm_result, tmp_path / "rep")
+
+
+def _sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def fragile_ckpt(tmp_path_factory):
+    """A checkpoint written by a real Trainer, then made fragile (same float function)."""
+    dm = SyntheticCTRDataModule(num_train=2048, num_val=1024, num_test=256, batch_size=128, max_rows=300, num_sparse=4)
+    torch.manual_seed(0)
+    module = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=8, bottom_mlp=(16,), top_mlp=(16, 8))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, max_steps=48)  # fmt: skip
+    trainer.fit(module, dm)
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    sd = ckpt["state_dict"]
+    sd["model.top_mlp.0.weight"][0] *= 1000.0
+    sd["model.top_mlp.0.bias"][0] = 1000.0 * sd["model.top_mlp.0.bias"][0].abs() + 1000.0  # unit 0 always active
+    sd["model.top_mlp.2.weight"][:, 0] /= 1000.0
+    torch.save(ckpt, path)
+    return path
+
+
+def test_checkpoint_budget_artifact_and_refusal(fragile_ckpt, tmp_path, capsys):
+    before = _sha(fragile_ckpt)
+    out = tmp_path / "ok"
+    report = quantize_checkpoint(fragile_ckpt, out, budget_ne=0.005, format="torch", calib_batches=2, eval_batches=3, batch_size=128)
+    plan = report["budget_plan"]
+    assert plan["met"] and plan["plan"][FRAGILE] in ("fp16", "fp32")
+    assert {p.name for p in out.iterdir()} == {"model.pt", "meta.json", "report.json", "calibration.json", "quant_config.yaml",
+                                               *PLAN_REPORT_FILES}  # fmt: skip
+    by_name = {m["name"]: m["precision"] for m in report["modules"]}
+    assert by_name == plan["plan"]
+    batch = SyntheticCTRDataModule(num_train=2048, num_val=1024, num_test=256, batch_size=128, max_rows=300,
+                                   num_sparse=4).make_batch("test", 0)[0]  # fmt: skip
+    assert load(out)(batch).shape == (128, 2)
+    # refused: a size cap no plan can reach -> exit 3, a clear message, only the report files written
+    refused = tmp_path / "refused"
+    code = lrs_main(["quantize", str(fragile_ckpt), "--out", str(refused), "--budget-ne", "0.5", "--max-size-ratio", "0.05",
+                     "--calib-batches", "1", "--eval-batches", "2", "--batch-size", "128"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 3 and "refused" in err and "No artifact was written" in err and "plan_report.md" in err
+    assert sorted(p.name for p in refused.iterdir()) == sorted(PLAN_REPORT_FILES)
+    assert json.loads((refused / "plan_report.json").read_text())["met"] is False
+    with pytest.raises(BudgetNotMetError, match=r"refused: the plan needs 0\.\d+ of the float bytes, over max_size_ratio=0\.2"):
+        quantize_checkpoint(fragile_ckpt, tmp_path / "r2", budget_ne=0.005, config={"linears": {"precision": "int8"}},
+                            calib_batches=1, eval_batches=2, batch_size=128, max_size_ratio=0.2)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == sorted(PLAN_REPORT_FILES)
+    # bad input: clear errors, nothing created
+    assert lrs_main(["quantize", str(fragile_ckpt), "--out", str(tmp_path / "bad"), "--budget-ne", "150"]) == 2
+    assert "percentage" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="max_size_ratio only applies to a budgeted search"):
+        quantize_checkpoint(fragile_ckpt, tmp_path / "bad2", max_size_ratio=0.5)
+    with pytest.raises(ValueError, match="not overrides"):
+        quantize_checkpoint(fragile_ckpt, tmp_path / "bad3", budget_ne=0.01, config={"overrides": {".*C1": {"precision": "int4"}}})
+    assert not (tmp_path / "bad2").exists() and not (tmp_path / "bad3").exists()
+    assert _sha(fragile_ckpt) == before
