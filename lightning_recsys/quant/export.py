@@ -47,7 +47,11 @@ _SEP = "__"
 def _onnx_translations() -> dict:
     """onnxscript functions for our custom ops (imported lazily: onnxscript is heavy)."""
     from onnxscript import FLOAT, INT8, UINT8  # noqa: F401  (type annotations for onnxscript)
+    import onnx
     from onnxscript import opset18 as op
+
+    def ir_uint8(v: int):
+        return onnx.numpy_helper.from_array(np.array(v, dtype=np.uint8))
 
     def int8_linear_dynamic(x, wq_t, w_scale, bias):
         xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
@@ -67,7 +71,13 @@ def _onnx_translations() -> dict:
         rows = op.DequantizeLinear(flat, op.Reshape(scale, per_row), zp, axis=0)
         return op.Reshape(rows, op.Shape(codes))
 
+    def unpack_nibbles(packed):
+        low = op.BitwiseAnd(packed, op.Constant(value=ir_uint8(15)))
+        high = op.BitShift(packed, op.Constant(value=ir_uint8(4)), direction="RIGHT")
+        return op.Concat(low, high, axis=-1)
+
     return {
+        torch.ops.lrs_quant.unpack_nibbles.default: unpack_nibbles,
         torch.ops.lrs_quant.dequantize_rows.default: dequantize_rows,
         torch.ops.lrs_quant.int8_linear_dynamic.default: int8_linear_dynamic,
         torch.ops.lrs_quant.int8_linear_static.default: int8_linear_static,

@@ -7,8 +7,9 @@ an empty bag is a row of ``-1``) and gathers from a table with one extra all-zer
 Row-wise int8/int4 tables stay row-wise in the graph: ``Gather`` on the uint8 codes and one on the
 per-row ``[scale, bias]`` pairs, then ``q * scale + bias``. int8 rows quantized with integer zero points
 (:func:`~lightning_recsys.quant.pack_rowwise`) gather ``[scale, zero point]`` and dequantize with one
-per-axis ``DequantizeLinear``; int4 bytes are split into their two codes arithmetically. ORT 1.31's fused ``com.microsoft.GatherBlockQuantized`` (bits=8, block_size=D) measured
-slower than this on CPU (8.1 vs 3.2 ms for 512 x 26 rows of 64 on 2 threads), so it is not used.
+per-axis ``DequantizeLinear``; int4 bytes are re-packed at export so that a bitwise ``And``, a
+``BitShift`` and a ``Concat`` recover the uint8 codes. ORT 1.31's fused
+``com.microsoft.GatherBlockQuantized`` (bits=8, block_size=D) measured slower than this on CPU (8.1 vs 3.2 ms for 512 x 26 rows of 64 on 2 threads), so it is not used.
 
 The project's ``DotInteraction`` is swapped for :class:`LoweredDotInteraction` (same function): the
 pairwise dot products without the ``[B, F+1, D]`` concat, and the lower triangle read with one
@@ -50,6 +51,18 @@ def _(codes: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
     return codes.new_empty(codes.shape, dtype=torch.float32)
 
 
+@torch.library.custom_op("lrs_quant::unpack_nibbles", mutates_args=())
+def unpack_nibbles(packed: Tensor) -> Tensor:
+    """uint8 ``[..., H]`` -> uint8 ``[..., 2H]``: the low nibbles, then the high nibbles (exported as
+    ``BitwiseAnd`` + ``BitShift`` + ``Concat``)."""
+    return torch.cat([packed & 15, packed >> 4], -1)
+
+
+@unpack_nibbles.register_fake
+def _(packed: Tensor) -> Tensor:
+    return packed.new_empty((*packed.shape[:-1], 2 * packed.shape[-1]))
+
+
 def _integer_zero_points(scale: Tensor, bias: Tensor) -> Tensor | None:
     """``zp`` with ``bias == -zp * scale`` (integers in 0..255), or None when the rows were not
     quantized on such a grid (e.g. packed by FBGEMM with a float bias)."""
@@ -58,6 +71,16 @@ def _integer_zero_points(scale: Tensor, bias: Tensor) -> Tensor | None:
     if bool(exact.all()) and bool(((zp >= 0) & (zp <= 255)).all()):
         return zp.float()
     return None
+
+
+def _split_nibbles(packed: Tensor, dim: int) -> Tensor:
+    """FBGEMM's int4 bytes (even column low, odd column high) -> byte ``k`` holding column ``k`` (low)
+    and column ``k + ceil(dim / 2)`` (high), so a graph unpacks rows with one ``And``, one ``BitShift``
+    and a ``Concat`` instead of interleaving."""
+    codes = torch.stack([packed & 15, packed >> 4], -1).flatten(-2)  # [N, 2 * ceil(dim / 2)], columns in order
+    half = packed.shape[-1]
+    codes[:, dim:] = 0
+    return (codes[:, :half] | (codes[:, half:] << 4)).contiguous()
 
 
 def _with_zero_row(t: Tensor) -> Tensor:
@@ -70,7 +93,8 @@ class LoweredTable(nn.Module):
 
     ``bag=True`` pools over ``L`` (``mode`` ``"sum"`` or ``"mean"``) like a fixed-length
     ``nn.EmbeddingBag``; ``bag=False`` returns rows ``[*ids.shape, D]`` like ``nn.Embedding``.
-    ``offsets`` is ignored (the padded layout carries the bags).
+    ``offsets`` is ignored (the padded layout carries the bags). int4 codes ``q`` come in the split
+    nibble layout that :func:`lower_table` builds (byte ``k``: columns ``k`` and ``k + ceil(D/2)``).
     """
 
     def __init__(self, kind: str, tensors: dict[str, Tensor], dim: int, bag: bool, mode: str = "sum") -> None:
@@ -102,10 +126,12 @@ class LoweredTable(nn.Module):
         if self.kind == "int8":
             scale, bias = sb.split(1, -1)
             return dequantize_rows(F.embedding(ids, self.q), scale, torch.zeros_like(scale)) + bias
-        codes = F.embedding(ids, self.q).float()  # int4: two codes per byte, even column in the low nibble
-        high = torch.floor(codes / 16.0)
-        codes = torch.stack([codes - 16.0 * high, high], -1).flatten(-2)[..., : self.dim]
-        return codes * sb[..., :1] + sb[..., 1:]
+        packed = F.embedding(ids, self.q)  # int4: uint8 codes from both nibbles, no float arithmetic
+        codes = unpack_nibbles(packed)
+        if codes.shape[-1] != self.dim:
+            codes = codes[..., : self.dim]
+        scale, bias = sb.split(1, -1)
+        return dequantize_rows(codes, scale, torch.zeros_like(scale)) + bias
 
     def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
         if not self.bag:
@@ -131,7 +157,10 @@ def lower_table(m: nn.Module) -> LoweredTable:
     if isinstance(m, (QuantizedEmbedding, QuantizedEmbeddingBag)):
         bag = isinstance(m, QuantizedEmbeddingBag)
         kind = "fp16" if m.precision == "fp16" else m.precision
-        return LoweredTable(kind, m.lowering_tensors(), m.embedding_dim, bag, m.mode if bag else "sum")
+        tensors = m.lowering_tensors()
+        if kind == "int4":  # byte k: column k in the low nibble, column k + ceil(D/2) in the high one
+            tensors["q"] = _split_nibbles(tensors["q"], m.embedding_dim)
+        return LoweredTable(kind, tensors, m.embedding_dim, bag, m.mode if bag else "sum")
     if callable(getattr(m, "to_dense", None)) and not isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
         m = m.to_dense()  # chunked / pruned tables export their dense table
     if isinstance(m, nn.EmbeddingBag):
