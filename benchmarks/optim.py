@@ -3,9 +3,12 @@ and vs AdamW (DLRM), CounterSGD vs SGD vs sparse Adagrad (embedding tables, Zipf
 
     python benchmarks/optim.py [--quick] [--out PATH] [--threads N]
 
-Ratios: ``mlorc_state_bytes_ratio`` (optimizer state of the 2-D weights, MLorc r=4 / AdamW),
-``mlorc_final_loss_ratio`` (held-out loss after fine-tuning, MLorc / AdamW, each at its best lr),
-``mlorc_step_time_ratio`` (training step incl. forward/backward, MLorc / AdamW), ``muon_step_time_ratio``
+Ratios: ``mlorc_final_loss_ratio`` (held-out log-loss after fine-tuning a pretrained DLRM's dense
+layers on a shifted click distribution, MLorc / AdamW, each at its best lr on validation; mean over
+shift seeds, spread in ``*_seed_min/max``), ``mlorc_state_bytes_ratio`` (optimizer state of the 2-D
+weights, MLorc r=4 / AdamW), ``mlorc_step_time_ratio`` (training step incl. forward/backward, MLorc /
+AdamW, same task); ``*_lowrank_regression``: the same on the earlier synthetic MLP task (MSE of
+near-zero residuals, see ``config.mlorc_lowrank_regression``); ``muon_step_time_ratio``
 (``optimizer.step()`` time, hybrid / hand-built pair with the same groups and settings),
 ``muon_test_loss_over_adamw`` (reference DLRM, equal steps), ``counter_sgd_auc_minus_adagrad`` (test AUC,
 each at its best lr on validation), ``counter_sgd_state_bytes_ratio`` (embedding-table optimizer state,
@@ -45,7 +48,7 @@ GALORE = (
 )
 
 
-# ----------------------------------------------------------------------------- MLorc vs AdamW
+# ----------------------------------------------------------------------------- MLorc vs AdamW: low-rank regression
 def _mlp(d_in: int, hidden: int, d_out: int, seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, d_out))
@@ -55,7 +58,8 @@ def _state_bytes_2d(opt: torch.optim.Optimizer, model: nn.Module) -> int:
     return sum(tensor_bytes(opt.state[p]) for p in model.parameters() if p.ndim == 2)
 
 
-def mlorc_part(quick: bool, lrs: list[float] | None = None, **mlorc_kwargs) -> dict:
+def mlorc_regression_part(quick: bool, lrs: list[float] | None = None, **mlorc_kwargs) -> dict:
+    """The earlier task: a pretrained MLP fine-tuned to itself plus a rank-4 change of every matrix."""
     d_in, hidden, d_out = (128, 512, 64) if quick else (256, 768, 128)
     ft_steps, bs = (100, 128) if quick else (250, 256)
     lrs = lrs or ([1e-3] if quick else list(MLORC_LRS))  # the same grid for both optimizers
@@ -155,14 +159,109 @@ def _evaluate(model: nn.Module, dm: SyntheticCTRDataModule, split: str) -> tuple
     return total / n, float(auc.compute())
 
 
-def _train_ctr(model: nn.Module, opts: list[torch.optim.Optimizer], dm: SyntheticCTRDataModule, steps: int) -> None:
-    for i in range(steps):
+def _train_ctr(
+    model: nn.Module, opts: list[torch.optim.Optimizer], dm: SyntheticCTRDataModule, steps: int, start: int = 0
+) -> None:
+    for i in range(start, start + steps):
         batch, _ = dm.make_batch("train", i)
         for o in opts:
             o.zero_grad(set_to_none=True)
         _bce(model, batch).backward()
         for o in opts:
             o.step()
+
+
+# ----------------------------------------------------------------------------- MLorc vs AdamW: DLRM fine-tuning
+FT_LRS = (3e-4, 1e-3, 3e-3)  # a trial run (1500 pretraining steps) found both best at 1e-3, 1e-4 far behind
+FT_DLRM = {"embedding_dim": 16, "bottom_mlp": (256,), "top_mlp": (512, 256)}  # 2-D dense weights: 327k numbers
+
+
+def _shift(dm: SyntheticCTRDataModule, seed: int) -> SyntheticCTRDataModule:
+    """Change ``dm``'s planted click model in place: same features and ids, new labels. Each sparse
+    feature's main effect is rescaled by U(0, 2), each crossed feature's latent vectors by U(0.5, 1.5),
+    and the dense-feature weights become half the old ones plus fresh ones (correlation ~0.5)."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    p = dm.planted
+    p.first = [a * float(s) for a, s in zip(p.first, torch.empty(len(p.first)).uniform_(0.0, 2.0, generator=g))]
+    p.tables = [v * float(s) for v, s in zip(p.tables, torch.empty(len(p.tables)).uniform_(0.5, 1.5, generator=g))]
+    p.w = 0.5 * p.w + 0.75**0.5 * float(p.w.std()) * torch.randn(p.w.shape, generator=g)
+    return dm
+
+
+def _bayes_loss(dm: SyntheticCTRDataModule, split: str) -> float:
+    """Log-loss of the planted probabilities themselves (the floor no model can beat)."""
+    total, n = 0.0, 0
+    for i in range(math.ceil(dm.num_val / dm.batch_size)):
+        batch, probs = dm.make_batch(split, i)
+        total += float(F.binary_cross_entropy(probs[:, 0], batch.labels["click"], reduction="sum"))
+        n += batch.batch_size
+    return total / n
+
+
+def mlorc_dlrm_part(quick: bool) -> dict:
+    """Pretrain a DLRM with AdamW on the synthetic click data, shift the planted click model, then
+    fine-tune the dense layers (tables frozen) with AdamW and with MLorc-AdamW for equal steps."""
+    pre_steps, ft_steps, bs = (150, 60, 256) if quick else (1000, 300, 512)
+    seeds, lrs = ([0], [1e-3]) if quick else ([0, 1, 2], list(FT_LRS))
+    kwargs = {"steps": pre_steps + len(seeds) * ft_steps, "bs": bs, "max_rows": 2000 if quick else 10000,
+              "eval_batches": 4 if quick else 16}  # fmt: skip
+    base = _ctr_data(**kwargs)
+    torch.manual_seed(0)
+    pretrained = DLRM.from_spec(base.feature_spec, **FT_DLRM)
+    _train_ctr(pretrained, [torch.optim.AdamW(pretrained.parameters(), lr=2e-3)], base, pre_steps)
+    pretrained.embeddings.requires_grad_(False)  # fine-tune the dense layers; the tables stay as pretrained
+    makers: dict[str, Callable[[nn.Module, float, int], torch.optim.Optimizer]] = {
+        "adamw": lambda m, lr, s: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=0.01),
+        "mlorc_adamw": lambda m, lr, s: MLorcAdamW.from_module(m, lr=lr, weight_decay=0.01, rank=4, seed=s),
+    }  # fmt: skip
+    runs, finals = [], {}
+    for k, seed in enumerate(seeds):
+        dm = _shift(_ctr_data(**kwargs), seed)
+        start = pre_steps + k * ft_steps  # rows no earlier run has seen
+        run: dict = {"seed": seed, "bayes_test_loss": _bayes_loss(dm, "test"),
+                     "pretrained_test_loss": _evaluate(pretrained, dm, "test")[0]}  # fmt: skip
+        for name, make in makers.items():
+            best = None
+            for lr in lrs:
+                model = copy.deepcopy(pretrained)
+                opt = make(model, lr, seed)
+                _train_ctr(model, [opt], dm, ft_steps, start=start)
+                val_loss = _evaluate(model, dm, "val")[0]
+                if best is None or val_loss < best[0]:
+                    best = (val_loss, lr, model, opt)
+            val_loss, lr, model, opt = best
+            test_loss, test_auc = _evaluate(model, dm, "test")
+            run[name] = {"lr": lr, "lr_grid": lrs, "best_lr_at_grid_edge": len(lrs) > 1 and lr in (lrs[0], lrs[-1]),
+                         "val_loss": val_loss, "test_loss": test_loss, "test_auc": test_auc,
+                         "state_bytes_2d": _state_bytes_2d(opt, model)}  # fmt: skip
+            finals[name] = (model, opt)
+        a, m = run["adamw"]["test_loss"], run["mlorc_adamw"]["test_loss"]
+        bayes, pre = run["bayes_test_loss"], run["pretrained_test_loss"]
+        run["test_loss_ratio"] = m / a
+        run["excess_loss_ratio"] = (m - bayes) / (a - bayes)  # log-loss above the planted model's
+        run["gain_share"] = (pre - m) / (pre - a)  # share of AdamW's fine-tuning gain that MLorc gets
+        runs.append(run)
+
+    batch, _ = dm.make_batch("train", start)  # timing: the last seed's fine-tuned models, on its data
+
+    def train_step(model: nn.Module, opt: torch.optim.Optimizer) -> Callable[[], None]:
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            _bce(model, batch).backward()
+            opt.step()
+
+        return step
+
+    reps = 7 if quick else 41
+    train_s = interleaved_times({k: train_step(*v) for k, v in finals.items()}, repeats=reps, warmup=2)
+    for model, opt in finals.values():  # gradients stay in place: time the optimizer step alone
+        opt.zero_grad(set_to_none=True)
+        _bce(model, batch).backward()
+    opt_s = interleaved_times({k: v[1].step for k, v in finals.items()}, repeats=reps, warmup=2)
+    return {"runs": runs, "train_step_s": train_s, "optimizer_step_s": opt_s,
+            "pretrained_original_test_loss": _evaluate(pretrained, base, "test")[0],
+            "original_bayes_test_loss": _bayes_loss(base, "test"), "pretrain_steps": pre_steps,
+            "finetune_steps": ft_steps, "batch_size": bs}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- Muon hybrid
@@ -285,16 +384,32 @@ def counter_part(quick: bool) -> dict:
     return out
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args("optim", argv)
-    ml = mlorc_part(args.quick)
+    ft = mlorc_dlrm_part(args.quick)
+    ml = mlorc_regression_part(args.quick)
     mu = muon_part(args.quick)
     cs = counter_part(args.quick)
+    runs = ft["runs"]
+    loss_ratio = _spread([r["test_loss_ratio"] for r in runs])
     ratios = {
-        "mlorc_state_bytes_ratio": ml["mlorc_adamw"]["state_bytes_2d"] / ml["adamw"]["state_bytes_2d"],
-        "mlorc_final_loss_ratio": ml["mlorc_adamw"]["test_loss"] / ml["adamw"]["test_loss"],
-        "mlorc_final_loss_ratio_noiseless": ml["mlorc_adamw"]["noiseless_test_loss"] / ml["adamw"]["noiseless_test_loss"],
-        "mlorc_step_time_ratio": ml["mlorc_adamw"]["step_s"] / ml["adamw"]["step_s"],
+        "mlorc_final_loss_ratio": loss_ratio["mean"],
+        "mlorc_final_loss_ratio_seed_min": loss_ratio["min"],
+        "mlorc_final_loss_ratio_seed_max": loss_ratio["max"],
+        "mlorc_excess_loss_ratio": _spread([r["excess_loss_ratio"] for r in runs])["mean"],
+        "mlorc_finetune_gain_share": _spread([r["gain_share"] for r in runs])["mean"],
+        "mlorc_state_bytes_ratio": runs[0]["mlorc_adamw"]["state_bytes_2d"] / runs[0]["adamw"]["state_bytes_2d"],
+        "mlorc_step_time_ratio": ft["train_step_s"]["mlorc_adamw"] / ft["train_step_s"]["adamw"],
+        "mlorc_optimizer_step_time_ratio": ft["optimizer_step_s"]["mlorc_adamw"] / ft["optimizer_step_s"]["adamw"],
+        "mlorc_final_loss_ratio_lowrank_regression": ml["mlorc_adamw"]["test_loss"] / ml["adamw"]["test_loss"],
+        "mlorc_final_loss_ratio_lowrank_regression_noiseless":
+            ml["mlorc_adamw"]["noiseless_test_loss"] / ml["adamw"]["noiseless_test_loss"],
+        "mlorc_state_bytes_ratio_lowrank_regression": ml["mlorc_adamw"]["state_bytes_2d"] / ml["adamw"]["state_bytes_2d"],
+        "mlorc_step_time_ratio_lowrank_regression": ml["mlorc_adamw"]["step_s"] / ml["adamw"]["step_s"],
         "muon_step_time_ratio": mu["timing"]["optimizer_step_s"]["hybrid"] / mu["timing"]["optimizer_step_s"]["pair"],
         "muon_train_step_time_ratio": mu["timing"]["train_step_s"]["hybrid"] / mu["timing"]["train_step_s"]["pair"],
         "muon_test_loss_over_adamw": mu["muon_hybrid"]["test_loss"] / mu["adamw"]["test_loss"],
@@ -303,28 +418,41 @@ def main(argv: list[str] | None = None) -> dict:
         "counter_sgd_auc_minus_sgd": cs["counter_sgd"]["test_auc"] - cs["sgd"]["test_auc"],
         "counter_sgd_state_bytes_ratio": cs["counter_sgd"]["state_bytes"] / cs["adagrad"]["state_bytes"],
         "counter_sgd_state_bytes_ratio_limit_1_over_d": 1.0 / cs["embedding_dim"],
-    }
+    }  # fmt: skip
     metrics = {
-        "mlorc_test_loss": ml["mlorc_adamw"]["test_loss"],
-        "mlorc_state_bytes_2d": ml["mlorc_adamw"]["state_bytes_2d"],
+        "mlorc_test_loss": _spread([r["mlorc_adamw"]["test_loss"] for r in runs])["mean"],
+        "mlorc_state_bytes_2d": runs[0]["mlorc_adamw"]["state_bytes_2d"],
         "muon_hybrid_test_loss": mu["muon_hybrid"]["test_loss"],
         "muon_hybrid_test_auc": mu["muon_hybrid"]["test_auc"],
         "counter_sgd_test_auc": cs["counter_sgd"]["test_auc"],
         "counter_sgd_state_bytes": cs["counter_sgd"]["state_bytes"],
-        "mlorc": ml["mlorc_adamw"],
+        "mlorc_dlrm_finetune": ft,
+        "mlorc_lowrank_regression": ml["mlorc_adamw"],
         "muon_hybrid": mu["muon_hybrid"],
         "muon_timing": mu["timing"],
         "counter_sgd": cs["counter_sgd"],
         "bayes_test_auc": cs["bayes_test_auc"],
     }
-    anchors = {"adamw_finetune": ml["adamw"], "pretrained_test_loss": ml["pretrained_test_loss"],
+    anchors = {"adamw_lowrank_regression": ml["adamw"], "pretrained_test_loss_lowrank_regression": ml["pretrained_test_loss"],
                "adamw_dlrm": mu["adamw"], "sgd": cs["sgd"], "adagrad_sparse": cs["adagrad"]}  # fmt: skip
     config = {
-        "mlorc": "MLP 3 layers; the pretrained model (= teacher) is fine-tuned to the teacher with a rank-4 change "
-        "added to every matrix, from targets with Gaussian label noise (LABEL_NOISE x target std); val/test "
-        "MSE against the clean function; MLorc rank 4, oversample 4, no power iteration (the MLorc defaults); "
-        f"the same lr grid {list(MLORC_LRS)} for both optimizers (was [3e-4, 1e-3, 3e-3], where AdamW's best sat at "
-        "the lower edge), best on validation; *_noiseless: the same at the chosen lr without label noise",
+        "mlorc": f"DLRM {FT_DLRM} pretrained with AdamW(2e-3) for {ft['pretrain_steps']} x {ft['batch_size']} rows of the "
+        "synthetic click data (26 tables of <= 10k rows); the planted click model is then shifted (per seed: each "
+        "feature's main effect x U(0, 2), each crossed feature's latent vectors x U(0.5, 1.5), dense weights "
+        "half old half new) and the dense layers are fine-tuned (tables frozen) for "
+        f"{ft['finetune_steps']} steps on fresh rows, AdamW (wd 0.01) vs MLorcAdamW.from_module (wd 0.01, rank 4, "
+        f"oversample 4, no power iteration; biases on its dense AdamW state), each on the lr grid {list(FT_LRS)}, best "
+        "val log-loss; test log-loss on held-out rows of the shifted distribution. mlorc_final_loss_ratio is the mean "
+        "over the shift seeds of test loss MLorc / AdamW (seed min/max alongside). excess_loss_ratio: the same "
+        "for the loss above the planted (Bayes) model's; finetune_gain_share: (pretrained - MLorc) / (pretrained "
+        "- AdamW) test loss. state bytes: optimizer state of the 2-D weights; step time: interleaved medians of "
+        "a training step (forward, backward, step) and of optimizer.step() alone, on the last seed's models",
+        "mlorc_lowrank_regression": "the earlier task, kept for comparison: MLP 3 layers; the pretrained model (= "
+        "teacher) is fine-tuned to the teacher with a rank-4 change added to every matrix, from targets with "
+        "Gaussian label noise (LABEL_NOISE x target std); val/test MSE against the clean function, so the loss "
+        "is the small residual error left after fitting and the ratio of two small numbers magnifies any "
+        f"difference; MLorc rank 4, oversample 4, no power iteration; the same lr grid {list(MLORC_LRS)} for both "
+        "optimizers, best on validation; *_noiseless: the same at the chosen lr without label noise",
         "muon": "DLRM (embedding_dim 16, bottom (64,), top (64, 32)) on synthetic CTR, equal steps; "
         "step time = optimizer.step() with fixed gradients (train_step also reported)",
         "counter_sgd": "DLRM with sparse EmbeddingBags, dense part Adam(1e-3) and init seed identical for all; "

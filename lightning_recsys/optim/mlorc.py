@@ -54,8 +54,9 @@ def randomized_svd(
     a: Tensor, rank: int, oversample: int = 4, power_iters: int = 0, generator: torch.Generator | None = None
 ) -> LowRank:
     """Rank-``rank`` truncated SVD of ``a`` (Halko et al.): Gaussian sketch of ``rank + oversample``
-    columns, ``power_iters`` re-orthonormalized power iterations, exact SVD of the small projection.
-    Exact when ``rank >= min(a.shape)``."""
+    columns, ``power_iters`` re-orthonormalized power iterations, exact SVD of the small projection
+    (taken of its tall ``n x k`` transpose, which LAPACK does several times faster than the wide
+    ``k x n`` form). Exact when ``rank >= min(a.shape)``."""
     m, n = a.shape
     k = min(rank + oversample, m, n)
     r = min(rank, k)
@@ -64,25 +65,29 @@ def randomized_svd(
     for _ in range(power_iters):
         q = torch.linalg.qr(a.T @ q).Q
         q = torch.linalg.qr(a @ q).Q
-    ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
-    return q @ ub[:, :r], s[:r], vh[:r]
+    # a ~= q (q^T a) and (q^T a)^T = a^T q = w diag(s) zh, so a ~= (q zh^T) diag(s) w^T
+    w, s, zh = torch.linalg.svd(a.T @ q, full_matrices=False)
+    # copies: slices of the k-wide factors would keep all k of them (and their memory) in the state
+    return q @ zh[:r].T, s[:r].clone(), w[:, :r].T.clone(memory_format=torch.contiguous_format)
 
 
-def _reconstruct(f: LowRank | None, like: Tensor) -> Tensor:
+def _reconstruct(f: LowRank | None, like: Tensor, scale: float = 1.0) -> Tensor:
+    """``scale * U diag(s) Vh`` (zeros before the first step); the scale costs nothing on ``s``."""
     if f is None:
         return torch.zeros_like(like)
     u, s, vh = f
-    return (u * s) @ vh
+    return (u * (s * scale)) @ vh
 
 
 def _nonnegative(v_hat: Tensor) -> Tensor:
     """Replace negative entries of a reconstructed second moment by the mean magnitude of the negatives
-    (the MLorc reference rule), in place. Branch-free: boolean masks, ``torch.where`` and
-    ``count_nonzero`` cost several times more than these float ops on CPU."""
-    neg_part = (-v_hat).clamp_min_(0)  # |v| where v < 0, else 0
-    is_neg = neg_part.sign()  # 1 where v < 0, else 0
-    fill = neg_part.sum() / is_neg.sum(dtype=torch.float32).clamp_min(1)
-    return v_hat.clamp_min_(0).addcmul_(is_neg, fill.to(v_hat.dtype))
+    (the MLorc reference rule: ``relu(v) + [v < 0] * mean |v[v < 0]|``), in place. Branch-free:
+    boolean masks, ``torch.where`` and ``count_nonzero`` cost several times more than float ops on CPU."""
+    neg = v_hat.clamp(max=0)  # v where v < 0, else 0
+    total = neg.sum(dtype=torch.float32)  # -(sum of |negatives|)
+    count = neg.sign_().sum(dtype=torch.float32)  # -(number of negatives); neg is now -1 / 0
+    fill = total / count.clamp_max(-1)  # mean |negative| (0 when there is none)
+    return v_hat.clamp_min_(0).addcmul_(neg, -fill.to(v_hat.dtype))
 
 
 def adamw_update(
@@ -104,17 +109,19 @@ def mlorc_adamw_update(
 ) -> tuple[LowRank, LowRank]:  # fmt: skip
     """One MLorc-AdamW step on a 2-D ``param`` in place; returns the new compressed ``(m, v)``.
 
-    ``m``/``v`` are the previous factors (``None`` before the first step)."""
-    m_t = _reconstruct(m, grad).lerp_(grad, 1 - beta1)
-    v_hat = _nonnegative(_reconstruct(v, grad)) if v is not None else torch.zeros_like(grad)
-    v_t = v_hat.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    ``m``/``v`` are the previous factors (``None`` before the first step). The step itself uses the
+    exact new moments ``m_t``, ``v_t`` (reconstruction + fresh gradient); only they are compressed."""
+    m_t = _reconstruct(m, grad, beta1).add_(grad, alpha=1 - beta1)  # b1 m_hat + (1 - b1) g
+    v_t = _reconstruct(v, grad, beta2)  # b2 v_hat: the non-negativity fix commutes with the scale
+    if v is not None:
+        _nonnegative(v_t)
+    v_t.addcmul_(grad, grad, value=1 - beta2)
+    new_m = randomized_svd(m_t, rank, oversample, power_iters, generator)
+    new_v = randomized_svd(v_t, rank, oversample, power_iters, generator)
     param.mul_(1 - lr * weight_decay)
-    denom = (v_t.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+    denom = v_t.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)  # v_t is compressed already: reuse it
     param.addcdiv_(m_t, denom, value=-lr / (1 - beta1**step))
-    return (
-        randomized_svd(m_t, rank, oversample, power_iters, generator),
-        randomized_svd(v_t, rank, oversample, power_iters, generator),
-    )
+    return new_m, new_v
 
 
 def lion_update(
@@ -230,8 +237,11 @@ class MLorcAdamW(_MLorc):
     Each step (``t`` = step count): ``m = b1 m_hat + (1 - b1) g``; ``v = b2 v_hat+ + (1 - b2) g^2``
     (``v_hat+``: the reconstruction with negatives replaced by the mean negative magnitude, so
     ``v >= 0``); ``W *= 1 - lr wd``; ``W -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)``;
-    then ``m`` and ``v`` are re-compressed. The arithmetic is ``torch.optim.AdamW``'s, so with
-    ``rank >= min(m, n)`` (lossless) the trajectory equals AdamW's.
+    the exact ``m`` and ``v`` of this step (not their compressions) make the step, then they are
+    compressed. The arithmetic is ``torch.optim.AdamW``'s and the paper's formula (decay of the old
+    ``W``, ``eps`` outside the bias-corrected root), so with ``rank >= min(m, n)`` (lossless) the
+    trajectory equals AdamW's; the authors' code differs only in second-order terms (it decays after
+    the step and adds ``eps`` to ``sqrt(v)`` before bias correction).
 
     Args:
         params: parameters or param groups (group option ``mlorc``: compress this group's 2-D
@@ -242,8 +252,8 @@ class MLorcAdamW(_MLorc):
             SVD (the paper's ``p``). power_iters: power iterations of the randomized SVD. The MLorc
             reference code's AdamW uses ``torch.pca_lowrank(q=rank, niter=1)`` (``oversample=0,
             power_iters=1``), its Lion a plain sketch (``oversample=0, power_iters=0``); the default
-            here, ``oversample=4, power_iters=0``, measured the same final loss on
-            ``benchmarks/optim.py`` as ``power_iters=1`` at less step time.
+            here, ``oversample=4, power_iters=0``, measured the same final loss on the
+            low-rank regression task of ``benchmarks/optim.py`` as ``power_iters=1`` at less step time.
         seed: seeds the sketches (one generator per parameter and step, so a resume replays them).
 
     Example:

@@ -73,6 +73,10 @@ def test_low_rank_state_is_smaller_and_training_still_progresses():
     assert loss.item() < 0.8 * first
     state = opt.state[model[0].weight]
     assert state["m_u"].shape == (64, 2) and state["m_s"].shape == (2,) and state["m_vh"].shape == (2, 32)
+    # the factors own exactly r(m + n + 1) numbers per moment (no views into the wider sketch)
+    for moment in ("m", "v"):
+        numel = sum(state[f"{moment}_{k}"].untyped_storage().nbytes() // 4 for k in ("u", "s", "vh"))
+        assert numel == 2 * (64 + 32 + 1)
 
 
 def test_randomized_svd_exact_at_full_rank_and_near_optimal_at_low_rank():
