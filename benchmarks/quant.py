@@ -13,8 +13,9 @@ dim 64), then, in one process on the same test batches with 2 threads:
   (dynamic activations), eager and exported with ``export_onnx``;
 * ``ours_budget_onnx``: the smallest plan the budgeted search picks per table / linear (int4 / int8 /
   fp16 / fp32) for a ``--budget-ne`` relative NE budget (default 0.1 %), searched on validation
-  batches and confirmed on the test batches, exported with ``export_onnx``; ``ours_budget_no_int4_onnx``:
-  the same search without int4 tables (from the same sensitivity analysis). Compared with all-int8 and
+  batches and confirmed on the test batches, exported with ``export_onnx``; ``ours_budget_latency_onnx``:
+  the same search with ``objective="latency"``'s ladder (tables int8 / fp16 / fp32, no int4; from the
+  same sensitivity analysis). Compared with all-int8 and
   ORT stock on the test split (``comparison_test``): relative NE change, AUC change, bytes, within budget.
 
 At the end, ``examples/quant_monitor.py``'s ``main(quick)`` (the QuantizationMonitor demo) runs when
@@ -51,6 +52,7 @@ from benchmarks._common import interleaved_times, parse_args, write_results  # n
 from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
 from lightning_recsys.quant import RecipeConfig, export_onnx, flatten_batch, quantize_  # noqa: E402
+from lightning_recsys.quant.checkpoint import LATENCY_TABLE_LADDER  # noqa: E402
 from lightning_recsys.quant.report import eval_metrics, state_bytes  # noqa: E402
 from lightning_recsys.quant.search import plan_search  # noqa: E402
 from lightning_recsys.quant.sensitivity import run_sensitivity  # noqa: E402
@@ -142,7 +144,7 @@ def _budget_search(args, fp32: nn.Module, calib: list[RecsysBatch], val: list[Re
     sens = run_sensitivity(runner)
     budget = args.budget_ne / 100.0
     return (plan_search(runner, sens, budget_ne=budget),
-            plan_search(runner, sens, budget_ne=budget, table_precisions=["int8", "fp16", "fp32"]))  # fmt: skip
+            plan_search(runner, sens, budget_ne=budget, table_precisions=LATENCY_TABLE_LADDER))  # fmt: skip
 
 
 def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[RecsysBatch], calib: list[RecsysBatch],
@@ -162,10 +164,10 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     export_onnx(ours, ours_onnx, example)
     _ort_stock_int8(fp32_onnx, stock_onnx, calib, features, single_hot)
     onnx_paths = [("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx)]
-    budget = budget_no_int4 = None
+    budget = budget_latency = None
     if val_batches is not None:
-        budget, budget_no_int4 = _budget_search(args, fp32, calib, val_batches, test_batches)
-        for name, plan in (("ours_budget_onnx", budget), ("ours_budget_no_int4_onnx", budget_no_int4)):
+        budget, budget_latency = _budget_search(args, fp32, calib, val_batches, test_batches)
+        for name, plan in (("ours_budget_onnx", budget), ("ours_budget_latency_onnx", budget_latency)):
             export_onnx(plan.model, tmp / f"{tag}_{name}.onnx", example)
             onnx_paths.append((name, tmp / f"{tag}_{name}.onnx"))
     sessions = {k: _ort_session(p, args.threads) for k, p in onnx_paths}
@@ -180,7 +182,7 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     }  # fmt: skip
     if budget is not None:
         fns["ours_budget_onnx"] = ort_fn("ours_budget_onnx")
-        fns["ours_budget_no_int4_onnx"] = ort_fn("ours_budget_no_int4_onnx")
+        fns["ours_budget_latency_onnx"] = ort_fn("ours_budget_latency_onnx")
     res: dict[str, dict] = {k: _metrics_torch(f, test_batches) for k, f in fns.items()}
     res["fp32_eager"]["model_bytes"] = state_bytes(fp32)
     res["torchao_dynamic_int8"]["model_bytes"] = _torchao_bytes(ao)
@@ -208,7 +210,7 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     out = {"train_seconds": train_s, "train_steps": steps, "methods": res}
     if budget is not None:
         out["budget"] = _budget_summary(args, budget, res, "ours_budget_onnx")
-        out["budget_no_int4"] = _budget_summary(args, budget_no_int4, res, "ours_budget_no_int4_onnx")
+        out["budget_latency"] = _budget_summary(args, budget_latency, res, "ours_budget_latency_onnx")
     return out
 
 
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         mm = ml["methods"]
         ratios["movielens_ne_delta_ours"] = mm["ours_onnx_int8"]["ne"] - mm["fp32_eager"]["ne"]
         ratios["movielens_ne_delta_ort_stock"] = mm["ort_stock_int8"]["ne"] - mm["fp32_eager"]["ne"]
-    bud, bud4 = syn["budget"], syn["budget_no_int4"]
+    bud, bud4 = syn["budget"], syn["budget_latency"]
     ratios["budget_met"] = bud["met"]
     ratios["int8_bytes_fraction"] = bud["int8_bytes_fraction"]
     ratios["budget_plan_onnx_latency_ms_b512"] = m["ours_budget_onnx"]["latency_ms"]["b512"]
@@ -323,11 +325,11 @@ def main(argv: list[str] | None = None) -> dict:
     ratios["budget_plan_ne_rel_delta_test"] = bud["comparison_test"]["ours_budget_onnx"]["ne_rel_delta"]
     ratios["all_int8_ne_rel_delta_test"] = bud["comparison_test"]["ours_onnx_int8"]["ne_rel_delta"]
     ratios["ort_stock_ne_rel_delta_test"] = bud["comparison_test"]["ort_stock_int8"]["ne_rel_delta"]
-    ratios["budget_no_int4_met"] = bud4["met"]
-    ratios["budget_no_int4_int8_bytes_fraction"] = bud4["int8_bytes_fraction"]
-    ratios["budget_no_int4_onnx_speedup_vs_fp32_eager_b512"] = (
-        fp["latency_ms"]["b512"] / m["ours_budget_no_int4_onnx"]["latency_ms"]["b512"])  # fmt: skip
-    ratios["budget_no_int4_bytes_ratio_vs_fp32"] = m["ours_budget_no_int4_onnx"]["model_bytes"] / fp["model_bytes"]
+    ratios["budget_latency_met"] = bud4["met"]
+    ratios["budget_latency_int8_bytes_fraction"] = bud4["int8_bytes_fraction"]
+    ratios["budget_latency_onnx_speedup_vs_fp32_eager_b512"] = (
+        fp["latency_ms"]["b512"] / m["ours_budget_latency_onnx"]["latency_ms"]["b512"])  # fmt: skip
+    ratios["budget_latency_bytes_ratio_vs_fp32"] = m["ours_budget_latency_onnx"]["model_bytes"] / fp["model_bytes"]
     mon = _monitor(args)
     ratios["monitor_detects_shift_within"] = mon["detects_shift_within"]
     ratios["monitor_recovered_under_budget"] = mon["recovered_under_budget"]
@@ -339,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict:
         "budget_met": bool(bud["met"]),
         "int8_bytes_fraction_ge_0.9": bud["int8_bytes_fraction"] >= 0.9,
         "budget_plan_speedup_b512_ge_2": ratios["budget_plan_onnx_speedup_vs_fp32_eager_b512"] >= 2.0,
+        "latency_plan_met_and_int8_fraction_ge_0.9_and_speedup_ge_2": bool(bud4["met"])
+        and bud4["int8_bytes_fraction"] >= 0.9 and ratios["budget_latency_onnx_speedup_vs_fp32_eager_b512"] >= 2.0,
         "monitor_detects_shift_within_2": isinstance(mon["detects_shift_within"], int) and mon["detects_shift_within"] <= 2,
         "monitor_recovered_under_budget": mon["recovered_under_budget"] is True,
     }
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     anchors["movielens"] = ml
     anchors["monitor"] = mon
     metrics["budget_plan"] = bud
-    metrics["budget_plan_no_int4"] = bud4
+    metrics["budget_plan_latency"] = bud4
     config = {**syn["config"], "batch_sizes": list(BATCH_SIZES), "threads": args.threads,
               "train_seconds": syn["train_seconds"], "train_steps": syn["train_steps"],
               "budget_ne_percent": args.budget_ne,

@@ -6,6 +6,7 @@ Usage::
         [--format onnx|torch] [--overwrite] [--unsafe-full-unpickle]
         [--data synthetic|data.yaml] [--batch-size 256] [--eval-batches 4] [--module-class pkg.mod.Class]
         [--budget-ne PERCENT] [--budget-auc DROP] [--budget-task mean|worst|TASK] [--max-size-ratio R]
+        [--objective size|latency]
 
 Accuracy budget: ``--budget-ne 0.1`` allows a relative NE increase of 0.1 PERCENT
 (``(NE_q - NE_fp32) / NE_fp32 <= 0.001``); ``--budget-auc 0.001`` an absolute AUC drop of 0.001. With
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max absolute AUC drop (e.g. 0.001); searches per-module precisions")
     p.add_argument("--budget-task", default="mean", help="task the budget applies to: mean (default), worst, or a task name")
     p.add_argument("--max-size-ratio", type=float, default=None, help="cap on the plan's size as a fraction of fp32 (budget only)")
+    p.add_argument("--objective", choices=["size", "latency"], default="size",
+                   help="budget search: smallest plan ('size', tables down to int4) or fastest ('latency', tables down to int8)")
     return p
 
 
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_batches=args.eval_batches, format=args.format, overwrite=args.overwrite,
             unsafe_full_unpickle=args.unsafe_full_unpickle, module_class=args.module_class, batch_size=args.batch_size,
             budget_ne=None if args.budget_ne is None else args.budget_ne / 100.0, budget_auc=args.budget_auc,
-            budget_task=args.budget_task, max_size_ratio=args.max_size_ratio,
+            budget_task=args.budget_task, max_size_ratio=args.max_size_ratio, objective=args.objective,
         )  # fmt: skip
     except BudgetNotMetError as err:
         print(f"lrs quantize: {err}", file=sys.stderr)

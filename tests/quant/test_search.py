@@ -186,3 +186,16 @@ def test_checkpoint_budget_artifact_and_refusal(fragile_ckpt, tmp_path, capsys):
         quantize_checkpoint(fragile_ckpt, tmp_path / "bad3", budget_ne=0.01, config={"overrides": {".*C1": {"precision": "int4"}}})
     assert not (tmp_path / "bad2").exists() and not (tmp_path / "bad3").exists()
     assert _sha(fragile_ckpt) == before
+
+
+def test_checkpoint_budget_latency_objective_keeps_tables_at_int8_or_above(fragile_ckpt, tmp_path):
+    size = quantize_checkpoint(fragile_ckpt, tmp_path / "size", budget_ne=0.005, format="torch", calib_batches=2,
+                               eval_batches=3, batch_size=128)  # fmt: skip
+    fast = quantize_checkpoint(fragile_ckpt, tmp_path / "fast", budget_ne=0.005, format="torch", calib_batches=2,
+                               eval_batches=3, batch_size=128, objective="latency")  # fmt: skip
+    tables = [n for n in size["budget_plan"]["plan"] if ".tables." in n]
+    assert tables and any(size["budget_plan"]["plan"][n] == "int4" for n in tables)  # the size plan does use int4
+    assert fast["budget_plan"]["met"] and all(fast["budget_plan"]["plan"][n] != "int4" for n in tables)
+    with pytest.raises(ValueError, match="objective must be 'size' or 'latency'"):
+        quantize_checkpoint(fragile_ckpt, tmp_path / "bad", budget_ne=0.005, objective="speed")
+    assert not (tmp_path / "bad").exists()
