@@ -96,9 +96,11 @@ STEPS = ("quant", "optim", "fiited", "multibalance", "dct")
 def _steps(res: dict[str, Any], out_dir: Path) -> dict[str, Callable[[], Any]]:
     """The capability steps, in order; each returns a dict of figures and prints its own summary."""
     steps = {
-        # quantize the checkpoint just trained (int8 tables and linears) and run the ONNX artifact
+        # quantize the checkpoint just trained (int8 tables and linears), run the ONNX artifact, and
+        # quantize it again with a precision per module searched for a 0.1% NE budget
         "quant": lambda: _example("quant")(
-            ckpt_path=res["checkpoint"], out_dir=out_dir / "quant-int8", datamodule=res["datamodule"]
+            ckpt_path=res["checkpoint"], out_dir=out_dir / "quant-int8", datamodule=res["datamodule"],
+            budget_out_dir=out_dir / "quant-budget",
         ),
         # the same DLRM under each optimizer of lightning_recsys.optim
         "optim": lambda: _example("optim")(),
