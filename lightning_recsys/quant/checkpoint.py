@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import itertools
 import json
 import pickle
 import zipfile
@@ -197,7 +198,7 @@ def quantize_checkpoint(
     datamodule: pl.LightningDataModule | None = None,
     calib_batches: int = 16,
     eval_batches: int = 4,
-    format: Literal["onnx", "torch"] = "onnx",
+    format: Literal["onnx", "torch", "tensorrt"] = "onnx",
     overwrite: bool = False,
     unsafe_full_unpickle: bool = False,
     module_class: type | str | None = None,
@@ -207,6 +208,7 @@ def quantize_checkpoint(
     budget_task: str | int = "mean",
     max_size_ratio: float | None = None,
     objective: Literal["size", "latency"] = "size",
+    trt_precision: Literal["fp32", "fp16", "int8"] = "fp16",
 ) -> dict[str, Any]:
     """Quantize a Lightning checkpoint into a new artifact directory; returns the report dict.
 
@@ -219,8 +221,11 @@ def quantize_checkpoint(
     """
     if objective not in ("size", "latency"):
         raise ValueError(f"objective must be 'size' or 'latency', got {objective!r}")
-    if format not in ("onnx", "torch"):
-        raise ValueError(f"format must be 'onnx' or 'torch', got {format!r}")
+    if format not in ("onnx", "torch", "tensorrt"):
+        raise ValueError(f"format must be 'onnx', 'torch' or 'tensorrt', got {format!r}")
+    if format == "tensorrt":
+        return _tensorrt_artifact(ckpt_path, out_dir, config, datamodule, calib_batches, overwrite, unsafe_full_unpickle,
+                                  module_class, batch_size, budget_ne, budget_auc, trt_precision)  # fmt: skip
     if not isinstance(calib_batches, int) or calib_batches < 1:
         raise ValueError(f"calib_batches must be an integer >= 1, got {calib_batches!r}")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
@@ -265,6 +270,33 @@ def quantize_checkpoint(
 
     (out_dir / "quant_config.yaml").write_text(yaml.safe_dump(config_to_dict(recipe), sort_keys=False))
     return report
+
+
+def _tensorrt_artifact(ckpt_path, out_dir, config, datamodule, calib_batches: int, overwrite: bool,
+                       unsafe_full_unpickle: bool, module_class, batch_size: int, budget_ne, budget_auc,
+                       precision: str) -> dict[str, Any]:  # fmt: skip
+    """``format="tensorrt"``: the float model compiled by Torch-TensorRT at ``precision`` (TensorRT does
+    its own int8 via ModelOpt), written with its ``meta.json`` into ``out_dir``. Needs CUDA: the
+    package / GPU check runs before anything is read or written."""
+    from .tensorrt import PRECISIONS, export_tensorrt, import_torch_tensorrt
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"trt_precision must be one of {PRECISIONS}, got {precision!r}")
+    if config is not None or budget_ne is not None or budget_auc is not None:
+        raise ValueError("format='tensorrt' takes its precision from trt_precision (--trt-precision); a quantization "
+                         "config or accuracy budget applies to the onnx / torch formats")  # fmt: skip
+    import_torch_tensorrt()
+    ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    ckpt = load_checkpoint(ckpt_path, unsafe_full_unpickle)
+    module = _build_module(ckpt, ckpt_path, module_class).eval()
+    dm = datamodule if datamodule is not None else _default_datamodule(getattr(module, "feature_spec", None), batch_size)
+    _prepare_out_dir(out_dir, ckpt_path, overwrite)
+    dm.prepare_data()
+    dm.setup("fit")
+    calib = list(itertools.islice(dm.train_dataloader(), calib_batches)) if precision == "int8" else None
+    meta = export_tensorrt(module, out_dir, next(iter(dm.val_dataloader())), precision, calibration_batches=calib,
+                           extra_metadata={"tasks": list(getattr(module, "tasks", [])), "checkpoint": str(ckpt_path)})  # fmt: skip
+    return {"checkpoint": str(ckpt_path), "format": "tensorrt", "tensorrt": meta}
 
 
 def _check_budget(budget_ne: float | None, budget_auc: float | None, max_size_ratio: float | None,

@@ -3,7 +3,7 @@
 Usage::
 
     lrs quantize last.ckpt --out artifacts/int8 [--config quant.yaml] [--calib-batches 16]
-        [--format onnx|torch] [--overwrite] [--unsafe-full-unpickle]
+        [--format onnx|torch|tensorrt] [--trt-precision fp32|fp16|int8] [--overwrite] [--unsafe-full-unpickle]
         [--data synthetic|data.yaml] [--batch-size 256] [--eval-batches 4] [--module-class pkg.mod.Class]
         [--budget-ne PERCENT] [--budget-auc DROP] [--budget-task mean|worst|TASK] [--max-size-ratio R]
         [--objective size|latency]
@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="quantization recipe YAML (embeddings / linears / overrides)")
     p.add_argument("--calib-batches", type=int, default=16, help="calibration batches for static activations (default 16)")
     p.add_argument("--eval-batches", type=int, default=4, help="validation batches for the report's accuracy check (default 4)")
-    p.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="artifact format (default onnx)")
+    p.add_argument("--format", choices=["onnx", "torch", "tensorrt"], default="onnx",
+                   help="artifact format (default onnx; tensorrt needs CUDA and the [tensorrt] extra)")
+    p.add_argument("--trt-precision", choices=["fp32", "fp16", "int8"], default="fp16",
+                   help="precision of a --format tensorrt engine (default fp16; int8 calibrates with ModelOpt)")
     p.add_argument("--overwrite", action="store_true", help="replace the artifact files in a non-empty --out directory")
     p.add_argument("--unsafe-full-unpickle", action="store_true",
                    help="load the checkpoint with full unpickling (runs code from the file: only for trusted files)")
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             unsafe_full_unpickle=args.unsafe_full_unpickle, module_class=args.module_class, batch_size=args.batch_size,
             budget_ne=None if args.budget_ne is None else args.budget_ne / 100.0, budget_auc=args.budget_auc,
             budget_task=args.budget_task, max_size_ratio=args.max_size_ratio, objective=args.objective,
+            trt_precision=args.trt_precision,
         )  # fmt: skip
     except BudgetNotMetError as err:
         print(f"lrs quantize: {err}", file=sys.stderr)
@@ -106,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"lrs quantize: error: {err}", file=sys.stderr)
         return 2
+    except (ImportError, RuntimeError) as err:
+        if args.format != "tensorrt":
+            raise
+        print(f"lrs quantize: error: {err}", file=sys.stderr)  # torch_tensorrt or CUDA missing
+        return 2
+    if report["format"] == "tensorrt":
+        print(json.dumps({"out": str(args.out), "format": "tensorrt", "precision": args.trt_precision}))
+        return 0
     totals, ev = report["totals"], report.get("evaluation", {})
     summary = {"out": str(args.out), "bytes": totals["bytes"], "bytes_ratio": round(totals.get("bytes_ratio", 1.0), 4)}
     for key in ("logit_sqnr_db", "ne_fp32", "ne_quant", "auc_fp32", "auc_quant"):

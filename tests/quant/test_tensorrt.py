@@ -228,3 +228,28 @@ def test_bad_arguments(dlrm, programs, tmp_path):
     with pytest.raises(FileExistsError, match="never overwrites"):
         export_tensorrt(dlrm, tmp_path / "full", b)
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
+
+
+def test_lrs_quantize_format_tensorrt_names_the_extra_and_writes_nothing(tmp_path, capsys):
+    """``lrs quantize --format tensorrt`` on this CPU machine (no torch_tensorrt): exit 2, a message naming
+    the extra, no output directory, the checkpoint untouched."""
+    import lightning.pytorch as pl
+
+    from lightning_recsys.cli import main as lrs_main
+    from lightning_recsys.data import SyntheticCTRDataModule
+    from lightning_recsys.models import RecsysModule
+
+    dm = SyntheticCTRDataModule(num_train=256, num_val=128, num_test=128, batch_size=64, max_rows=50, num_sparse=3)
+    module = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=4, bottom_mlp=(8,), top_mlp=(8,))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, max_steps=1)  # fmt: skip
+    trainer.fit(module, dm)
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    before = ckpt.read_bytes()
+    out = tmp_path / "trt"
+    assert lrs_main(["quantize", str(ckpt), "--out", str(out), "--format", "tensorrt"]) == 2
+    assert "lightning-recsys[tensorrt]" in capsys.readouterr().err
+    assert not out.exists() and ckpt.read_bytes() == before
+    assert lrs_main(["quantize", str(ckpt), "--out", str(out), "--format", "tensorrt", "--budget-ne", "0.1"]) == 2
+    assert "applies to the onnx / torch formats" in capsys.readouterr().err and not out.exists()
