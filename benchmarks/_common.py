@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -52,15 +53,19 @@ def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> flo
 
 
 def interleaved_times(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Median times of several candidates run in turn (A B C A B C ...), so load changes hit all alike."""
+    """Median times of several candidates run in turn (A B C, C A B, ...), so load changes hit all alike;
+    the order is shuffled every round (seeded), so no candidate always runs after the same one (whose
+    cache footprint or lingering threads would bias it)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
     for _ in range(repeats):
-        for k, fn in fns.items():
+        rng.shuffle(order)
+        for k in order:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             samples[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
