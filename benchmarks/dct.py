@@ -2,8 +2,11 @@
 
 Part A (data parallel, full DLRM replicated; embedding gradients are dense, as with plain DDP):
 plain DDP (fp32 all-reduce), torch's fp16 compress hook, PowerSGD rank 1 and 4, DCT's threshold hook.
-Part B (hybrid: tables sharded table-wise, MLPs data parallel): the pooled-embedding all-to-all in fp32,
-fp16, int8 (row-wise scale) and DCT top-k. Part C: part A's DDP vs DCT, and the hybrid layouts (sharded
+Part B (hybrid: tables sharded table-wise, MLPs data parallel): the pooled-embedding all-to-all in fp32
+(the reference), fp16, int8 (row-wise scale), and the codecs of ``BoundaryCodec``: ``mp_quant`` (the
+strategy's default: 4-bit values forward, 1-bit scaled signs backward, one int8 scale per table vector),
+3-bit / 2-bit / stochastic variants, per-sample top-k and thresholded values (DCT's sparse boundary, with
+fp32 or quantized values), and a warm-up variant. Part C: part A's DDP vs DCT, and the hybrid layouts (sharded
 tables with fp32 or top-k boundary, DCT hook on the MLPs), across two network namespaces joined by a
 veth pair rate-limited to 1 Gbit/s with ``tc tbf`` (needs root and iproute2); only step times count there
 (AUC comes from parts A and B).
@@ -18,6 +21,7 @@ the anchors' hooks are counted the same way as ours), per rank and step, average
 compression starts (step >= 2). Same model, data and seeds for every method.
 
     python benchmarks/dct.py [--quick] [--out PATH]
+    DCT_BENCH_PARTS=mp DCT_BENCH_MERGE=1 python benchmarks/dct.py   # re-run part B only, update its figures
 """
 
 from __future__ import annotations
@@ -49,13 +53,37 @@ from lightning_recsys.models import DLRM  # noqa: E402
 from lightning_recsys.strategies import DCTCommState, dct_comm_hook  # noqa: E402
 
 DP_METHODS = ("ddp", "fp16", "powersgd_r1", "powersgd_r4", "dct")
-MP_METHODS = ("mp_fp32", "mp_fp16", "mp_int8", "mp_topk_row", "mp_topk")
+MP_CODECS: dict[str, dict] = {  # part B: shard_embeddings options per method; the first is the reference
+    "mp_fp32": {"codec": "fp32"},
+    "mp_quant": {"codec": "quant"},  # DCTStrategy's default boundary: bits=4, grad_bits=1, nearest
+    "mp_fp16": {"codec": "fp16"},
+    "mp_int8": {"codec": "int8"},
+    "mp_quant3": {"codec": "quant", "bits": 3},
+    "mp_quant4_grad4": {"codec": "quant", "bits": 4, "grad_bits": 4},
+    "mp_quant4_grad2": {"codec": "quant", "bits": 4, "grad_bits": 2},
+    "mp_quant4_stochastic_sign": {"codec": "quant", "bits": 4, "grad_bits": 1, "grad_rounding": "stochastic"},
+    "mp_quant4_gauss_grad2": {"codec": "quant", "bits": 4, "grad_bits": 2, "levels": "gaussian"},
+    "mp_quant3_gauss_grad2": {"codec": "quant", "bits": 3, "grad_bits": 2, "levels": "gaussian"},
+    "mp_topk": {"codec": "topk", "keep_ratio": 0.05},  # 1 of 16 per table, fp32 value + uint8 index
+    "mp_topk_row": {"codec": "topk", "keep_ratio": 0.05, "per_table": False},
+    "mp_topk_warmup": {"codec": "topk", "keep_ratio": 0.05},  # fp32 for the first half of the steps (config)
+    "mp_topk50_q4": {"codec": "topk", "keep_ratio": 0.5, "bits": 4, "grad_bits": 1},
+    "mp_threshold": {"codec": "threshold", "keep_ratio": 0.05, "refresh_interval": 20},
+    "mp_threshold50_q4": {"codec": "threshold", "keep_ratio": 0.5, "bits": 4, "grad_bits": 1, "refresh_interval": 20},
+}
+MP_DEFAULT = "mp_quant"  # its figures are mp_bytes_reduction / mp_auc_delta_vs_uncompressed_mp (no suffix)
+MP_METHODS = tuple(MP_CODECS)
 CHANGES = [  # to this benchmark since its first committed full run (figures there: benchmarks/results/dct.json history)
     "DCT hook: one packed all_gather per bucket with fixed capacities (no count exchange per step), "
     "word-wise selection; capacity_factor=1.0 (the DCT default): at most density*numel pairs per thresholded "
     "parameter, the rest stays in the residual. Same model, data, seeds and options otherwise.",
     "MP: mp_topk is now the per-table top-k codec (ceil(keep_ratio*16)=1 of each table's 16 pooled entries per "
     "sample); mp_topk_row is the former whole-row top-k, kept as an anchor.",
+    "MP: the default (unsuffixed mp_bytes_reduction / mp_auc_delta_vs_uncompressed_mp, metrics.mp_quant) is now the "
+    "'quant' codec (4-bit values + int8 scale per table vector forward, scaled 1-bit signs backward); every sparse "
+    "top-k/threshold variant measured lost >= 0.01 AUC (mp_topk: -0.063). Sparse codecs send a bitmask where it is "
+    "smaller than indices. Part B figures re-measured alone (DCT_BENCH_PARTS=mp DCT_BENCH_MERGE=1); parts A and C "
+    "(incl. the hybrid_topk link figure, whose codec is unchanged) are from the previous full run.",
     "--quick: 8 steps, 5000-row tables, min_compress_numel 50k, fewer timing rounds (was 12 steps, 20000 rows: 2 min 11 s).",
 ]
 
@@ -89,10 +117,11 @@ def config(quick: bool) -> dict:
     return {
         "steps": 8 if quick else 120, "batch_size": 256 if quick else 512, "num_val": 1024 if quick else 16384,
         "max_rows": 5000 if quick else 20000, "embedding_dim": 16, "lr": 3e-3, "density": 0.01, "refresh_interval": 50,
-        "mp_keep_ratio": 0.05, "powersgd_start": 2, "time_rounds": 2 if quick else 3, "time_steps": 2 if quick else 3,
+        "powersgd_start": 2, "time_rounds": 2 if quick else 3, "time_steps": 2 if quick else 3,
         "warmup_steps_link": 3, "link_steps": 2 if quick else 8, "link_rounds": 2 if quick else 5, "link_rate": "1gbit",
         "min_compress_numel": 50_000 if quick else 100_000, "capacity_factor": 1.0,
         "dp_methods": list(DP_METHODS), "mp_methods": list(MP_METHODS),
+        "mp_codecs": {**MP_CODECS, "mp_topk_warmup": {**MP_CODECS["mp_topk_warmup"], "start_step": (8 if quick else 120) // 2}},
         "changes": CHANGES,
     }  # fmt: skip
 
@@ -134,10 +163,9 @@ class Run:
         torch.manual_seed(0)
         model = DLRM.from_spec(dm.feature_spec, embedding_dim=cfg["embedding_dim"], bottom_mlp=(64,), top_mlp=(64, 32))
         self.sharded = None
-        if name.startswith(("mp_", "hybrid_")):  # hybrid_<codec>: sharded tables + DCT hook on the MLPs
-            codec = name.split("_", 1)[1]
-            per_table = not codec.endswith("_row")  # "topk_row": top-k over each sample's whole row
-            self.sharded = shard_embeddings(model, codec=codec.removesuffix("_row"), keep_ratio=cfg["mp_keep_ratio"], per_table=per_table)[0]
+        if name.startswith(("mp_", "hybrid_")):  # hybrid_<codec>: mp_<codec>'s tables + DCT hook on the MLPs
+            options = cfg["mp_codecs"]["mp_" + name.split("_", 1)[1]]
+            self.sharded = shard_embeddings(model, **options)[0]
             ignore_sharded_parameters(model)
         self.name, self.dm, self.model = name, dm, model
         self.ddp = DDP(model, broadcast_buffers=False)
@@ -315,6 +343,8 @@ def main() -> None:
     parts = os.environ.get("DCT_BENCH_PARTS", "dp,mp,link").split(",")
     if os.environ.get("DCT_BENCH_MP_METHODS"):  # development: a subset of part B
         cfg["mp_methods"] = os.environ["DCT_BENCH_MP_METHODS"].split(",")
+    if os.environ.get("DCT_BENCH_MP_EXTRA"):  # development: more codecs, JSON {name: shard_embeddings options}
+        cfg["mp_codecs"] = {**cfg["mp_codecs"], **json.loads(os.environ["DCT_BENCH_MP_EXTRA"])}
     res = run_local(cfg, [p for p in parts if p != "link"])
     link = run_limited_link(cfg) if "link" in parts else {"skipped": "not requested"}
     ratios: dict[str, float] = {}
@@ -329,17 +359,34 @@ def main() -> None:
     if "mp_fp32" in res:
         base = res["mp_fp32"]
         for n in cfg["mp_methods"][1:]:
-            suffix = "" if n == "mp_topk" else "_" + n.removeprefix("mp_")
+            suffix = "" if n == MP_DEFAULT else "_" + n.removeprefix("mp_")
             ratios[f"mp_bytes_reduction{suffix}"] = base["mp_bytes_per_step"] / res[n]["mp_bytes_per_step"]
             ratios[f"mp_auc_delta_vs_uncompressed_mp{suffix}"] = res[n]["final_auc"] - base["final_auc"]
     if "skipped" not in link:
         ratios["speedup_vs_ddp_on_limited_link"] = link["ddp"]["step_time"] / link["dct"]["step_time"]
         for codec in ("fp32", "topk"):  # same math as mp_<codec> in part B (MLPs < min_compress_numel go exactly)
             ratios[f"speedup_vs_ddp_on_limited_link_hybrid_{codec}"] = link["ddp"]["step_time"] / link[f"hybrid_{codec}"]["step_time"]
-    metrics = {k: res[k] for k in ("dct", "mp_topk") if k in res}
+    metrics = {k: res[k] for k in ("dct", MP_DEFAULT) if k in res}
     metrics.update(limited_link=link, wall_s=time.perf_counter() - t0)
-    anchors = {n: res[n] for n in (*cfg["dp_methods"][:-1], *cfg["mp_methods"]) if n in res and n != "mp_topk"}
+    anchors = {n: res[n] for n in (*cfg["dp_methods"][:-1], *cfg["mp_methods"]) if n in res and n != MP_DEFAULT}
+    if os.environ.get("DCT_BENCH_MERGE"):
+        cfg, metrics, anchors, ratios = _merge_previous(args.out, parts, cfg, metrics, anchors, ratios)
     write_results(args, "dct", cfg, metrics, anchors, ratios)
+
+
+def _merge_previous(path: Path, parts: list[str], cfg: dict, metrics: dict, anchors: dict, ratios: dict) -> tuple[dict, ...]:
+    """``DCT_BENCH_MERGE=1`` with ``DCT_BENCH_PARTS=mp``: part B's new figures, every other figure (parts A
+    and C) kept from the existing result file ``path`` (which must be a full run)."""
+    if parts != ["mp"]:
+        raise ValueError(f"DCT_BENCH_MERGE needs DCT_BENCH_PARTS=mp, got {','.join(parts)!r}")
+    old = json.loads(path.read_text())
+    if old.get("quick") or old.get("name") != "dct":
+        raise ValueError(f"DCT_BENCH_MERGE: {path} is not a full run of this benchmark")
+    keep = lambda d: {k: v for k, v in d.items() if not k.startswith("mp_")}  # noqa: E731
+    cfg = {**keep(old["config"]), **{k: v for k, v in cfg.items() if k.startswith("mp_")}, "changes": cfg["changes"]}
+    metrics = {**keep(old["metrics"]), **{k: v for k, v in metrics.items() if k.startswith("mp_")},
+               "wall_s_mp_part": metrics["wall_s"]}  # fmt: skip
+    return cfg, metrics, {**keep(old["anchors"]), **anchors}, {**keep(old["ratios"]), **ratios}
 
 
 if __name__ == "__main__":

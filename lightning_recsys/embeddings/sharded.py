@@ -12,7 +12,8 @@ Example (inside an initialised process group)::
 
     from lightning_recsys.embeddings.sharded import shard_embeddings
     model = DLRM.from_spec(spec)
-    shard_embeddings(model, codec="topk", keep_ratio=0.05)   # swaps model's EmbeddingBagCollection
+    shard_embeddings(model)                      # swaps model's EmbeddingBagCollection; boundary codec "quant"
+    shard_embeddings(model, codec="topk", keep_ratio=0.05)   # or DCT's per-sample top-k
 """
 
 from __future__ import annotations
@@ -26,15 +27,23 @@ from torch import Tensor, nn
 
 from ..data.batch import SparseFeature
 from ..models.dlrm import EmbeddingBagCollection
-from ..strategies.mp_boundary import BoundaryCodec, Codec, boundary_all_to_all
+from ..strategies.mp_boundary import BoundaryCodec, Codec, Levels, Rounding, boundary_all_to_all
 
 __all__ = [
     "ShardedEmbeddingBagCollection",
     "ignore_sharded_parameters",
+    "make_codec",
     "plan_placement",
     "shard_embeddings",
     "unshard_embeddings",
 ]
+
+
+def make_codec(codec: Codec, keep_ratio: float, per_table: bool, embedding_dim: int, **options: Any) -> BoundaryCodec:
+    """The boundary codec of a collection: groups of ``embedding_dim`` (one per table) when ``per_table``."""
+    if not isinstance(per_table, bool):
+        raise TypeError(f"per_table must be True or False, got {per_table!r}")
+    return BoundaryCodec(codec, keep_ratio, group=embedding_dim if per_table else None, **options)
 
 
 def plan_placement(sizes: Mapping[str, int], world_size: int) -> dict[str, int]:
@@ -54,10 +63,15 @@ class ShardedEmbeddingBagCollection(nn.Module):
     Args:
         cardinalities: rows per feature (feature order = output order).
         embedding_dim: columns of every table.
-        codec: boundary codec, ``"fp32"`` (uncompressed), ``"fp16"``, ``"int8"`` or ``"topk"`` (DCT).
-        keep_ratio: fraction of each sample's boundary entries kept by ``"topk"``.
+        codec: boundary codec, ``"fp32"`` (uncompressed), ``"fp16"``, ``"int8"``, ``"quant"`` (4-bit forward,
+            1-bit backward by default), ``"topk"`` or ``"threshold"`` (DCT's sparse boundary).
+        keep_ratio: fraction of each sample's boundary entries kept by ``"topk"`` (``"threshold"``: targeted).
         per_table: ``"topk"`` keeps ``ceil(keep_ratio * embedding_dim)`` entries of every table's pooled
-            vector per sample (default); ``False``: the top-k of the sample's whole row on each owner.
+            vector per sample (default; ``"threshold"``: one threshold per table; ``"quant"`` and quantized
+            values: one scale per table vector); ``False``: per sample's whole row on each owner.
+        bits, grad_bits, grad_rounding, levels, start_step, refresh_interval, sample_size: the codec's value
+            precision forward and backward, warm-up and threshold refresh (see
+            :class:`~lightning_recsys.strategies.mp_boundary.BoundaryCodec`).
         placement: feature -> owner rank (default :func:`plan_placement`).
         weights: initial full tables (feature -> [rows, dim]); default DLRM's uniform(+-1/sqrt(rows)),
             drawn per table from ``seed`` so every rank agrees.
@@ -75,6 +89,13 @@ class ShardedEmbeddingBagCollection(nn.Module):
         weights: Mapping[str, Tensor] | None = None,
         process_group: Any = None,
         seed: int = 0,
+        bits: int | None = None,
+        grad_bits: int | None = None,
+        grad_rounding: Rounding = "nearest",
+        levels: Levels = "uniform",
+        start_step: int = 0,
+        refresh_interval: int = 100,
+        sample_size: int = 8192,
     ) -> None:
         super().__init__()
         if not (dist.is_available() and dist.is_initialized()):
@@ -86,9 +107,9 @@ class ShardedEmbeddingBagCollection(nn.Module):
             raise ValueError("cardinalities must name at least one sparse feature")
         if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
-        if not isinstance(per_table, bool):
-            raise TypeError(f"per_table must be True or False, got {per_table!r}")
-        self.codec = BoundaryCodec(codec, keep_ratio, group=embedding_dim if per_table else None)
+        self.codec = make_codec(codec, keep_ratio, per_table, embedding_dim, bits=bits, grad_bits=grad_bits,
+                                grad_rounding=grad_rounding, levels=levels, start_step=start_step,
+                                refresh_interval=refresh_interval, sample_size=sample_size, seed=seed)  # fmt: skip
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
@@ -185,7 +206,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
             local_out = torch.zeros(sum(rows), 0, device=device, requires_grad=torch.is_grad_enabled())
         # 4) pooled embeddings back to the samples' ranks, through the codec
         widths = [len(self.owned[r]) * dim for r in range(world)]
-        out = boundary_all_to_all(local_out, self.codec, rows, batch, widths, self.process_group, self.stats)
+        training = self.training and torch.is_grad_enabled()
+        out = boundary_all_to_all(local_out, self.codec, rows, batch, widths, self.process_group, self.stats, training)
         return out.reshape(batch, len(self._feature_names), dim)[:, self._perm]
 
     def gather_full_state(self) -> dict[str, Tensor]:
@@ -204,22 +226,24 @@ class ShardedEmbeddingBagCollection(nn.Module):
 
 
 def shard_embeddings(
-    module: nn.Module, codec: Codec = "topk", keep_ratio: float = 0.05, process_group: Any = None, per_table: bool = True
+    module: nn.Module, codec: Codec = "quant", keep_ratio: float = 0.05, process_group: Any = None, per_table: bool = True,
+    **codec_options: Any,
 ) -> list[ShardedEmbeddingBagCollection]:
     """Replace every :class:`EmbeddingBagCollection` inside ``module`` by a sharded copy (same weights),
-    set ``codec``/``keep_ratio``/``per_table`` on sharded collections already there, and return them all."""
+    set ``codec``/``keep_ratio``/``per_table`` (and ``codec_options``: ``bits``, ``start_step``,
+    ``refresh_interval``, ``sample_size``, ``seed``) on sharded collections already there; return them all."""
     found = []
     for parent in list(module.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, EmbeddingBagCollection):
                 sharded = ShardedEmbeddingBagCollection.from_collection(
-                    child, codec=codec, keep_ratio=keep_ratio, per_table=per_table, process_group=process_group
+                    child, codec=codec, keep_ratio=keep_ratio, per_table=per_table, process_group=process_group, **codec_options
                 ).to(next(child.parameters()).device)
                 sharded.swapped_from_collection = True
                 setattr(parent, child_name, sharded)
                 found.append(sharded)
             elif isinstance(child, ShardedEmbeddingBagCollection) and child not in found:
-                child.codec = BoundaryCodec(codec, keep_ratio, group=child.embedding_dim if per_table else None)
+                child.codec = make_codec(codec, keep_ratio, per_table, child.embedding_dim, **codec_options)
                 found.append(child)
     if isinstance(module, ShardedEmbeddingBagCollection):
         found.append(module)

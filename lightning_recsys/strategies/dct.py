@@ -3,11 +3,13 @@
 Data parallel: gradients go through :func:`~lightning_recsys.strategies.dp_hook.dct_comm_hook`
 (hard threshold + error feedback), registered on every device type (Lightning's ``DDPStrategy`` only
 registers comm hooks on CUDA). Model parallel (``mp_compression=True``): the model's embedding
-collection is sharded table-wise across ranks and the pooled embeddings cross the all-to-all as
-per-sample top-k values + indices (gradients back at the same positions).
+collection is sharded table-wise across ranks and the pooled embeddings cross a compressed all-to-all
+(default: 4-bit values forward, 1-bit scaled signs backward, ~10x fewer bytes; per-sample top-k or
+thresholded values + positions are the alternatives, see :mod:`~lightning_recsys.strategies.mp_boundary`).
 
 The hook state (step, residuals, thresholds of every rank) is stored in the checkpoint under
-``"dct_comm_state"``, so a run resumed with ``ckpt_path=`` continues exactly.
+``"dct_comm_state"``, the boundary codecs' state (step, thresholds) under ``"dct_mp_codec_state"``, so a
+run resumed with ``ckpt_path=`` continues exactly.
 
 Example:
     >>> import lightning.pytorch as pl
@@ -32,10 +34,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.nn.parallel import DistributedDataParallel
 
 from .dp_hook import DCTCommState, dct_comm_hook
+from .mp_boundary import CODECS, QUANTIZING, VALUE_BITS
 
 __all__ = ["DCTStrategy"]
 
 CHECKPOINT_KEY = "dct_comm_state"
+MP_CHECKPOINT_KEY = "dct_mp_codec_state"
 _REJECTED = ("ddp_comm_hook", "ddp_comm_state", "ddp_comm_wrapper", "model_averaging_period")
 
 
@@ -70,13 +74,29 @@ class DCTStrategy(DDPStrategy):
             table-wise across ranks (or use the model's
             :class:`~lightning_recsys.embeddings.sharded.ShardedEmbeddingBagCollection`) and compress the
             pooled-embedding all-to-all.
-        mp_keep_ratio: fraction of each sample's boundary activations kept (per-sample top-k), in (0, 1].
-        mp_per_table: run the per-sample top-k within every table's pooled vector (each table keeps
+        mp_codec: boundary codec: ``"quant"`` (default: every entry, ``mp_bits`` forward, ``mp_grad_bits``
+            backward, one scale per table vector), ``"topk"`` (per-sample top-k values + positions,
+            gradients at the same positions), ``"threshold"`` (entries over a per-table threshold refreshed
+            every ``mp_refresh_interval`` steps), or the anchors ``"fp32"`` (uncompressed), ``"fp16"``,
+            ``"int8"``.
+        mp_keep_ratio: ``"topk"``: fraction of each sample's boundary entries kept; ``"threshold"``: the
+            fraction its thresholds target; in (0, 1].
+        mp_per_table: select (and scale) within every table's pooled vector (``"topk"``: each table keeps
             ``ceil(mp_keep_ratio * embedding_dim)`` entries) rather than over the sample's whole row.
-        mp_codec: boundary codec: ``"topk"`` (DCT), or the uncompressed / quantized anchors ``"fp32"``,
-            ``"fp16"``, ``"int8"`` (table-wise model parallelism without DCT on the boundary).
+        mp_bits: bits per value sent forward by ``"quant"`` (default 4), ``"topk"``/``"threshold"``
+            (default 32): one of 32, 16, 8, 4, 3, 2, 1.
+        mp_grad_bits: bits per gradient sent backward (default: 1 for ``"quant"``, a per-group scale times
+            the sign; ``mp_bits`` otherwise).
+        mp_grad_rounding: ``"nearest"`` (default) or ``"stochastic"`` (unbiased, but noisier) rounding of
+            quantized gradients.
+        mp_levels: quantization levels of 2-4 bit values: ``"uniform"`` (under the group's absmax) or
+            ``"gaussian"`` (Lloyd-Max levels of a Gaussian times the group's RMS; e.g. ``mp_bits=4,
+            mp_grad_bits=2, mp_levels="gaussian"``: ~9x fewer bytes, no AUC loss in benchmarks/dct.py).
+        mp_start_step: training steps before this one send the boundary uncompressed (warm-up).
+        mp_refresh_interval: ``"threshold"``: steps between threshold refreshes.
         log_stats: log ``dct_density``, ``dct_bytes_sent`` and ``dct_compression_ratio`` (previous step's
-            figures, this rank) through the LightningModule's ``log``.
+            figures, this rank) through the LightningModule's ``log``; with sharded tables also
+            ``dct_mp_compression_ratio`` (boundary fp32 bytes / bytes sent, this rank, since the run began).
         seed: seed of the threshold sampling (deterministic across resumes).
         **kwargs: everything :class:`~lightning.pytorch.strategies.DDPStrategy` takes (``start_method``,
             ``process_group_backend``, ``find_unused_parameters``, ``cluster_environment``, ...) except the
@@ -97,7 +117,13 @@ class DCTStrategy(DDPStrategy):
         mp_compression: bool = False,
         mp_keep_ratio: float = 0.05,
         mp_per_table: bool = True,
-        mp_codec: Literal["topk", "fp32", "fp16", "int8"] = "topk",
+        mp_codec: Literal["quant", "topk", "threshold", "fp32", "fp16", "int8"] = "quant",
+        mp_bits: int | None = None,
+        mp_grad_bits: int | None = None,
+        mp_grad_rounding: Literal["nearest", "stochastic"] = "nearest",
+        mp_levels: Literal["uniform", "gaussian"] = "uniform",
+        mp_start_step: int = 0,
+        mp_refresh_interval: int = 100,
         log_stats: bool = True,
         seed: int = 0,
         **kwargs: Any,
@@ -113,8 +139,19 @@ class DCTStrategy(DDPStrategy):
         _check_number("capacity_factor", capacity_factor, 1.0, None, integer=False)
         _check_number("mp_keep_ratio", mp_keep_ratio, 0.0, 1.0, integer=False, lo_open=True)
         _check_number("seed", seed, 0, None, integer=True)
-        if mp_codec not in ("topk", "fp32", "fp16", "int8"):
-            raise ValueError(f"DCTStrategy: mp_codec must be one of 'topk', 'fp32', 'fp16', 'int8', got {mp_codec!r}")
+        if mp_codec not in CODECS:
+            raise ValueError(f"DCTStrategy: mp_codec must be one of {CODECS}, got {mp_codec!r}")
+        for name, bits in (("mp_bits", mp_bits), ("mp_grad_bits", mp_grad_bits)):
+            if bits is not None and mp_codec not in QUANTIZING:
+                raise ValueError(f"DCTStrategy: {name} applies to mp_codec in {QUANTIZING}, not {mp_codec!r}")
+            if bits is not None and (isinstance(bits, bool) or bits not in VALUE_BITS):
+                raise ValueError(f"DCTStrategy: {name} must be None or one of {VALUE_BITS}, got {bits!r}")
+        if mp_levels not in ("uniform", "gaussian"):
+            raise ValueError(f"DCTStrategy: mp_levels must be 'uniform' or 'gaussian', got {mp_levels!r}")
+        if mp_grad_rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"DCTStrategy: mp_grad_rounding must be 'nearest' or 'stochastic', got {mp_grad_rounding!r}")
+        _check_number("mp_start_step", mp_start_step, 0, None, integer=True)
+        _check_number("mp_refresh_interval", mp_refresh_interval, 1, None, integer=True)
         for name, flag in (("error_feedback", error_feedback), ("mp_compression", mp_compression), ("mp_per_table", mp_per_table), ("log_stats", log_stats)):
             if not isinstance(flag, bool):
                 raise TypeError(f"DCTStrategy: {name} must be True or False, got {flag!r}")
@@ -130,11 +167,15 @@ class DCTStrategy(DDPStrategy):
         self.mp_keep_ratio = float(mp_keep_ratio)
         self.mp_per_table = mp_per_table
         self.mp_codec = mp_codec
+        self.mp_codec_options = {"bits": mp_bits, "grad_bits": mp_grad_bits, "grad_rounding": mp_grad_rounding, "levels": mp_levels,
+                                 "start_step": mp_start_step, "refresh_interval": mp_refresh_interval, "seed": seed}  # fmt: skip
         self.log_stats = log_stats
         self.seed = seed
         self.comm_state: DCTCommState | None = None
         self._sharded_this_run = False
         self._pending_comm_state: list[dict[str, Any]] | None = None
+        self._pending_mp_state: list[dict[str, Any]] | None = None
+        self._mp_collections: list[tuple[str, Any]] = []
 
     # ----------------------------------------------------------------- registration
     @classmethod
@@ -155,6 +196,11 @@ class DCTStrategy(DDPStrategy):
         self._sharded_this_run = False
         if self.mp_compression and trainer.state.fn == "fit":
             self._shard_embeddings()
+        self._mp_collections = self._sharded_collections()  # kept: fit swaps full tables back at its end
+        if self._pending_mp_state is not None:
+            for prefix, sub in self._mp_collections:
+                sub.codec.load_state_dict(self._pending_mp_state[self.global_rank][prefix])
+            self._pending_mp_state = None
         super().setup(trainer)
 
     def on_train_end(self) -> None:
@@ -170,7 +216,8 @@ class DCTStrategy(DDPStrategy):
         from ..embeddings.sharded import ignore_sharded_parameters, shard_embeddings  # avoids an import cycle
 
         module = self.lightning_module
-        collections = shard_embeddings(module, codec=self.mp_codec, keep_ratio=self.mp_keep_ratio, per_table=self.mp_per_table)
+        collections = shard_embeddings(module, codec=self.mp_codec, keep_ratio=self.mp_keep_ratio, per_table=self.mp_per_table,
+                                       **self.mp_codec_options)  # fmt: skip
         if not collections:
             raise ValueError(
                 "DCTStrategy(mp_compression=True) needs an embedding collection to shard, but "
@@ -180,8 +227,7 @@ class DCTStrategy(DDPStrategy):
         ignore_sharded_parameters(module)
         self._sharded_this_run = True
         rank_zero_info(
-            f"DCTStrategy: sharded {len(collections)} embedding collection(s) table-wise, boundary codec "
-            f"{self.mp_codec!r}" + (f", keep ratio {self.mp_keep_ratio}" if self.mp_codec == "topk" else "")
+            f"DCTStrategy: sharded {len(collections)} embedding collection(s) table-wise, boundary {collections[0].codec!r}"
         )
 
     def _register_ddp_hooks(self) -> None:
@@ -211,7 +257,18 @@ class DCTStrategy(DDPStrategy):
             stats = self.comm_state.last_stats
             for key in ("density", "bytes_sent", "compression_ratio"):
                 module.log(f"dct_{key}", stats[key], on_step=True, on_epoch=False, batch_size=1)
+        mp = self.mp_stats
+        if self.log_stats and module is not None and mp["forward_bytes"]:
+            ratio = (mp["dense_forward_bytes"] + mp["dense_backward_bytes"]) / (mp["forward_bytes"] + mp["backward_bytes"])
+            module.log("dct_mp_compression_ratio", float(ratio), on_step=True, on_epoch=False, batch_size=1)
         return out
+
+    @property
+    def mp_stats(self) -> dict[str, int]:
+        """This rank's boundary byte counters (``forward_bytes``, ``backward_bytes`` and their fp32
+        equivalents ``dense_*``), summed over the sharded collections of the last run."""
+        keys = ("forward_bytes", "backward_bytes", "dense_forward_bytes", "dense_backward_bytes")
+        return {k: sum(sub.stats[k] for _, sub in self._mp_collections) for k in keys}
 
     # ----------------------------------------------------------------- checkpointing
     def lightning_module_state_dict(self) -> dict[str, Any]:
@@ -255,6 +312,11 @@ class DCTStrategy(DDPStrategy):
             states: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(states, self.comm_state.state_dict())
             checkpoint[CHECKPOINT_KEY] = {"world_size": len(states), "ranks": states}
+        collections = self._mp_collections
+        if collections and dist.is_available() and dist.is_initialized():
+            codecs: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(codecs, {prefix: sub.codec.state_dict() for prefix, sub in collections})
+            checkpoint[MP_CHECKPOINT_KEY] = {"world_size": len(codecs), "ranks": codecs}
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
@@ -270,4 +332,12 @@ class DCTStrategy(DDPStrategy):
                 self.comm_state.load_state_dict(saved["ranks"][self.global_rank], device=self.root_device)
             else:
                 self._pending_comm_state = saved["ranks"]
+        saved_mp = checkpoint.get(MP_CHECKPOINT_KEY)
+        if saved_mp is not None:
+            if saved_mp["world_size"] != self.world_size:
+                raise ValueError(
+                    f"DCTStrategy: the checkpoint's boundary codec state was saved with {saved_mp['world_size']} "
+                    f"processes, this run has {self.world_size}; resume with the same number of processes"
+                )
+            self._pending_mp_state = saved_mp["ranks"]  # applied in setup(), once the tables are sharded
         return checkpoint

@@ -1,29 +1,48 @@
 """DCT's model-parallel half: codecs for the pooled-embedding all-to-all, as a custom autograd Function.
 
-Rows (one per sample and owner rank) of the boundary tensor are encoded into a fixed number of bytes,
-exchanged with one ``all_to_all_single`` on a ``uint8`` buffer, and decoded; the backward pass sends the
-gradients the same way in reverse. Codecs:
+A rank's block of the boundary tensor (one row per sample, ``width`` entries: the pooled vectors of the
+tables this rank owns, side by side) is encoded into a ``uint8`` payload, exchanged with one
+``all_to_all_single`` and decoded; the backward pass sends the gradients the same way in reverse.
+Every byte handed to the collectives is counted (values, index bitmasks, scales, sizes).
 
-- ``"fp32"``: uncompressed (4 bytes per entry each way).
-- ``"fp16"``, ``"int8"`` (row-wise absmax scale): the qcomms-style anchors, both directions quantized.
-- ``"topk"``: DCT. Forward keeps each row's ``k = ceil(keep_ratio * width)`` largest-magnitude entries
-  and sends fp32 values + indices in the smallest type that fits (uint8, int16, int32); backward sends
-  only the gradients at those positions (values only: the receiver already knows the indices).
-  With ``group=G`` the top-k runs within every group of ``G`` consecutive entries of a row instead
-  (``ceil(keep_ratio * G)`` per group): the sharded collection uses one group per table, so every
-  table keeps some of its pooled vector for every sample, rather than the tables with the largest
-  activations taking the whole budget (which starves the others of gradient for good).
+Codecs:
+
+- ``"fp32"``: uncompressed (4 bytes per entry each way); ``"fp16"``, ``"int8"`` (row-wise fp32 absmax
+  scale): every entry, both directions (the qcomms-style anchors).
+- ``"quant"`` (``DCTStrategy``'s default): every entry, ``bits`` forward (default 4) and ``grad_bits``
+  backward (default 1), with one int8 scale code per group (``2 ** (e / 4)``, i.e. ~19% steps over
+  ~2**+-32). 2-8 bits: symmetric uniform levels under the group's absmax; 1 bit: the sign times the
+  group's mean ``|g|``. With the sharded collection's one group per table vector of 16 entries this is
+  4.5 bits forward + 1.5 bits backward per entry, vs 32 + 32 for fp32.
+- ``"topk"`` (DCT's sparse boundary): forward keeps each row's (group's) ``ceil(keep_ratio * width)``
+  largest-magnitude entries; ``"threshold"``: the entries with ``|x| >= tau``, ``tau`` per group,
+  re-estimated every ``refresh_interval`` steps as the ``keep_ratio`` upper quantile of a sample of the
+  current boundary tensor (in between only a comparison, so each sample keeps as many entries as pass).
+  Both send the kept positions (``k`` indices per group or a ``ceil(group / 8)``-byte bitmask, whichever
+  is smaller; always the bitmask for ``"threshold"``, whose payload sizes are exchanged first) and the
+  kept values in ``bits`` (default 32); backward sends only the gradients at the kept positions (the
+  receiver knows the mask) in ``grad_bits``. ``group=G``: select within each run of ``G`` entries (one
+  group per table: every table keeps some of its pooled vector).
+
+Every codec but ``"fp32"`` starts at ``start_step``: earlier training steps send fp32 (a warm-up). The
+step counter, thresholds and refresh steps are the codec's state (``state_dict`` / ``load_state_dict``).
+Why top-k loses: a kept position is chosen by magnitude, so the dot interactions see a few coordinates
+of each vector, and the other coordinates of an embedding row get no gradient from that sample (the
+largest keeps winning); benchmarks/dct.py measures it (>= 0.01 AUC lost even at 50% kept).
 
 Example:
     >>> import torch
     >>> codec = BoundaryCodec("topk", keep_ratio=0.25)
     >>> x = torch.tensor([[0.1, -3.0, 0.2, 2.0]])
-    >>> payload, idx = codec.encode_forward(x)
-    >>> codec.decode_forward(payload, width=4)[0].tolist()
+    >>> payload, mask = codec.encode_forward(x)
+    >>> codec.decode_forward(payload, 1, 4)[0].tolist()
     [[0.0, -3.0, 0.0, 0.0]]
     >>> per_pair = BoundaryCodec("topk", keep_ratio=0.5, group=2)
-    >>> per_pair.decode_forward(per_pair.encode_forward(x)[0], width=4)[0].tolist()
+    >>> per_pair.decode_forward(per_pair.encode_forward(x)[0], 1, 4)[0].tolist()
     [[0.0, -3.0, 0.0, 2.0]]
+    >>> quant = BoundaryCodec("quant", group=4)  # 4 bits forward: 1 scale byte + 2 bytes for 4 entries
+    >>> quant.forward_bytes(1, 4), quant.backward_bytes(1, 4)
+    (3, 2)
 """
 
 from __future__ import annotations
@@ -35,37 +54,92 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["BoundaryCodec", "boundary_all_to_all", "CODECS"]
+from .dp_hook import sampled_threshold
+from .mp_quant import (
+    Levels,
+    _as_bytes,
+    _from_bytes,
+    _pack_bits,
+    _unpack_bits,
+    dequantize_values,
+    quantize_values,
+    value_bytes,
+)
 
-Codec = Literal["fp32", "fp16", "int8", "topk"]
-CODECS: tuple[str, ...] = ("fp32", "fp16", "int8", "topk")
+__all__ = ["BoundaryCodec", "boundary_all_to_all", "CODECS", "VALUE_BITS"]
 
-
-def _as_bytes(t: Tensor) -> Tensor:
-    """[N, W] of any dtype -> [N, W * itemsize] uint8."""
-    return t.reshape(-1).view(torch.uint8).reshape(t.shape[0], t.shape[1] * t.dtype.itemsize)
-
-
-def _from_bytes(b: Tensor, dtype: torch.dtype) -> Tensor:
-    """[N, B] uint8 -> [N, B / itemsize] of ``dtype`` (``reshape(-1)`` copies column slices, even of one row)."""
-    return b.reshape(-1).view(dtype).reshape(b.shape[0], b.shape[1] // dtype.itemsize)
+Codec = Literal["fp32", "fp16", "int8", "quant", "topk", "threshold"]
+Rounding = Literal["stochastic", "nearest"]
+CODECS: tuple[str, ...] = ("fp32", "fp16", "int8", "quant", "topk", "threshold")
+SPARSE: tuple[str, ...] = ("topk", "threshold")
+QUANTIZING: tuple[str, ...] = ("quant", "topk", "threshold")
+VALUE_BITS: tuple[int, ...] = (32, 16, 8, 4, 3, 2, 1)
 
 
 class BoundaryCodec:
-    """Row codec of the embedding boundary; ``keep_ratio`` and ``group`` only matter for ``"topk"``
-    (``group=None``: top-k over the whole row; ``group=G``: top-k within each run of ``G`` entries)."""
+    """Codec of the embedding boundary (see the module docstring).
 
-    def __init__(self, name: Codec = "fp32", keep_ratio: float = 0.05, group: int | None = None) -> None:
+    Args:
+        name: one of :data:`CODECS`.
+        keep_ratio: fraction of entries kept by ``"topk"`` / targeted by ``"threshold"``, in (0, 1].
+        group: ``None``: select (and scale) over the whole row; ``G``: within each run of ``G`` entries.
+        bits: precision of the values sent forward, one of :data:`VALUE_BITS` (``"quant"``: default 4;
+            ``"topk"`` / ``"threshold"``: default 32); only for those three codecs.
+        grad_bits: precision of the gradients sent backward (``"quant"``: default 1, i.e. a per-group
+            scale ``mean |g|`` times the sign; the sparse codecs: default ``bits``).
+        grad_rounding: ``"nearest"`` (default) or ``"stochastic"`` (unbiased, but noisier: it cost AUC
+            in benchmarks/dct.py) rounding of quantized gradients; forward values always go to nearest.
+        levels: 2-4 bit values on ``"uniform"`` levels under the group's absmax (default) or on the
+            ``"gaussian"`` Lloyd-Max levels times the group's RMS (lower error, e.g. 3x for 2 bits).
+        start_step: training steps before this one send fp32 (warm-up).
+        refresh_interval: ``"threshold"``: steps between threshold refreshes.
+        sample_size: ``"threshold"``: entries sampled (per group) to estimate each threshold.
+        seed: seed of that sampling and of stochastic rounding.
+    """
+
+    def __init__(self, name: Codec = "fp32", keep_ratio: float = 0.05, group: int | None = None, bits: int | None = None,
+                 grad_bits: int | None = None, grad_rounding: Rounding = "nearest", levels: Levels = "uniform",
+                 start_step: int = 0, refresh_interval: int = 100, sample_size: int = 8192, seed: int = 0) -> None:  # fmt: skip
         if name not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {name!r}")
         if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
             raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
         if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
             raise ValueError(f"group must be None or an integer >= 1, got {group!r}")
-        self.name = name
-        self.keep_ratio = float(keep_ratio)
-        self.group = group
+        for arg, value in (("bits", bits), ("grad_bits", grad_bits)):
+            if value is None:
+                continue
+            if name not in QUANTIZING:
+                raise ValueError(f"{arg} applies to the codecs {QUANTIZING} only, not {name!r}")
+            if isinstance(value, bool) or value not in VALUE_BITS:
+                raise ValueError(f"{arg} must be one of {VALUE_BITS}, got {value!r}")
+        if levels not in ("uniform", "gaussian"):
+            raise ValueError(f"levels must be 'uniform' or 'gaussian', got {levels!r}")
+        if grad_rounding not in ("stochastic", "nearest"):
+            raise ValueError(f"grad_rounding must be 'stochastic' or 'nearest', got {grad_rounding!r}")
+        for arg, value, lo in (("start_step", start_step, 0), ("refresh_interval", refresh_interval, 1),
+                               ("sample_size", sample_size, 1), ("seed", seed, 0)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"{arg} must be an integer >= {lo}, got {value!r}")
+        self.name, self.keep_ratio, self.group = name, float(keep_ratio), group
+        self.bits = bits if bits is not None else {"quant": 4, "fp16": 16}.get(name, 32)
+        self.grad_bits = grad_bits if grad_bits is not None else 1 if name == "quant" else self.bits
+        self.grad_rounding, self.levels = grad_rounding, levels
+        self.start_step, self.refresh_interval, self.sample_size, self.seed = start_step, refresh_interval, sample_size, seed
+        self.step = 0
+        self.tau: Tensor | None = None  # "threshold": one per group of this rank's block
+        self.refresh_steps: list[int] = []
 
+    def __repr__(self) -> str:
+        opts = f", bits={self.bits}, grad_bits={self.grad_bits}, group={self.group}" if self.name in QUANTIZING else ""
+        opts += f", keep_ratio={self.keep_ratio}" if self.sparse else ""
+        return f"BoundaryCodec({self.name!r}{opts})"
+
+    @property
+    def sparse(self) -> bool:
+        return self.name in SPARSE
+
+    # ------------------------------------------------------------------ layout
     def _groups(self, width: int) -> tuple[int, int]:
         """(groups per row, entries per group) of a row of ``width``."""
         if self.group is None or not width:
@@ -75,149 +149,232 @@ class BoundaryCodec:
         return width // self.group, self.group
 
     def k(self, width: int) -> int:
-        """Entries kept per row of ``width``."""
+        """Entries kept per row of ``width`` by ``"topk"`` (the target for ``"threshold"``)."""
         n, g = self._groups(width)
         return n * min(g, max(1, math.ceil(self.keep_ratio * g))) if g else 0
 
-    def _idx_dtype(self, width: int) -> torch.dtype:
-        g = self._groups(width)[1]
-        if g <= 256:
-            return torch.uint8
-        return torch.int16 if g <= 32767 else torch.int32
+    def _idx_dtype(self, g: int) -> torch.dtype | None:
+        """Index type of ``"topk"`` positions, or ``None`` where a bitmask is smaller."""
+        size, dtype = (1, torch.uint8) if g <= 256 else (2, torch.int16) if g <= 32767 else (4, torch.int32)
+        k = min(g, max(1, math.ceil(self.keep_ratio * g)))
+        return dtype if self.name == "topk" and k * size < (g + 7) // 8 else None
 
-    def forward_row_bytes(self, width: int) -> int:
-        if self.name == "topk":
-            return self.k(width) * (4 + torch.empty(0, dtype=self._idx_dtype(width)).element_size())
-        return {"fp32": 4 * width, "fp16": 2 * width, "int8": width + 4}[self.name]
+    def _index_bytes(self, width: int) -> int:
+        n, g = self._groups(width)
+        dtype = self._idx_dtype(g)
+        return n * (self.k(width) // max(n, 1)) * dtype.itemsize if dtype is not None else n * ((g + 7) // 8)
 
-    def backward_row_bytes(self, width: int) -> int:
-        return 4 * self.k(width) if self.name == "topk" else self.forward_row_bytes(width)
-
-    def _dense_encode(self, x: Tensor) -> Tensor:
-        x = x.float()
+    def forward_bytes(self, rows: int, width: int, kept: int | None = None) -> int:
+        """Payload bytes of ``rows`` rows of ``width`` (``kept``: entries kept, needed for ``"threshold"``)."""
         if self.name == "fp32":
-            return _as_bytes(x)
+            return 4 * rows * width
         if self.name == "fp16":
-            return _as_bytes(x.half())
-        scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / 127.0
-        q = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
-        return torch.cat([_as_bytes(scale), _as_bytes(q)], dim=1)
+            return 2 * rows * width
+        if self.name == "int8":
+            return rows * (width + 4) if width else 0
+        groups = rows * self._groups(width)[0] if width else 0
+        if self.name == "quant":
+            return value_bytes(rows * width, groups, self.bits)
+        kept = rows * self.k(width) if kept is None else kept
+        return rows * self._index_bytes(width) + value_bytes(kept, groups, self.bits)
 
-    def _dense_decode(self, b: Tensor, width: int) -> Tensor:
-        if self.name == "fp32":
-            return _from_bytes(b, torch.float32)
-        if self.name == "fp16":
-            return _from_bytes(b, torch.float16).float()
-        scale = _from_bytes(b[:, :4], torch.float32)
-        return _from_bytes(b[:, 4:], torch.int8).float() * scale
+    def backward_bytes(self, rows: int, width: int, kept: int | None = None) -> int:
+        if self.name not in QUANTIZING:
+            return self.forward_bytes(rows, width)
+        groups = rows * self._groups(width)[0] if width else 0
+        count = rows * width if self.name == "quant" else rows * self.k(width) if kept is None else kept
+        return value_bytes(count, groups, self.grad_bits)
 
-    def encode_forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``x`` [N, W] -> (payload uint8 [N, forward_row_bytes(W)], kept indices [N, k] or None)."""
-        if self.name != "topk":
-            return self._dense_encode(x), None
+    # ------------------------------------------------------------------ selection
+    def select(self, x: Tensor) -> Tensor:
+        """Kept positions of ``x`` [N, W] (bool mask) for the sparse codecs."""
         rows, width = x.shape
         n, g = self._groups(width)
-        xg = x.reshape(rows * n, g)  # indices are positions within a group
-        idx = torch.topk(xg.detach().abs(), self.k(width) // n, dim=1, sorted=False).indices
-        values = xg.gather(1, idx).float()
-        payload = torch.cat([_as_bytes(values), _as_bytes(idx.to(self._idx_dtype(width)))], dim=1)
-        return payload.reshape(rows, self.forward_row_bytes(width)), idx
+        a = x.detach().abs().reshape(rows, n, g)
+        if self.name == "threshold":
+            if self.tau is None:
+                raise RuntimeError("threshold codec has no threshold yet: call refresh(x) on a training step first")
+            return (a >= self.tau.to(a.device).view(1, n, 1)).reshape(rows, width)
+        idx = torch.topk(a, self.k(width) // max(n, 1), dim=2, sorted=False).indices
+        return torch.zeros_like(a, dtype=torch.bool).scatter_(2, idx, True).reshape(rows, width)
 
-    def decode_forward(self, b: Tensor, width: int) -> tuple[Tensor, Tensor | None]:
-        """payload [N, P] -> (dense [N, width] float32, kept indices or None)."""
-        if self.name != "topk":
-            return self._dense_decode(b, width), None
-        rows = b.shape[0]
+    def refresh_due(self, step: int) -> bool:
+        return self.name == "threshold" and step >= self.start_step and (step - self.start_step) % self.refresh_interval == 0
+
+    def refresh(self, x: Tensor) -> None:
+        """Re-estimate the per-group thresholds from ``x`` [N, W]: the ``keep_ratio`` upper quantile of a
+        sample of each group's entries (exact where a group has at most ``sample_size`` entries)."""
+        rows, width = x.shape
         n, g = self._groups(width)
-        k = self.k(width) // n
-        b = b.reshape(rows * n, b.shape[1] // n)
-        values = _from_bytes(b[:, : 4 * k], torch.float32)
-        idx = _from_bytes(b[:, 4 * k :], self._idx_dtype(width)).long()
-        out = torch.zeros(rows * n, g, dtype=torch.float32, device=b.device)
-        return out.scatter_(1, idx, values).reshape(rows, width), idx
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        a = x.detach().float().reshape(rows, n, g).transpose(0, 1).reshape(n, rows * g)
+        self.tau = torch.tensor([sampled_threshold(a[j], self.keep_ratio, self.sample_size, gen) if a.shape[1] else 0.0
+                                 for j in range(n)], dtype=torch.float32)  # fmt: skip
+        self.refresh_steps.append(self.step)
 
-    def encode_backward(self, grad: Tensor, idx: Tensor | None) -> Tensor:
-        if self.name != "topk":
-            return self._dense_encode(grad)
+    # ------------------------------------------------------------------ encode / decode
+    def _all_groups(self, rows: int, width: int) -> tuple[int, int]:
+        """(entries per scale group, number of groups) of a dense [rows, width] block."""
+        n, g = self._groups(width) if width else (0, 0)
+        return g, rows * n
+
+    def _mask_groups(self, mask: Tensor) -> tuple[Tensor, int]:
+        """Scale group of every kept entry (row-major order), and the number of groups."""
+        rows, width = mask.shape
+        n, g = self._groups(width) if width else (0, 0)
+        nz = mask.reshape(rows, n, g).nonzero()
+        return nz[:, 0] * n + nz[:, 1], rows * n
+
+    def encode_forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``x`` [N, W] -> (flat uint8 payload, kept mask [N, W] or None for dense codecs)."""
+        rows, width = x.shape
+        x = x.detach().float()
+        if self.name == "fp32":
+            return _as_bytes(x), None
+        if self.name == "fp16":
+            return _as_bytes(x.half()), None
+        if self.name == "int8":
+            if not width:
+                return x.new_empty(0, dtype=torch.uint8), None
+            scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / 127.0
+            return torch.cat([_as_bytes(scale), _as_bytes(torch.round(x / scale).clamp_(-127, 127).to(torch.int8))]), None
+        if self.name == "quant":
+            return quantize_values(x.reshape(-1), *self._all_groups(rows, width), self.bits, levels=self.levels), None
+        mask = self.select(x)
+        n, g = self._groups(width)
+        m3 = mask.reshape(rows, n, g)
+        dtype = self._idx_dtype(g)
+        index = m3.nonzero()[:, 2].to(dtype) if dtype is not None else _pack_bits(m3)  # sorted indices or bitmask
+        values = quantize_values(x[mask], *self._mask_groups(mask), self.bits, levels=self.levels)
+        return torch.cat([_as_bytes(index), values]), mask
+
+    def decode_forward(self, b: Tensor, rows: int, width: int) -> tuple[Tensor, Tensor | None]:
+        """payload -> (dense [rows, width] float32, kept mask or None)."""
+        if self.name == "fp32":
+            return _from_bytes(b, torch.float32).reshape(rows, width), None
+        if self.name == "fp16":
+            return _from_bytes(b, torch.float16).float().reshape(rows, width), None
+        if self.name == "int8":
+            if not width:
+                return torch.zeros(rows, 0, device=b.device), None
+            scale = _from_bytes(b[: 4 * rows], torch.float32).reshape(rows, 1)
+            return _from_bytes(b[4 * rows :], torch.int8).float().reshape(rows, width) * scale, None
+        if self.name == "quant":
+            return dequantize_values(b, *self._all_groups(rows, width), self.bits, self.levels).reshape(rows, width), None
+        n, g = self._groups(width)
+        ib = rows * self._index_bytes(width)
+        dtype = self._idx_dtype(g)
+        if dtype is not None:
+            idx = _from_bytes(b[:ib], dtype).long().reshape(rows * n, -1)
+            m3 = torch.zeros(rows * n, g, dtype=torch.bool, device=b.device).scatter_(1, idx, True)
+        else:
+            m3 = _unpack_bits(b[:ib].reshape(rows, n, (g + 7) // 8), g)
+        mask = m3.reshape(rows, width)
+        out = torch.zeros(rows, width, device=b.device)
+        out[mask] = dequantize_values(b[ib:], *self._mask_groups(mask), self.bits, self.levels)
+        return out, mask
+
+    def _generator(self, rank: int) -> torch.Generator | None:
+        if self.grad_bits >= 16 or self.grad_rounding == "nearest":
+            return None
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.step) * 4099 + rank)
+
+    def encode_backward(self, grad: Tensor, mask: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+        """Gradient [N, W] -> payload: every entry (``"quant"``), only the kept positions (sparse codecs),
+        or as forward (the other dense codecs). ``generator``: stochastic rounding of quantized gradients."""
+        if self.name not in QUANTIZING:
+            return self.encode_forward(grad)[0]
         rows, width = grad.shape
-        n, g = self._groups(width)
-        kept = grad.float().reshape(rows * n, g).gather(1, idx)
-        return _as_bytes(kept).reshape(rows, self.backward_row_bytes(width))
+        if mask is None:
+            return quantize_values(grad.reshape(-1), *self._all_groups(rows, width), self.grad_bits, generator, self.levels)
+        return quantize_values(grad[mask], *self._mask_groups(mask), self.grad_bits, generator, self.levels)
 
-    def decode_backward(self, b: Tensor, width: int, idx: Tensor | None) -> Tensor:
-        if self.name != "topk":
-            return self._dense_decode(b, width)
-        rows = b.shape[0]
-        n, g = self._groups(width)
-        out = torch.zeros(rows * n, g, dtype=torch.float32, device=b.device)
-        return out.scatter_(1, idx, _from_bytes(b.reshape(rows * n, b.shape[1] // n), torch.float32)).reshape(rows, width)
+    def decode_backward(self, b: Tensor, rows: int, width: int, mask: Tensor | None) -> Tensor:
+        if self.name not in QUANTIZING:
+            return self.decode_forward(b, rows, width)[0]
+        if mask is None:
+            return dequantize_values(b, *self._all_groups(rows, width), self.grad_bits, self.levels).reshape(rows, width)
+        out = torch.zeros(rows, width, device=b.device)
+        out[mask] = dequantize_values(b, *self._mask_groups(mask), self.grad_bits, self.levels)
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        tau = None if self.tau is None else self.tau.clone()
+        return {"step": self.step, "tau": tau, "refresh_steps": list(self.refresh_steps)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.tau = None if state["tau"] is None else state["tau"].clone()
+        self.refresh_steps = list(state["refresh_steps"])
 
 
-def _exchange(payloads: Tensor, send_rows: list[int], recv_rows: list[int], send_row_bytes: int,
-              recv_row_bytes: list[int], group: Any) -> Tensor:
-    out = torch.empty(sum(r * w for r, w in zip(recv_rows, recv_row_bytes)), dtype=torch.uint8, device=payloads.device)
-    dist.all_to_all_single(
-        out,
-        payloads.reshape(-1),
-        output_split_sizes=[r * w for r, w in zip(recv_rows, recv_row_bytes)],
-        input_split_sizes=[r * send_row_bytes for r in send_rows],
-        group=group,
-    )
+_FP32 = BoundaryCodec("fp32")
+
+
+def _exchange(payload: Tensor, send_sizes: list[int], recv_sizes: list[int], group: Any) -> Tensor:
+    out = torch.empty(sum(recv_sizes), dtype=torch.uint8, device=payload.device)
+    dist.all_to_all_single(out, payload, output_split_sizes=recv_sizes, input_split_sizes=send_sizes, group=group)
     return out
 
 
 class _BoundaryAllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: Tensor, codec: BoundaryCodec, send_rows: list[int], batch: int,
-                widths: list[int], group: Any, stats: dict[str, int]) -> Tensor:
-        rank = dist.get_rank(group)
-        world = len(widths)
-        width = widths[rank]
-        payload, sent_idx = codec.encode_forward(local)
-        recv_bytes = [codec.forward_row_bytes(w) for w in widths]
-        raw = _exchange(payload, send_rows, [batch] * world, codec.forward_row_bytes(width), recv_bytes, group)
-        stats["forward_bytes"] += payload.numel()
+                widths: list[int], group: Any, stats: dict[str, int]) -> Tensor:  # fmt: skip
+        payloads, sent_masks = zip(*(codec.encode_forward(blk) for blk in local.split(send_rows)))
+        send_sizes = [p.numel() for p in payloads]
+        if codec.name == "threshold":  # variable payloads: exchange their sizes first (counted too)
+            sizes = torch.tensor(send_sizes, dtype=torch.int64, device=local.device)
+            got = torch.empty_like(sizes)
+            dist.all_to_all_single(got, sizes, group=group)
+            recv_sizes = got.tolist()
+            stats["forward_bytes"] += sizes.numel() * 8
+        else:
+            recv_sizes = [codec.forward_bytes(batch, w) for w in widths]
+        raw = _exchange(torch.cat(payloads), send_sizes, recv_sizes, group)
+        stats["forward_bytes"] += sum(send_sizes)
         stats["dense_forward_bytes"] += local.numel() * 4
-        blocks, recv_idx, start = [], [], 0
-        for w, nb in zip(widths, recv_bytes):
-            dense, idx = codec.decode_forward(raw[start : start + batch * nb].reshape(batch, nb), w)
-            blocks.append(dense)
-            recv_idx.append(idx)
-            start += batch * nb
+        outs, recv_masks = [], []
+        for w, chunk in zip(widths, raw.split(recv_sizes)):
+            dense, mask = codec.decode_forward(chunk, batch, w)
+            outs.append(dense)
+            recv_masks.append(mask)
         ctx.codec, ctx.send_rows, ctx.batch, ctx.widths, ctx.group, ctx.stats = codec, send_rows, batch, widths, group, stats
-        ctx.sent_idx, ctx.recv_idx, ctx.dtype = sent_idx, recv_idx, local.dtype
-        return torch.cat(blocks, dim=1).to(local.dtype)
+        ctx.sent_masks, ctx.recv_masks, ctx.dtype = sent_masks, recv_masks, local.dtype
+        return torch.cat(outs, dim=1).to(local.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         codec, widths, batch = ctx.codec, ctx.widths, ctx.batch
         rank = dist.get_rank(ctx.group)
-        parts, start = [], 0
-        for w, idx in zip(widths, ctx.recv_idx):
-            parts.append(codec.encode_backward(grad[:, start : start + w], idx))
-            start += w
-        payload = torch.cat([p.reshape(-1) for p in parts]) if parts else grad.new_empty(0, dtype=torch.uint8)
-        send_bytes = [codec.backward_row_bytes(w) for w in widths]
-        out = torch.empty(sum(ctx.send_rows) * send_bytes[rank], dtype=torch.uint8, device=grad.device)
-        dist.all_to_all_single(
-            out,
-            payload,
-            output_split_sizes=[r * send_bytes[rank] for r in ctx.send_rows],
-            input_split_sizes=[batch * b for b in send_bytes],
-            group=ctx.group,
-        )
-        ctx.stats["backward_bytes"] += payload.numel()
+        gen = codec._generator(rank)
+        parts = [codec.encode_backward(g, m, gen) for g, m in zip(grad.float().split(widths, dim=1), ctx.recv_masks)]
+        send_sizes = [p.numel() for p in parts]
+        recv_sizes = [codec.backward_bytes(r, widths[rank], None if m is None else int(m.sum()))
+                      for r, m in zip(ctx.send_rows, ctx.sent_masks)]  # fmt: skip
+        raw = _exchange(torch.cat(parts), send_sizes, recv_sizes, ctx.group)
+        ctx.stats["backward_bytes"] += sum(send_sizes)
         ctx.stats["dense_backward_bytes"] += grad.numel() * 4
-        rows = out.reshape(sum(ctx.send_rows), send_bytes[rank])
-        local_grad = codec.decode_backward(rows, widths[rank], ctx.sent_idx).to(ctx.dtype)
-        return local_grad, None, None, None, None, None, None
+        blocks = zip(raw.split(recv_sizes), ctx.send_rows, ctx.sent_masks)
+        local = [codec.decode_backward(c, r, widths[rank], m) for c, r, m in blocks]
+        return torch.cat(local).to(ctx.dtype), None, None, None, None, None, None
 
 
 def boundary_all_to_all(local: Tensor, codec: BoundaryCodec, send_rows: list[int], batch: int,
-                        widths: list[int], group: Any, stats: dict[str, int]) -> Tensor:
+                        widths: list[int], group: Any, stats: dict[str, int], training: bool = False) -> Tensor:  # fmt: skip
     """Send row block ``r`` of ``local`` [sum(send_rows), widths[rank]] to rank ``r``; receive this rank's
     ``batch`` rows from every owner and return them side by side: [batch, sum(widths)].
 
-    ``stats`` (a dict of byte counters) is incremented with the bytes handed to the collectives.
+    ``stats`` (a dict of byte counters) is incremented with the bytes handed to the collectives. With
+    ``training=True`` this call is one training step of ``codec``: fp32 before its ``start_step``, a
+    threshold refresh when one is due, and the step counter advances (every rank must agree).
     """
-    return _BoundaryAllToAll.apply(local, codec, send_rows, batch, widths, group, stats)
+    if training and codec.refresh_due(codec.step):
+        codec.refresh(local)
+    ready = codec.step >= codec.start_step and (codec.name != "threshold" or codec.tau is not None)
+    active = codec if ready else _FP32
+    out = _BoundaryAllToAll.apply(local, active, send_rows, batch, widths, group, stats)
+    if training:
+        codec.step += 1
+    return out

@@ -140,7 +140,7 @@ def recsys_setup():
 def run_mp(out: Path, res: dict) -> None:
     dm, straight = recsys_setup()
     grab = Grab()
-    t = trainer(dct(mp_compression=True, mp_keep_ratio=0.25), out, max_epochs=2, limit_val_batches=1, num_sanity_val_steps=0,
+    t = trainer(dct(mp_compression=True), out, max_epochs=2, limit_val_batches=1, num_sanity_val_steps=0,
                 callbacks=[grab])
     t.fit(straight, dm)
     (coll,) = grab.sharded
@@ -157,17 +157,21 @@ def run_mp(out: Path, res: dict) -> None:
         pl.seed_everything(0)
         m = OwnCollectionModule()
         grab = Grab()
-        t = trainer(dct(mp_compression=True, mp_keep_ratio=0.25), out, max_epochs=epochs, callbacks=[grab])
+        # threshold codec: its state (step, thresholds refreshed at steps 1, 4, 7) must survive the checkpoint
+        mp = dict(mp_codec="threshold", mp_keep_ratio=0.25, mp_start_step=1, mp_refresh_interval=3)
+        t = trainer(dct(mp_compression=True, **mp), out, max_epochs=epochs, callbacks=[grab])
         t.fit(m, plain_loader(), ckpt_path=ckpt)
         return t, grab.sharded[0]
 
     t, m = fit(2)
-    res["own_straight"] = {"state": t.strategy.lightning_module_state_dict(), "comm": t.strategy.comm_state.state_dict()}
+    res["own_straight"] = {"state": t.strategy.lightning_module_state_dict(), "comm": t.strategy.comm_state.state_dict(),
+                           "codec": m.codec.state_dict()}  # fmt: skip
     t, m = fit(1)
     ckpt = out / "mp_half.ckpt"
     t.save_checkpoint(ckpt)
     t, m = fit(2, ckpt)
-    res["own_resumed"] = {"state": t.strategy.lightning_module_state_dict(), "comm": t.strategy.comm_state.state_dict()}
+    res["own_resumed"] = {"state": t.strategy.lightning_module_state_dict(), "comm": t.strategy.comm_state.state_dict(),
+                          "codec": m.codec.state_dict()}  # fmt: skip
     res["own_local_tables"] = sorted(m.tables)
     res["mp_ckpt_keys"] = sorted(k for k in torch.load(ckpt, weights_only=False)["state_dict"] if ".tables." in k)
 

@@ -82,6 +82,9 @@ def test_mp_sharded_resume_is_exact(runs):
     for r in (r0, r1):
         assert _equal(r["own_straight"]["state"], r["own_resumed"]["state"])
         assert _equal(r["own_straight"]["comm"]["residuals"], r["own_resumed"]["comm"]["residuals"])
+        cs, cr = r["own_straight"]["codec"], r["own_resumed"]["codec"]
+        assert cs["step"] == cr["step"] == 8 and cs["refresh_steps"] == cr["refresh_steps"] == [1, 4, 7]
+        assert torch.equal(cs["tau"], cr["tau"])
 
 
 @pytest.mark.timeout(150)
@@ -95,9 +98,9 @@ def test_mp_compression_shards_our_dlrm(runs):
     assert _equal(m0["after_fit_state"], m0["full"]) and _equal(m1["after_fit_state"], m0["full"])
     assert r0["mp_ckpt_keys"] == ["emb.tables.a.weight", "emb.tables.b.weight", "emb.tables.c.weight"]  # so does the file
     s = m0["stats"]
-    fwd_ratio = s["dense_forward_bytes"] / s["forward_bytes"]
-    assert fwd_ratio == pytest.approx(4 / (0.25 * 5), rel=0.05)  # keep 25%: fp32 values + uint8 indices
-    assert s["backward_bytes"] * 4 == pytest.approx(s["dense_backward_bytes"], rel=0.05)
+    # default codec: per 8-d table vector, 1 scale byte + 8 x 4 bits forward, 1 + 8 x 1 bit backward
+    assert s["dense_forward_bytes"] / s["forward_bytes"] == pytest.approx(32 / 5)
+    assert s["dense_backward_bytes"] / s["backward_bytes"] == pytest.approx(32 / 2)
     assert 0.0 <= m0["val_auc"] <= 1.0
 
 

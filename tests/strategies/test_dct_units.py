@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ({"error_feedback": "yes"}, TypeError, "error_feedback must be True or False"),
         ({"sample_size": 0}, ValueError, "sample_size"),
         ({"mp_codec": "fp8"}, ValueError, "mp_codec must be one of"),
+        ({"mp_codec": "topk", "mp_bits": 7}, ValueError, "mp_bits must be None or one of"),
         ({"ddp_comm_hook": lambda s, b: None}, ValueError, "ddp_comm_hook"),
     ],
 )
@@ -101,16 +102,16 @@ def test_topk_codec_roundtrip_matches_mask():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 40, generator=g)
     codec = BoundaryCodec("topk", keep_ratio=0.1)
-    payload, idx = codec.encode_forward(x)
-    assert payload.shape == (7, codec.forward_row_bytes(40)) and codec.k(40) == 4
-    dense, ridx = codec.decode_forward(payload, 40)
-    mask = torch.zeros_like(x).scatter_(1, torch.topk(x.abs(), 4, dim=1).indices, 1.0)
-    assert torch.equal(dense, x * mask)
+    payload, sent_mask = codec.encode_forward(x)
+    assert payload.numel() == codec.forward_bytes(7, 40) and codec.k(40) == 4
+    dense, mask = codec.decode_forward(payload, 7, 40)
+    ref = torch.zeros_like(x).scatter_(1, torch.topk(x.abs(), 4, dim=1).indices, 1.0)
+    assert torch.equal(dense, x * ref) and torch.equal(mask, ref.bool()) and torch.equal(sent_mask, mask)
     grad = torch.randn(7, 40, generator=g)
-    back = codec.decode_backward(codec.encode_backward(grad, ridx), 40, idx)
-    assert torch.equal(back, grad * mask)
-    assert codec.forward_row_bytes(40) == 4 * (4 + 1)  # fp32 values + uint8 indices (row width <= 256)
-    assert codec.forward_row_bytes(1000) == 100 * (4 + 2)  # int16 indices beyond 256
+    back = codec.decode_backward(codec.encode_backward(grad, mask), 7, 40, sent_mask)
+    assert torch.equal(back, grad * ref)
+    assert codec.forward_bytes(1, 40) == 4 * (4 + 1)  # fp32 values + uint8 indices (4 bytes < a 5-byte bitmask)
+    assert codec.forward_bytes(1, 1000) == 125 + 100 * 4  # a 125-byte bitmask beats 100 int16 indices
     with pytest.raises(ValueError, match="codec must be one of"):
         BoundaryCodec("fp8")
     with pytest.raises(ValueError, match="keep_ratio"):
@@ -121,7 +122,7 @@ def test_int8_and_fp16_codecs_are_close():
     x = torch.randn(5, 33)
     for name, tol in (("fp16", 1e-2), ("int8", 0.03)):
         c = BoundaryCodec(name)
-        out, _ = c.decode_forward(c.encode_forward(x)[0], 33)
+        out, _ = c.decode_forward(c.encode_forward(x)[0], 5, 33)
         assert (out - x).abs().max() < tol * math.ceil(float(x.abs().max()))
 
 
@@ -130,14 +131,14 @@ def test_per_table_topk_codec_keeps_every_group():
     x = torch.randn(5, 3 * 16, generator=g)
     x[:, :16] *= 100  # the first table dominates: a whole-row top-k would keep only its entries
     codec = BoundaryCodec("topk", keep_ratio=0.1, group=16)
-    assert codec.k(48) == 3 * 2 and codec.forward_row_bytes(48) == 6 * (4 + 1)
-    payload, idx = codec.encode_forward(x)
-    dense, ridx = codec.decode_forward(payload, 48)
-    mask = torch.zeros(5, 3, 16).scatter_(2, torch.topk(x.view(5, 3, 16).abs(), 2, dim=2).indices, 1.0).view(5, 48)
-    assert torch.equal(dense, x * mask) and bool((mask.view(5, 3, 16).sum(2) == 2).all())
+    assert codec.k(48) == 3 * 2 and codec.forward_bytes(1, 48) == 6 * (4 + 1)
+    payload, sent_mask = codec.encode_forward(x)
+    dense, mask = codec.decode_forward(payload, 5, 48)
+    ref = torch.zeros(5, 3, 16).scatter_(2, torch.topk(x.view(5, 3, 16).abs(), 2, dim=2).indices, 1.0).view(5, 48)
+    assert torch.equal(dense, x * ref) and bool((ref.view(5, 3, 16).sum(2) == 2).all())
     grad = torch.randn(5, 48, generator=g)
-    back = codec.decode_backward(codec.encode_backward(grad, ridx), 48, idx)
-    assert torch.equal(back, grad * mask)  # backward: exactly the forward's positions
+    back = codec.decode_backward(codec.encode_backward(grad, mask), 5, 48, sent_mask)
+    assert torch.equal(back, grad * ref)  # backward: exactly the forward's positions
     with pytest.raises(ValueError, match="not a multiple of the codec's group 16"):
         codec.encode_forward(torch.randn(2, 40))
     with pytest.raises(ValueError, match="group must be None or an integer >= 1"):
@@ -169,16 +170,21 @@ def test_capacity_is_fixed_by_layout_and_options():
 
 
 @pytest.mark.parametrize("rows", [0, 1])
-@pytest.mark.parametrize(("name", "group"), [("topk", None), ("topk", 4), ("fp16", None), ("int8", None), ("fp32", None)])
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [("topk", None), ("topk", 4), ("threshold", 4), ("quant", 4), ("quant", None), ("fp16", None), ("int8", None), ("fp32", None)],
+)
 def test_codecs_handle_one_and_zero_rows(rows, name, group):
     # a rank may hold a single sample (or none) of a batch: column slices of a one-row payload have odd strides
     codec = BoundaryCodec(name, keep_ratio=0.25, group=group)
     x = torch.arange(1.0, 1.0 + rows * 8).reshape(rows, 8)
-    payload, idx = codec.encode_forward(x)
-    dense, ridx = codec.decode_forward(payload, 8)
-    back = codec.decode_backward(codec.encode_backward(torch.ones(rows, 8), ridx), 8, idx)
+    if name == "threshold":
+        codec.refresh(torch.arange(1.0, 9.0).reshape(1, 8))
+    payload, sent_mask = codec.encode_forward(x)
+    dense, mask = codec.decode_forward(payload, rows, 8)
+    back = codec.decode_backward(codec.encode_backward(torch.ones(rows, 8), mask), rows, 8, sent_mask)
     assert dense.shape == back.shape == (rows, 8)
-    if rows and name == "topk":
+    if rows and codec.sparse:
         assert torch.equal(dense != 0, back != 0) and torch.equal(dense[dense != 0], x[dense != 0])
 
 
