@@ -66,8 +66,13 @@ def _qparams_int8(w: Tensor) -> tuple[Tensor, Tensor]:
     lo = w.amin(1).double().clamp(max=0.0)
     hi = w.amax(1).double().clamp(min=0.0)
     scale = ((hi - lo) / 254.0).float()
+    zp = torch.round(-lo / torch.where(scale > 0, scale, 1.0).double()).clamp(0, 254)
+    # a constant row c is stored exactly: scale |c|, code 1 (zp 0) for c > 0, code 0 (zp 1) for c < 0
+    first = w[:, 0]
+    const = w.amax(1) == w.amin(1)
+    scale = torch.where(const, first.abs(), scale)
+    zp = torch.where(const, (first < 0).double(), zp)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zp = torch.round(-lo / scale.double()).clamp(0, 254)
     return scale, zp.float()
 
 
