@@ -2,6 +2,7 @@
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature, collate_samples
 from .movielens import MovieLens100KDataModule
+from .resumable import ResumableDataLoader
 from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCTRDataModule, SyntheticCTRDataset
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "MovieLens100KDataModule",
     "PlantedCTRModel",
     "RecsysBatch",
+    "ResumableDataLoader",
     "SparseFeature",
     "SyntheticCTRDataModule",
     "SyntheticCTRDataset",

@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
+from .resumable import ResumableDataLoader
 
 __all__ = [
     "MovieLens100KDataModule",
@@ -513,14 +514,12 @@ class MovieLens100KDataModule(pl.LightningDataModule):
     def _loader(self, dataset: MovieLensDataset | None, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader (the Trainer does it for you)")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(dataset, self.seed) if train and self.shuffle else None,
-            collate_fn=_passthrough,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        kwargs = {"batch_size": self.batch_size, "collate_fn": _passthrough, "num_workers": self.num_workers,
+                  "persistent_workers": self.num_workers > 0}  # fmt: skip
+        if train:  # resumes mid-epoch exactly (see ResumableDataLoader)
+            sampler = EpochShuffleSampler(dataset, self.seed) if self.shuffle else None
+            return ResumableDataLoader(dataset, sampler=sampler, datamodule=self, **kwargs)
+        return DataLoader(dataset, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, train=True)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
+from .resumable import ResumableDataLoader
 
 __all__ = ["CRITEO_KAGGLE_CARDINALITIES", "PlantedCTRModel", "SyntheticCTRDataset", "SyntheticCTRDataModule"]
 
@@ -295,13 +296,12 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
         return {t: float(m.compute()) for t, m in metrics.items()}
 
     def _loader(self, split: str, num: int) -> DataLoader:
-        return DataLoader(
-            SyntheticCTRDataset(self, split, num),
-            batch_size=None,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        kwargs = {"batch_size": None, "shuffle": False, "num_workers": self.num_workers,
+                  "persistent_workers": self.num_workers > 0}  # fmt: skip
+        dataset = SyntheticCTRDataset(self, split, num)
+        if split == "train":  # resumes mid-epoch exactly (see ResumableDataLoader)
+            return ResumableDataLoader(dataset, datamodule=self, **kwargs)
+        return DataLoader(dataset, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.num_train)
