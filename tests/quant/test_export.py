@@ -10,6 +10,8 @@ from lightning_recsys.models import DLRM
 from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, load, quantize_
 from lightning_recsys.quant.lowering import lower_tables
 
+from .test_api_config import UserModel
+
 pytestmark = pytest.mark.timeout(240)
 
 CARDS = {"a": 50, "b": 30, "c": 40}
@@ -68,15 +70,6 @@ def test_recsys_model_export_matches_ort(tmp_path):
             torch.testing.assert_close(got, ref, atol=2e-3, rtol=1e-3)
 
 
-class UserModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.user = nn.Embedding(100, 8)
-        self.items = nn.EmbeddingBag(200, 8, mode="mean")
-        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
-
-    def forward(self, user, items):
-        return self.mlp(torch.cat([self.user(user), self.items(items)], 1))
 
 
 def test_user_tensor_model_export(tmp_path):
