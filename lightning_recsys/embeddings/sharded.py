@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..data.batch import SparseFeature
 from ..models.dlrm import EmbeddingBagCollection
-from ..strategies.mp_boundary import BoundaryCodec, Codec, Levels, Rounding, boundary_all_to_all
+from ..strategies.mp_boundary import BoundaryCodec, Codec, Levels, Rounding, Scales, boundary_all_to_all
 
 __all__ = [
     "ShardedEmbeddingBagCollection",
@@ -64,13 +64,13 @@ class ShardedEmbeddingBagCollection(nn.Module):
         cardinalities: rows per feature (feature order = output order).
         embedding_dim: columns of every table.
         codec: boundary codec, ``"fp32"`` (uncompressed), ``"fp16"``, ``"int8"``, ``"quant"`` (4-bit forward,
-            1-bit backward by default), ``"topk"`` or ``"threshold"`` (DCT's sparse boundary).
+            2-bit backward, Gaussian levels, factored scales by default), ``"topk"`` or ``"threshold"`` (DCT's sparse boundary).
         keep_ratio: fraction of each sample's boundary entries kept by ``"topk"`` (``"threshold"``: targeted).
         per_table: ``"topk"`` keeps ``ceil(keep_ratio * embedding_dim)`` entries of every table's pooled
             vector per sample (default; ``"threshold"``: one threshold per table; ``"quant"`` and quantized
             values: one scale per table vector); ``False``: per sample's whole row on each owner.
-        bits, grad_bits, grad_rounding, levels, start_step, refresh_interval, sample_size: the codec's value
-            precision forward and backward, warm-up and threshold refresh (see
+        bits, grad_bits, grad_rounding, levels, scales, start_step, refresh_interval, sample_size: the codec's
+            value precision and scale layout forward and backward, warm-up and threshold refresh (see
             :class:`~lightning_recsys.strategies.mp_boundary.BoundaryCodec`).
         placement: feature -> owner rank (default :func:`plan_placement`).
         weights: initial full tables (feature -> [rows, dim]); default DLRM's uniform(+-1/sqrt(rows)),
@@ -92,7 +92,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
         bits: int | None = None,
         grad_bits: int | None = None,
         grad_rounding: Rounding = "nearest",
-        levels: Levels = "uniform",
+        levels: Levels | None = None,
+        scales: Scales | None = None,
         start_step: int = 0,
         refresh_interval: int = 100,
         sample_size: int = 8192,
@@ -108,7 +109,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
         if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
         self.codec = make_codec(codec, keep_ratio, per_table, embedding_dim, bits=bits, grad_bits=grad_bits,
-                                grad_rounding=grad_rounding, levels=levels, start_step=start_step,
+                                grad_rounding=grad_rounding, levels=levels, scales=scales, start_step=start_step,
                                 refresh_interval=refresh_interval, sample_size=sample_size, seed=seed)  # fmt: skip
         self.process_group = process_group
         self.world_size = dist.get_world_size(process_group)

@@ -75,7 +75,7 @@ class DCTStrategy(DDPStrategy):
             :class:`~lightning_recsys.embeddings.sharded.ShardedEmbeddingBagCollection`) and compress the
             pooled-embedding all-to-all.
         mp_codec: boundary codec: ``"quant"`` (default: every entry, ``mp_bits`` forward, ``mp_grad_bits``
-            backward, one scale per table vector), ``"topk"`` (per-sample top-k values + positions,
+            backward, Gaussian levels, factored scales: ~10x fewer bytes), ``"topk"`` (per-sample top-k values + positions,
             gradients at the same positions), ``"threshold"`` (entries over a per-table threshold refreshed
             every ``mp_refresh_interval`` steps), or the anchors ``"fp32"`` (uncompressed), ``"fp16"``,
             ``"int8"``.
@@ -85,13 +85,17 @@ class DCTStrategy(DDPStrategy):
             ``ceil(mp_keep_ratio * embedding_dim)`` entries) rather than over the sample's whole row.
         mp_bits: bits per value sent forward by ``"quant"`` (default 4), ``"topk"``/``"threshold"``
             (default 32): one of 32, 16, 8, 4, 3, 2, 1.
-        mp_grad_bits: bits per gradient sent backward (default: 1 for ``"quant"``, a per-group scale times
-            the sign; ``mp_bits`` otherwise).
+        mp_grad_bits: bits per gradient sent backward (default: 2 for ``"quant"``, ``mp_bits`` otherwise;
+            1 is a scale times the sign).
         mp_grad_rounding: ``"nearest"`` (default) or ``"stochastic"`` (unbiased, but noisier) rounding of
             quantized gradients.
-        mp_levels: quantization levels of 2-4 bit values: ``"uniform"`` (under the group's absmax) or
-            ``"gaussian"`` (Lloyd-Max levels of a Gaussian times the group's RMS; e.g. ``mp_bits=4,
-            mp_grad_bits=2, mp_levels="gaussian"``: ~9x fewer bytes, no AUC loss in benchmarks/dct.py).
+        mp_levels: quantization levels of 2-4 bit values: ``"gaussian"`` (``"quant"``'s default: Lloyd-Max
+            levels of a Gaussian times an RMS scale) or ``"uniform"`` (under an absmax; the sparse codecs'
+            default).
+        mp_scales: ``"quant"``'s int8 scale codes: ``"factored"`` (default: one per table of each
+            all-to-all block times one per sample) or ``"group"`` (one per table vector of each sample,
+            +0.5 bit per entry at 16-wide tables; with it the former default ``mp_grad_bits=1,
+            mp_levels="uniform"`` is 10.1x but lost up to 0.005 AUC in benchmarks/dct.py's seed sweep).
         mp_start_step: training steps before this one send the boundary uncompressed (warm-up).
         mp_refresh_interval: ``"threshold"``: steps between threshold refreshes.
         log_stats: log ``dct_density``, ``dct_bytes_sent`` and ``dct_compression_ratio`` (previous step's
@@ -121,7 +125,8 @@ class DCTStrategy(DDPStrategy):
         mp_bits: int | None = None,
         mp_grad_bits: int | None = None,
         mp_grad_rounding: Literal["nearest", "stochastic"] = "nearest",
-        mp_levels: Literal["uniform", "gaussian"] = "uniform",
+        mp_levels: Literal["uniform", "gaussian"] | None = None,
+        mp_scales: Literal["factored", "group"] | None = None,
         mp_start_step: int = 0,
         mp_refresh_interval: int = 100,
         log_stats: bool = True,
@@ -146,8 +151,12 @@ class DCTStrategy(DDPStrategy):
                 raise ValueError(f"DCTStrategy: {name} applies to mp_codec in {QUANTIZING}, not {mp_codec!r}")
             if bits is not None and (isinstance(bits, bool) or bits not in VALUE_BITS):
                 raise ValueError(f"DCTStrategy: {name} must be None or one of {VALUE_BITS}, got {bits!r}")
-        if mp_levels not in ("uniform", "gaussian"):
-            raise ValueError(f"DCTStrategy: mp_levels must be 'uniform' or 'gaussian', got {mp_levels!r}")
+        if mp_levels not in (None, "uniform", "gaussian"):
+            raise ValueError(f"DCTStrategy: mp_levels must be None, 'uniform' or 'gaussian', got {mp_levels!r}")
+        if mp_scales not in (None, "factored", "group"):
+            raise ValueError(f"DCTStrategy: mp_scales must be None, 'factored' or 'group', got {mp_scales!r}")
+        if mp_scales == "factored" and mp_codec != "quant":
+            raise ValueError(f"DCTStrategy: mp_scales='factored' applies to mp_codec='quant' only, not {mp_codec!r}")
         if mp_grad_rounding not in ("nearest", "stochastic"):
             raise ValueError(f"DCTStrategy: mp_grad_rounding must be 'nearest' or 'stochastic', got {mp_grad_rounding!r}")
         _check_number("mp_start_step", mp_start_step, 0, None, integer=True)
@@ -168,7 +177,7 @@ class DCTStrategy(DDPStrategy):
         self.mp_per_table = mp_per_table
         self.mp_codec = mp_codec
         self.mp_codec_options = {"bits": mp_bits, "grad_bits": mp_grad_bits, "grad_rounding": mp_grad_rounding, "levels": mp_levels,
-                                 "start_step": mp_start_step, "refresh_interval": mp_refresh_interval, "seed": seed}  # fmt: skip
+                                 "scales": mp_scales, "start_step": mp_start_step, "refresh_interval": mp_refresh_interval, "seed": seed}  # fmt: skip
         self.log_stats = log_stats
         self.seed = seed
         self.comm_state: DCTCommState | None = None

@@ -10,10 +10,12 @@ Codecs:
 - ``"fp32"``: uncompressed (4 bytes per entry each way); ``"fp16"``, ``"int8"`` (row-wise fp32 absmax
   scale): every entry, both directions (the qcomms-style anchors).
 - ``"quant"`` (``DCTStrategy``'s default): every entry, ``bits`` forward (default 4) and ``grad_bits``
-  backward (default 1), with one int8 scale code per group (``2 ** (e / 4)``, i.e. ~19% steps over
-  ~2**+-32). 2-8 bits: symmetric uniform levels under the group's absmax; 1 bit: the sign times the
-  group's mean ``|g|``. With the sharded collection's one group per table vector of 16 entries this is
-  4.5 bits forward + 1.5 bits backward per entry, vs 32 + 32 for fp32.
+  backward (default 2), on Lloyd-Max Gaussian levels (``levels="gaussian"``, default; or uniform levels
+  under an absmax) times int8 scale codes (``2 ** (e / 4)``, i.e. ~19% steps over ~2**+-32): by default
+  factored (``scales="factored"``): one code per table (group column) of the block times one per sample
+  (row), i.e. ~4.03 bits forward + ~2.04 backward per entry at 16-wide tables, vs 32 + 32 for fp32;
+  ``scales="group"``: one code per table vector of each sample (+0.5 bit per entry at 16 entries).
+  1 bit: the sign times the scale group's mean ``|g|``.
 - ``"topk"`` (DCT's sparse boundary): forward keeps each row's (group's) ``ceil(keep_ratio * width)``
   largest-magnitude entries; ``"threshold"``: the entries with ``|x| >= tau``, ``tau`` per group,
   re-estimated every ``refresh_interval`` steps as the ``keep_ratio`` upper quantile of a sample of the
@@ -40,9 +42,9 @@ Example:
     >>> per_pair = BoundaryCodec("topk", keep_ratio=0.5, group=2)
     >>> per_pair.decode_forward(per_pair.encode_forward(x)[0], 1, 4)[0].tolist()
     [[0.0, -3.0, 0.0, 2.0]]
-    >>> quant = BoundaryCodec("quant", group=4)  # 4 bits forward: 1 scale byte + 2 bytes for 4 entries
+    >>> quant = BoundaryCodec("quant", group=4)  # 4 bits forward: 1 table + 1 row scale byte, 2 bytes for 4 entries
     >>> quant.forward_bytes(1, 4), quant.backward_bytes(1, 4)
-    (3, 2)
+    (4, 3)
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ from .mp_quant import (
     _from_bytes,
     _pack_bits,
     _unpack_bits,
+    dequantize_factored,
     dequantize_values,
+    factored_bytes,
+    quantize_factored,
     quantize_values,
     value_bytes,
 )
@@ -70,6 +75,7 @@ __all__ = ["BoundaryCodec", "boundary_all_to_all", "CODECS", "VALUE_BITS"]
 
 Codec = Literal["fp32", "fp16", "int8", "quant", "topk", "threshold"]
 Rounding = Literal["stochastic", "nearest"]
+Scales = Literal["group", "factored"]
 CODECS: tuple[str, ...] = ("fp32", "fp16", "int8", "quant", "topk", "threshold")
 SPARSE: tuple[str, ...] = ("topk", "threshold")
 QUANTIZING: tuple[str, ...] = ("quant", "topk", "threshold")
@@ -85,12 +91,17 @@ class BoundaryCodec:
         group: ``None``: select (and scale) over the whole row; ``G``: within each run of ``G`` entries.
         bits: precision of the values sent forward, one of :data:`VALUE_BITS` (``"quant"``: default 4;
             ``"topk"`` / ``"threshold"``: default 32); only for those three codecs.
-        grad_bits: precision of the gradients sent backward (``"quant"``: default 1, i.e. a per-group
-            scale ``mean |g|`` times the sign; the sparse codecs: default ``bits``).
+        grad_bits: precision of the gradients sent backward (``"quant"``: default 2; 1 is a scale
+            ``mean |g|`` times the sign; the sparse codecs: default ``bits``).
         grad_rounding: ``"nearest"`` (default) or ``"stochastic"`` (unbiased, but noisier: it cost AUC
             in benchmarks/dct.py) rounding of quantized gradients; forward values always go to nearest.
-        levels: 2-4 bit values on ``"uniform"`` levels under the group's absmax (default) or on the
-            ``"gaussian"`` Lloyd-Max levels times the group's RMS (lower error, e.g. 3x for 2 bits).
+        levels: 2-4 bit values on ``"uniform"`` levels under the group's absmax (the sparse codecs'
+            default) or on the ``"gaussian"`` Lloyd-Max levels times the group's RMS (``"quant"``'s
+            default: lower error, e.g. 3x for 2 bits).
+        scales: ``"quant"``'s scale layout: ``"factored"`` (its default: one int8 scale code per group
+            column of the block, i.e. per table, times one per row, i.e. per sample: ``rows + groups``
+            scale bytes, see :func:`~lightning_recsys.strategies.mp_quant.quantize_factored`) or
+            ``"group"`` (one per group, i.e. per table vector of every sample: ``rows * groups`` bytes).
         start_step: training steps before this one send fp32 (warm-up).
         refresh_interval: ``"threshold"``: steps between threshold refreshes.
         sample_size: ``"threshold"``: entries sampled (per group) to estimate each threshold.
@@ -98,8 +109,8 @@ class BoundaryCodec:
     """
 
     def __init__(self, name: Codec = "fp32", keep_ratio: float = 0.05, group: int | None = None, bits: int | None = None,
-                 grad_bits: int | None = None, grad_rounding: Rounding = "nearest", levels: Levels = "uniform",
-                 start_step: int = 0, refresh_interval: int = 100, sample_size: int = 8192, seed: int = 0) -> None:  # fmt: skip
+                 grad_bits: int | None = None, grad_rounding: Rounding = "nearest", levels: Levels | None = None,
+                 scales: Scales | None = None, start_step: int = 0, refresh_interval: int = 100, sample_size: int = 8192, seed: int = 0) -> None:  # fmt: skip
         if name not in CODECS:
             raise ValueError(f"codec must be one of {CODECS}, got {name!r}")
         if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0 < keep_ratio <= 1:
@@ -113,8 +124,14 @@ class BoundaryCodec:
                 raise ValueError(f"{arg} applies to the codecs {QUANTIZING} only, not {name!r}")
             if isinstance(value, bool) or value not in VALUE_BITS:
                 raise ValueError(f"{arg} must be one of {VALUE_BITS}, got {value!r}")
+        levels = levels if levels is not None else "gaussian" if name == "quant" else "uniform"
+        scales = scales if scales is not None else "factored" if name == "quant" else "group"
         if levels not in ("uniform", "gaussian"):
             raise ValueError(f"levels must be 'uniform' or 'gaussian', got {levels!r}")
+        if scales not in ("group", "factored"):
+            raise ValueError(f"scales must be 'group' or 'factored', got {scales!r}")
+        if scales == "factored" and name != "quant":
+            raise ValueError(f"scales='factored' applies to the 'quant' codec only, not {name!r}")
         if grad_rounding not in ("stochastic", "nearest"):
             raise ValueError(f"grad_rounding must be 'stochastic' or 'nearest', got {grad_rounding!r}")
         for arg, value, lo in (("start_step", start_step, 0), ("refresh_interval", refresh_interval, 1),
@@ -123,8 +140,8 @@ class BoundaryCodec:
                 raise ValueError(f"{arg} must be an integer >= {lo}, got {value!r}")
         self.name, self.keep_ratio, self.group = name, float(keep_ratio), group
         self.bits = bits if bits is not None else {"quant": 4, "fp16": 16}.get(name, 32)
-        self.grad_bits = grad_bits if grad_bits is not None else 1 if name == "quant" else self.bits
-        self.grad_rounding, self.levels = grad_rounding, levels
+        self.grad_bits = grad_bits if grad_bits is not None else 2 if name == "quant" else self.bits
+        self.grad_rounding, self.levels, self.scales = grad_rounding, levels, scales
         self.start_step, self.refresh_interval, self.sample_size, self.seed = start_step, refresh_interval, sample_size, seed
         self.step = 0
         self.tau: Tensor | None = None  # "threshold": one per group of this rank's block
@@ -132,6 +149,7 @@ class BoundaryCodec:
 
     def __repr__(self) -> str:
         opts = f", bits={self.bits}, grad_bits={self.grad_bits}, group={self.group}" if self.name in QUANTIZING else ""
+        opts += f", levels={self.levels!r}, scales={self.scales!r}" if self.name == "quant" else ""
         opts += f", keep_ratio={self.keep_ratio}" if self.sparse else ""
         return f"BoundaryCodec({self.name!r}{opts})"
 
@@ -174,16 +192,23 @@ class BoundaryCodec:
             return rows * (width + 4) if width else 0
         groups = rows * self._groups(width)[0] if width else 0
         if self.name == "quant":
-            return value_bytes(rows * width, groups, self.bits)
+            return self._dense_bytes(rows, width, self.bits)
         kept = rows * self.k(width) if kept is None else kept
         return rows * self._index_bytes(width) + value_bytes(kept, groups, self.bits)
 
     def backward_bytes(self, rows: int, width: int, kept: int | None = None) -> int:
         if self.name not in QUANTIZING:
             return self.forward_bytes(rows, width)
+        if self.name == "quant":
+            return self._dense_bytes(rows, width, self.grad_bits)
         groups = rows * self._groups(width)[0] if width else 0
-        count = rows * width if self.name == "quant" else rows * self.k(width) if kept is None else kept
-        return value_bytes(count, groups, self.grad_bits)
+        return value_bytes(rows * self.k(width) if kept is None else kept, groups, self.grad_bits)
+
+    def _dense_bytes(self, rows: int, width: int, bits: int) -> int:
+        """``"quant"``: bytes of a [rows, width] block at ``bits``."""
+        if self.scales == "factored":
+            return factored_bytes(rows, width, self._groups(width)[1], bits)
+        return value_bytes(rows * width, rows * self._groups(width)[0] if width else 0, bits)
 
     # ------------------------------------------------------------------ selection
     def select(self, x: Tensor) -> Tensor:
@@ -239,7 +264,7 @@ class BoundaryCodec:
             scale = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / 127.0
             return torch.cat([_as_bytes(scale), _as_bytes(torch.round(x / scale).clamp_(-127, 127).to(torch.int8))]), None
         if self.name == "quant":
-            return quantize_values(x.reshape(-1), *self._all_groups(rows, width), self.bits, levels=self.levels), None
+            return self._quantize(x, self.bits), None
         mask = self.select(x)
         n, g = self._groups(width)
         m3 = mask.reshape(rows, n, g)
@@ -260,7 +285,7 @@ class BoundaryCodec:
             scale = _from_bytes(b[: 4 * rows], torch.float32).reshape(rows, 1)
             return _from_bytes(b[4 * rows :], torch.int8).float().reshape(rows, width) * scale, None
         if self.name == "quant":
-            return dequantize_values(b, *self._all_groups(rows, width), self.bits, self.levels).reshape(rows, width), None
+            return self._dequantize(b, rows, width, self.bits), None
         n, g = self._groups(width)
         ib = rows * self._index_bytes(width)
         dtype = self._idx_dtype(g)
@@ -274,6 +299,18 @@ class BoundaryCodec:
         out[mask] = dequantize_values(b[ib:], *self._mask_groups(mask), self.bits, self.levels)
         return out, mask
 
+    def _quantize(self, x: Tensor, bits: int, generator: torch.Generator | None = None) -> Tensor:
+        """``"quant"``: a dense [rows, width] block -> bytes (group or factored scales)."""
+        rows, width = x.shape
+        if self.scales == "factored":
+            return quantize_factored(x, self._groups(width)[1], bits, generator, self.levels)
+        return quantize_values(x.reshape(-1), *self._all_groups(rows, width), bits, generator, self.levels)
+
+    def _dequantize(self, b: Tensor, rows: int, width: int, bits: int) -> Tensor:
+        if self.scales == "factored":
+            return dequantize_factored(b, rows, width, self._groups(width)[1], bits, self.levels)
+        return dequantize_values(b, *self._all_groups(rows, width), bits, self.levels).reshape(rows, width)
+
     def _generator(self, rank: int) -> torch.Generator | None:
         if self.grad_bits >= 16 or self.grad_rounding == "nearest":
             return None
@@ -286,14 +323,14 @@ class BoundaryCodec:
             return self.encode_forward(grad)[0]
         rows, width = grad.shape
         if mask is None:
-            return quantize_values(grad.reshape(-1), *self._all_groups(rows, width), self.grad_bits, generator, self.levels)
+            return self._quantize(grad, self.grad_bits, generator)
         return quantize_values(grad[mask], *self._mask_groups(mask), self.grad_bits, generator, self.levels)
 
     def decode_backward(self, b: Tensor, rows: int, width: int, mask: Tensor | None) -> Tensor:
         if self.name not in QUANTIZING:
             return self.decode_forward(b, rows, width)[0]
         if mask is None:
-            return dequantize_values(b, *self._all_groups(rows, width), self.grad_bits, self.levels).reshape(rows, width)
+            return self._dequantize(b, rows, width, self.grad_bits)
         out = torch.zeros(rows, width, device=b.device)
         out[mask] = dequantize_values(b, *self._mask_groups(mask), self.grad_bits, self.levels)
         return out

@@ -2,7 +2,9 @@
 
 Flat values, each in a scale group, to and from ``uint8`` bytes: fp32 / fp16, or 1-8 bit integer codes
 with one int8 scale code per group (``s = 2 ** (e / 4)``), on uniform levels (absmax scale), Lloyd-Max
-Gaussian levels (RMS scale), or 1-bit scaled signs; nearest or stochastic rounding.
+Gaussian levels (RMS scale), or 1-bit scaled signs; nearest or stochastic rounding. Factored scales
+(:func:`quantize_factored`): a [rows, width] block normalised by one int8 code per column group and one
+per row, so the scales cost ``rows + groups`` bytes instead of ``rows * groups``.
 
 Example:
     >>> import torch
@@ -22,7 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Levels", "dequantize_values", "quantize_values", "value_bytes"]
+__all__ = ["Levels", "dequantize_factored", "dequantize_values", "factored_bytes", "quantize_factored", "quantize_values",
+           "value_bytes"]
 
 Levels = Literal["uniform", "gaussian"]
 
@@ -119,8 +122,9 @@ def quantize_values(v: Tensor, grp: Tensor | int, groups: int, bits: int, genera
     32 / 16 bits: fp32 / fp16. 2-8 bits: one int8 scale code per group (``s = 2 ** (e / 4) >= absmax``)
     then ``round(v / s * qmax)``, ``qmax = 2 ** (bits - 1) - 1``, packed ``bits`` per value. 1 bit: the
     sign, times a per-group scale ``mean |v|``. With a ``generator`` the rounding is stochastic (unbiased;
-    1 bit: ``+-absmax`` with probabilities that keep the mean). ``levels="gaussian"`` (2-4 bits, nearest
-    rounding): the Lloyd-Max levels of a Gaussian times the group's root mean square instead.
+    1 bit: ``+-absmax`` with probabilities that keep the mean). ``levels="gaussian"`` (2-4 bits): the
+    Lloyd-Max levels of a Gaussian times the group's root mean square instead (stochastic rounding:
+    between the two neighbouring levels, unbiased inside the outermost ones).
     """
     v = v.detach().float()
     if bits == 32:
@@ -130,12 +134,17 @@ def quantize_values(v: Tensor, grp: Tensor | int, groups: int, bits: int, genera
     if not groups:
         return v.new_empty(0, dtype=torch.uint8)
     mag = v.abs()
-    if levels == "gaussian" and bits in _GAUSS and generator is None:
+    if levels == "gaussian" and bits in _GAUSS:
         codes = _scale_codes(_reduce(v * v, grp, groups, "mean").sqrt(), up=False)
         s = _per_value(_scales(codes), grp)
         lv = _gauss_levels(bits, v.device)
         y = torch.where(s > 0, v / s.clamp_min(1e-38), torch.zeros_like(v))
-        u = torch.bucketize(y, (lv[1:] + lv[:-1]) / 2).to(torch.uint8)
+        if generator is None:
+            u = torch.bucketize(y, (lv[1:] + lv[:-1]) / 2).to(torch.uint8)
+        else:  # between the two neighbouring levels, the upper one with the probability that keeps the mean
+            lo = (torch.bucketize(y, lv, right=True) - 1).clamp_(0, lv.numel() - 2)
+            p = ((y - lv[lo]) / (lv[lo + 1] - lv[lo])).clamp_(0, 1)
+            u = (lo + (torch.rand(y.shape, generator=generator, device="cpu").to(y.device) < p)).to(torch.uint8)
     elif bits == 1 and generator is None:
         codes = _scale_codes(_reduce(mag, grp, groups, "mean"), up=False)
         u = (v >= 0).to(torch.uint8)
@@ -171,3 +180,50 @@ def dequantize_values(b: Tensor, grp: Tensor | int, groups: int, bits: int, leve
         return torch.where(u > 0, s, -s)
     qmax = 2 ** (bits - 1) - 1
     return (u.float() - qmax) / qmax * s
+
+
+def factored_bytes(rows: int, width: int, group: int, bits: int) -> int:
+    """Bytes of a [rows, width] block from :func:`quantize_factored`."""
+    if not rows * width:
+        return 0
+    if bits >= 16:
+        return value_bytes(rows * width, rows, bits)
+    return width // group + value_bytes(rows * width, rows, bits)
+
+
+def quantize_factored(x: Tensor, group: int, bits: int, generator: torch.Generator | None = None,
+                      levels: Levels = "uniform") -> Tensor:  # fmt: skip
+    """[rows, width] block -> ``uint8`` bytes with factored scales: each run of ``group`` columns (a table's
+    vector) is divided by its RMS over the block (one int8 code per column group), then every row is
+    quantized as one scale group (:func:`quantize_values`: one int8 code per row). ``bits`` >= 16: as
+    :func:`quantize_values` (no scales).
+
+    Example:
+        >>> x = torch.tensor([[1.0, -1.0, 100.0, 50.0], [0.5, 0.5, -100.0, 0.0]])
+        >>> b = quantize_factored(x, 2, 4, levels="gaussian")   # 2 column codes, 2 row codes, 8 values
+        >>> b.numel() == factored_bytes(2, 4, 2, 4) == 2 + 2 + 4
+        True
+        >>> bool((dequantize_factored(b, 2, 4, 2, 4, "gaussian") - x).abs().le(0.25 * x.abs().amax(1, keepdim=True)).all())
+        True
+    """
+    rows, width = x.shape
+    if not rows * width:
+        return x.new_empty(0, dtype=torch.uint8)
+    if bits >= 16:
+        return quantize_values(x.reshape(-1), width, rows, bits, generator, levels)
+    x3 = x.detach().float().reshape(rows, width // group, group)
+    codes = _scale_codes((x3 * x3).mean((0, 2)).sqrt(), up=False)
+    c = _scales(codes).view(1, -1, 1)
+    y = torch.where(c > 0, x3 / c.clamp_min(1e-38), torch.zeros_like(x3))
+    return torch.cat([_as_bytes(codes), quantize_values(y.reshape(-1), width, rows, bits, generator, levels)])
+
+
+def dequantize_factored(b: Tensor, rows: int, width: int, group: int, bits: int, levels: Levels = "uniform") -> Tensor:
+    """Inverse of :func:`quantize_factored`: [rows, width] float32."""
+    if not rows * width:
+        return torch.zeros(rows, width, device=b.device)
+    if bits >= 16:
+        return dequantize_values(b, width, rows, bits, levels).reshape(rows, width)
+    n = width // group
+    c = _scales(_from_bytes(b[:n], torch.int8)).view(1, n, 1)
+    return (dequantize_values(b[n:], width, rows, bits, levels).reshape(rows, n, group) * c).reshape(rows, width)

@@ -98,9 +98,10 @@ def test_mp_compression_shards_our_dlrm(runs):
     assert _equal(m0["after_fit_state"], m0["full"]) and _equal(m1["after_fit_state"], m0["full"])
     assert r0["mp_ckpt_keys"] == ["emb.tables.a.weight", "emb.tables.b.weight", "emb.tables.c.weight"]  # so does the file
     s = m0["stats"]
-    # default codec: per 8-d table vector, 1 scale byte + 8 x 4 bits forward, 1 + 8 x 1 bit backward
-    assert s["dense_forward_bytes"] / s["forward_bytes"] == pytest.approx(32 / 5)
-    assert s["dense_backward_bytes"] / s["backward_bytes"] == pytest.approx(32 / 2)
+    # default codec: 4 bits per entry forward, 2 backward, plus one scale byte per table and one per sample
+    # of each all-to-all block (8-d tables: less than 1 extra bit per entry)
+    assert 32 / 5 < s["dense_forward_bytes"] / s["forward_bytes"] < 32 / 4
+    assert 32 / 3 < s["dense_backward_bytes"] / s["backward_bytes"] < 32 / 2
     assert 0.0 <= m0["val_auc"] <= 1.0
 
 

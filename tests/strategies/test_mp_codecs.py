@@ -10,7 +10,7 @@ import torch
 
 from lightning_recsys.strategies import DCTStrategy
 from lightning_recsys.strategies.mp_boundary import BoundaryCodec
-from lightning_recsys.strategies.mp_quant import dequantize_values, quantize_values
+from lightning_recsys.strategies.mp_quant import dequantize_factored, dequantize_values, factored_bytes, quantize_factored, quantize_values
 from tests._dist import run_distributed
 
 
@@ -35,6 +35,36 @@ def _quant_reference(x: torch.Tensor, group: int, bits: int) -> torch.Tensor:
     return out
 
 
+_HALF = {2: [0.4528, 1.5104], 3: [0.2451, 0.7560, 1.3439, 2.1520],
+         4: [0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6180, 2.0690, 2.7326]}  # Lloyd-Max levels of N(0, 1)  # fmt: skip
+
+
+def _code(value: float, up: bool) -> float:
+    """A positive scale rounded (up, or to nearest) to 2 ** (e / 4); 0 stays 0."""
+    if value <= 0:
+        return 0.0
+    e = 4 * math.log2(value)
+    return 2 ** ((math.ceil(e) if up else round(e)) / 4)
+
+
+def _levels_reference(v: torch.Tensor, bits: int, levels: str) -> torch.Tensor:
+    """One scale group written out: Gaussian levels times the RMS, or uniform levels under the absmax."""
+    if levels == "gaussian":
+        s = _code(float(v.pow(2).mean().sqrt()), up=False)
+        lv = torch.tensor([-h for h in reversed(_HALF[bits])] + _HALF[bits])
+        return lv[(v.unsqueeze(1) / max(s, 1e-38) - lv).abs().argmin(1)] * s if s else torch.zeros_like(v)
+    s, qmax = _code(float(v.abs().max()), up=True), 2 ** (bits - 1) - 1
+    return torch.round(v / s * qmax).clamp(-qmax, qmax) / qmax * s if s else torch.zeros_like(v)
+
+
+def _factored_reference(x: torch.Tensor, group: int, bits: int, levels: str) -> torch.Tensor:
+    """Each column group divided by its RMS over the block (a scale code), then each row one scale group."""
+    cols = torch.tensor([_code(float(x[:, j : j + group].pow(2).mean().sqrt()), up=False)
+                         for j in range(0, x.shape[1], group)]).repeat_interleave(group)  # fmt: skip
+    y = torch.where(cols > 0, x / cols.clamp_min(1e-38), torch.zeros_like(x))
+    return torch.stack([_levels_reference(row, bits, levels) for row in y]) * cols
+
+
 def _sign_reference(g: torch.Tensor, group: int) -> torch.Tensor:
     """1 bit: sign times the group's mean |g| (rounded to the nearest 2**(e/4))."""
     out = torch.empty_like(g)
@@ -50,7 +80,7 @@ def _sign_reference(g: torch.Tensor, group: int) -> torch.Tensor:
 @pytest.mark.parametrize("bits", [8, 4, 3, 2])
 def test_quant_forward_equals_written_out_reference(bits):
     x = _x()
-    codec = BoundaryCodec("quant", group=16, bits=bits)
+    codec = BoundaryCodec("quant", group=16, bits=bits, levels="uniform", scales="group")
     payload, mask = codec.encode_forward(x)
     dense, _ = codec.decode_forward(payload, 6, 48)
     assert mask is None and payload.dtype == torch.uint8
@@ -63,9 +93,8 @@ def test_quant_forward_equals_written_out_reference(bits):
 @pytest.mark.parametrize("bits", [4, 3, 2])
 def test_gaussian_levels_equal_written_out_reference(bits):
     x = _x(seed=4)
-    codec = BoundaryCodec("quant", group=16, bits=bits, grad_bits=bits, levels="gaussian")
-    half = {2: [0.4528, 1.5104], 3: [0.2451, 0.7560, 1.3439, 2.1520],
-            4: [0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6180, 2.0690, 2.7326]}[bits]  # fmt: skip
+    codec = BoundaryCodec("quant", group=16, bits=bits, grad_bits=bits, levels="gaussian", scales="group")
+    half = _HALF[bits]
     levels = torch.tensor([-v for v in reversed(half)] + half)
     ref = torch.empty_like(x)
     for r in range(6):
@@ -78,14 +107,33 @@ def test_gaussian_levels_equal_written_out_reference(bits):
     torch.testing.assert_close(dense, ref, rtol=1e-6, atol=1e-7)
     back = codec.decode_backward(codec.encode_backward(x, None), 6, 48, None)
     torch.testing.assert_close(back, ref, rtol=1e-6, atol=1e-7)
-    plain = BoundaryCodec("quant", group=16, bits=bits)
+    plain = BoundaryCodec("quant", group=16, bits=bits, levels="uniform", scales="group")
     uniform = plain.decode_forward(plain.encode_forward(x)[0], 6, 48)[0]
     assert bits == 4 or (dense - x).norm() < (uniform - x).norm()  # lower error at 2 and 3 bits
 
 
-def test_quant_backward_is_scaled_sign_by_default():
-    codec = BoundaryCodec("quant", group=16)  # defaults: 4 bits forward, 1 bit backward, nearest
-    assert (codec.bits, codec.grad_bits, codec.grad_rounding) == (4, 1, "nearest")
+@pytest.mark.parametrize(("bits", "levels"), [(4, "gaussian"), (2, "gaussian"), (3, "uniform")])
+def test_factored_scales_equal_written_out_reference(bits, levels):
+    x = _x(seed=5)
+    x[2] *= 30  # samples of different magnitudes, on top of the tables'
+    codec = BoundaryCodec("quant", group=16, bits=bits, grad_bits=bits, levels=levels, scales="factored")
+    ref = _factored_reference(x, 16, bits, levels)
+    payload = codec.encode_forward(x)[0]
+    assert payload.numel() == codec.forward_bytes(6, 48) == 3 + 6 + 6 * 48 * bits // 8  # 3 table + 6 row codes
+    torch.testing.assert_close(codec.decode_forward(payload, 6, 48)[0], ref, rtol=1e-5, atol=1e-6)
+    back = codec.decode_backward(codec.encode_backward(x, None), 6, 48, None)
+    torch.testing.assert_close(back, ref, rtol=1e-5, atol=1e-6)
+    b = quantize_factored(x, 16, bits, levels=levels)
+    assert torch.equal(b, payload) and b.numel() == factored_bytes(6, 48, 16, bits)
+    torch.testing.assert_close(dequantize_factored(b, 6, 48, 16, bits, levels), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_quant_defaults_and_scaled_sign_backward():
+    codec = BoundaryCodec("quant", group=16)  # defaults: 4 bits forward, 2 backward, Gaussian, factored
+    assert (codec.bits, codec.grad_bits, codec.grad_rounding, codec.levels, codec.scales) == (4, 2, "nearest", "gaussian", "factored")
+    topk = BoundaryCodec("topk")
+    assert (topk.levels, topk.scales) == ("uniform", "group")
+    codec = BoundaryCodec("quant", group=16, grad_bits=1, scales="group")
     g = _x(seed=1)
     back = codec.decode_backward(codec.encode_backward(g, None), 6, 48, None)
     torch.testing.assert_close(back, _sign_reference(g, 16), rtol=1e-6, atol=0)
@@ -104,6 +152,21 @@ def test_stochastic_rounding_is_unbiased(bits):
     assert err < (0.05 if bits == 4 else 0.2)  # noise / sqrt(n) (1 bit: ~1.9 / sqrt(300)), no bias
     nearest = dequantize_values(quantize_values(g, grp, 250, bits), grp, 250, bits)
     assert bits == 4 or (nearest - g).norm() / g.norm() > 0.4  # the deterministic 1 bit is biased
+
+
+def test_stochastic_rounding_on_gaussian_levels_is_unbiased_inside_the_levels():
+    g = torch.rand(4000, generator=torch.Generator().manual_seed(0)) * 2 - 1  # |g| <= 1 < 2.15 x RMS (outer level)
+    grp, n = torch.arange(4000) // 16, 300
+    mean = torch.zeros(4000)
+    for i in range(n):
+        b = quantize_values(g, grp, 250, 3, torch.Generator().manual_seed(i), levels="gaussian")
+        mean += dequantize_values(b, grp, 250, 3, levels="gaussian") / n
+    nearest = dequantize_values(quantize_values(g, grp, 250, 3, levels="gaussian"), grp, 250, 3, levels="gaussian")
+    assert (mean - g).norm() / g.norm() < 0.03 < (nearest - g).norm() / g.norm()  # noise / sqrt(n), no bias
+    codec = BoundaryCodec("quant", group=16, grad_rounding="stochastic")  # Gaussian 2-bit gradients, decoded alike
+    x = _x(seed=6)
+    back = codec.decode_backward(codec.encode_backward(x, None, torch.Generator().manual_seed(1)), 6, 48, None)
+    assert ((back - x).norm() / x.norm()) < 1.0 and not torch.equal(back, codec.decode_backward(codec.encode_backward(x, None), 6, 48, None))
 
 
 @pytest.mark.parametrize(("name", "keep", "bits", "grad_bits"), [("topk", 0.25, 8, 4), ("topk", 0.05, 32, 32), ("threshold", 0.3, 4, 1)])
@@ -163,10 +226,13 @@ def test_threshold_refresh_cadence_and_state_round_trip():
 
 def test_bytes_equal_hand_computation():
     x = _x(rows=5)
-    quant = BoundaryCodec("quant", group=16)  # 3 groups of 16 per row
+    quant = BoundaryCodec("quant", group=16, levels="uniform", grad_bits=1, scales="group")  # 3 groups of 16 per row
     # forward: 5 rows x 3 groups x (1 scale byte + 16 * 4 bits = 8 bytes); backward: x (1 + 16 bits = 2 bytes)
     assert quant.forward_bytes(5, 48) == 5 * 3 * (1 + 8) == quant.encode_forward(x)[0].numel()
     assert quant.backward_bytes(5, 48) == 5 * 3 * (1 + 2) == quant.encode_backward(x, None).numel()
+    default = BoundaryCodec("quant", group=16)  # factored: 3 table + 5 row scale bytes, 4 bits / 2 bits per entry
+    assert default.forward_bytes(5, 48) == 3 + 5 + 5 * 48 // 2 == default.encode_forward(x)[0].numel()
+    assert default.backward_bytes(5, 48) == 3 + 5 + 5 * 48 // 4 == default.encode_backward(x, None).numel()
     topk = BoundaryCodec("topk", keep_ratio=0.25, group=16, bits=8, grad_bits=4)
     # 4 of 16 kept: bitmask (2 bytes) beats 4 uint8 indices; + 1 scale byte + 4 int8 values per group
     assert topk.forward_bytes(5, 48) == 5 * 3 * (2 + 1 + 4) == topk.encode_forward(x)[0].numel()
@@ -202,6 +268,8 @@ def test_a_rank_without_tables_sends_nothing(name, rows):
         ({"name": "fp16", "bits": 8}, ValueError, "bits applies to the codecs"),
         ({"grad_rounding": "up"}, ValueError, "grad_rounding must be"),
         ({"levels": "log"}, ValueError, "levels must be 'uniform' or 'gaussian'"),
+        ({"scales": "row"}, ValueError, "scales must be 'group' or 'factored'"),
+        ({"name": "topk", "scales": "factored"}, ValueError, "scales='factored' applies to the 'quant' codec only"),
         ({"refresh_interval": 0}, ValueError, "refresh_interval must be an integer >= 1"),
         ({"start_step": -1}, ValueError, "start_step must be an integer >= 0"),
         ({"name": "int4"}, ValueError, "codec must be one of"),
@@ -219,7 +287,9 @@ def test_codec_options_are_validated(kwargs, error, match):
         ({"mp_bits": 6}, "mp_bits must be None or one of"),
         ({"mp_codec": "fp32", "mp_grad_bits": 1}, "mp_grad_bits applies to mp_codec in"),
         ({"mp_grad_rounding": "down"}, "mp_grad_rounding must be 'nearest' or 'stochastic'"),
-        ({"mp_levels": "nf4"}, "mp_levels must be 'uniform' or 'gaussian'"),
+        ({"mp_levels": "nf4"}, "mp_levels must be None, 'uniform' or 'gaussian'"),
+        ({"mp_scales": "row"}, "mp_scales must be None, 'factored' or 'group'"),
+        ({"mp_codec": "threshold", "mp_scales": "factored"}, "mp_scales='factored' applies to mp_codec='quant' only"),
         ({"mp_refresh_interval": 0}, "mp_refresh_interval must be >= 1"),
         ({"mp_start_step": -2}, "mp_start_step must be >= 0"),
         ({"mp_codec": "int4"}, "mp_codec must be one of"),
@@ -233,6 +303,22 @@ def test_strategy_mp_options_are_validated(kwargs, match):
 
 
 # ---------------------------------------------------------------------- 2 gloo processes
+def _per_owner(t: torch.Tensor, owned: list[list[str]], feats: list[str], backward: bool = False) -> torch.Tensor:
+    """``t`` [batch, features, dim] through the default "quant" codec, one block per owner rank's tables
+    (as the all-to-all sends it: factored scales are per block)."""
+    batch, _, dim = t.shape
+    codec, out = BoundaryCodec("quant", group=dim), torch.empty_like(t)
+    for names in owned:
+        idx = [feats.index(n) for n in names]
+        blk = t[:, idx].reshape(batch, -1)
+        if backward:
+            got = codec.decode_backward(codec.encode_backward(blk, None), batch, blk.shape[1], None)
+        else:
+            got = codec.decode_forward(codec.encode_forward(blk)[0], batch, blk.shape[1])[0]
+        out[:, idx] = got.reshape(batch, len(idx), dim)
+    return out
+
+
 def _boundary_worker(rank: int, world: int, out: str) -> None:
     from lightning_recsys.data import SparseFeature
     from lightning_recsys.embeddings.sharded import ShardedEmbeddingBagCollection
@@ -277,9 +363,7 @@ def _boundary_worker(rank: int, world: int, out: str) -> None:
         (ref(sparse) * upstream).sum().backward()
         return {n: t.weight.grad.clone() for n, t in ref.tables.items()}
 
-    sign = BoundaryCodec("quant", group=dim)
-    w_sign = sign.decode_backward(sign.encode_backward(w.reshape(-1, dim), None), batch * 3, dim, None).reshape(w.shape)
-    res["ref_grads"] = {"quant": ref_grads(w_sign)}
+    res["ref_grads"] = {"quant": ref_grads(_per_owner(w, ref.owned, list(cards), backward=True))}
     for tag in ("topk", "threshold"):
         res["ref_grads"][tag] = ref_grads(w * (res[tag]["steps"][-2]["out"] != 0))
     torch.save(res, f"{out}/rank{rank}.pt")
@@ -291,17 +375,17 @@ def test_compressed_all_to_all_in_two_processes(tmp_path):
     for rank in range(2):
         r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         batch, ref = r["batch"], r["ref_out"]
-        quant = BoundaryCodec("quant", group=8)
-        expect = quant.decode_forward(quant.encode_forward(ref.reshape(-1, 8))[0], batch * 3, 8)[0].reshape(batch, 3, 8)
+        expect = _per_owner(ref, r["owned"], ["a", "b", "c"])
         q = r["quant"]["steps"]
-        torch.testing.assert_close(q[-2]["out"], expect, rtol=1e-6, atol=1e-7)  # dequantized fp32 output
-        for name, grad in q[-2]["grads"].items():  # owner's grads: upstream gradient sent as scaled signs
+        torch.testing.assert_close(q[-2]["out"], expect, rtol=1e-5, atol=1e-6)  # dequantized fp32 output
+        for name, grad in q[-2]["grads"].items():  # owner's grads: upstream gradient sent in 2 bits
             torch.testing.assert_close(grad, r["ref_grads"]["quant"][name], rtol=1e-5, atol=1e-6)
-        # bytes by hand: rank r sends its tables' vectors for both ranks' samples (5 + 6 rows), receives
-        # vectors of all 3 tables for its own samples; per table vector 1 + 8 * 4 / 8 bytes forward,
-        # 1 + 8 / 8 backward
+        # bytes by hand: rank r sends its tables' vectors for both ranks' samples (a block of 5 and one of
+        # 6 rows), receives vectors of all 3 tables for its own samples (a block per owner); per block one
+        # scale byte per table and one per row, 4 bits per entry forward, 2 backward
         own = len(r["owned"][rank])
-        assert q[-2]["fwd"] == (5 + 6) * own * (1 + 4) and q[-2]["bwd"] == batch * 3 * (1 + 1)
+        assert q[-2]["fwd"] == sum(own + rows + rows * own * 8 * 4 // 8 for rows in (5, 6))
+        assert q[-2]["bwd"] == sum(len(names) + batch + batch * len(names) * 8 * 2 // 8 for names in r["owned"])
         t = r["topk"]["steps"]
         out, mask = t[-2]["out"], t[-2]["out"] != 0
         assert bool((mask.sum(2) == 2).all())  # 2 of each table's 8 entries per sample
