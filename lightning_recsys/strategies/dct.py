@@ -328,25 +328,24 @@ class DCTStrategy(DDPStrategy):
             checkpoint[MP_CHECKPOINT_KEY] = {"world_size": len(codecs), "ranks": codecs}
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
+    def _check_saved_world_size(self, saved: dict[str, Any], what: str) -> None:
+        if saved["world_size"] != self.world_size:
+            raise ValueError(
+                f"DCTStrategy: the checkpoint's {what} was saved with {saved['world_size']} processes, "
+                f"this run has {self.world_size}; resume with the same number of processes"
+            )
+
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
         checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is not None:
-            if saved["world_size"] != self.world_size:
-                raise ValueError(
-                    f"DCTStrategy: the checkpoint's comm-hook state was saved with {saved['world_size']} processes, "
-                    f"this run has {self.world_size}; resume with the same number of processes"
-                )
+            self._check_saved_world_size(saved, "comm-hook state")
             if self.comm_state is not None:
                 self.comm_state.load_state_dict(saved["ranks"][self.global_rank], device=self.root_device)
             else:
                 self._pending_comm_state = saved["ranks"]
         saved_mp = checkpoint.get(MP_CHECKPOINT_KEY)
         if saved_mp is not None:
-            if saved_mp["world_size"] != self.world_size:
-                raise ValueError(
-                    f"DCTStrategy: the checkpoint's boundary codec state was saved with {saved_mp['world_size']} "
-                    f"processes, this run has {self.world_size}; resume with the same number of processes"
-                )
+            self._check_saved_world_size(saved_mp, "boundary codec state")
             self._pending_mp_state = saved_mp["ranks"]  # applied in setup(), once the tables are sharded
         return checkpoint
