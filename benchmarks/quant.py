@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import interleaved_times, parse_args, write_results  # noqa: E402
 from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
-from lightning_recsys.quant import RecipeConfig, export_onnx, flatten_batch, quantize_  # noqa: E402
+from lightning_recsys.quant import RecipeConfig, export_onnx, layout_feeds, quantize_  # noqa: E402
 from lightning_recsys.quant.checkpoint import LATENCY_TABLE_LADDER  # noqa: E402
 from lightning_recsys.quant.report import eval_metrics, state_bytes  # noqa: E402
 from lightning_recsys.quant.search import plan_search  # noqa: E402
@@ -105,12 +105,12 @@ def _ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _ort_stock_int8(fp32_onnx: Path, out: Path, calib_batches: list[RecsysBatch], features: list[str], single_hot: list[str]) -> None:
+def _ort_stock_int8(fp32_onnx: Path, out: Path, calib_batches: list[RecsysBatch], layout: dict) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.feeds = iter([flatten_batch(b, features, [], single_hot=single_hot) for b in calib_batches])
+            self.feeds = iter([layout_feeds(b, layout) for b in calib_batches])
 
         def get_next(self):
             return next(self.feeds, None)
@@ -153,16 +153,15 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     _train(module, dm.train_dataloader(), steps)
     train_s = time.perf_counter() - t0
     fp32 = module.model.eval()
-    features = list(test_batches[0].sparse)
     # --- candidates
     ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear}, dtype=torch.qint8)
     ours = copy.deepcopy(fp32)
     quantize_(ours, RecipeConfig())
     fp32_onnx, ours_onnx, stock_onnx = tmp / f"{tag}_fp32.onnx", tmp / f"{tag}_ours.onnx", tmp / f"{tag}_stock.onnx"
     example = _slice(test_batches[0], 64)
-    single_hot = export_onnx(fp32, fp32_onnx, example)["inputs"]["single_hot"]
+    layout = export_onnx(fp32, fp32_onnx, example)["inputs"]
     export_onnx(ours, ours_onnx, example)
-    _ort_stock_int8(fp32_onnx, stock_onnx, calib, features, single_hot)
+    _ort_stock_int8(fp32_onnx, stock_onnx, calib, layout)
     onnx_paths = [("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx)]
     budget = budget_latency = None
     if val_batches is not None:
@@ -174,7 +173,7 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
 
     def ort_fn(name):
         sess = sessions[name]
-        return lambda b: torch.from_numpy(sess.run(None, flatten_batch(b, features, [], single_hot=single_hot))[0])
+        return lambda b: torch.from_numpy(sess.run(None, layout_feeds(b, layout))[0])
 
     fns = {
         "fp32_eager": fp32, "torchao_dynamic_int8": ao, "ort_fp32": ort_fn("ort_fp32"),
@@ -195,7 +194,7 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
             res[k]["latency_ms"] = {}
         for bs in BATCH_SIZES:
             batch = _slice(big, bs)
-            feeds = flatten_batch(batch, features, [], single_hot=single_hot)
+            feeds = layout_feeds(batch, layout)
             calls = {}
             for k, f in fns.items():
                 if k in sessions:

@@ -27,7 +27,7 @@ from .config import (
     recipe_from_dict,
 )
 from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
-from .export import export_onnx, flatten_batch
+from .export import export_onnx, flatten_batch, layout_feeds
 from .linear import FP16Linear, Int8Linear
 from .observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver, make_observer
 from .predictor import OnnxPredictor, TorchPredictor, load
@@ -67,6 +67,7 @@ __all__ = [
     "export_onnx",
     "export_tensorrt",
     "flatten_batch",
+    "layout_feeds",
     "is_quantized_module",
     "load",
     "load_checkpoint",

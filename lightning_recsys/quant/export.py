@@ -36,11 +36,12 @@ import torch
 from torch import Tensor, nn
 
 from ..data.batch import RecsysBatch, SparseFeature
-from .lowering import lower_tables
+from .lowering import StackedColumn, lower_tables
 
-__all__ = ["export_onnx", "flatten_batch", "METADATA_KEY"]
+__all__ = ["export_onnx", "flatten_batch", "layout_feeds", "METADATA_KEY"]
 
 METADATA_KEY = "lightning_recsys"
+STACKED_INPUT = "sparse_ids"
 _SEP = "__"
 
 
@@ -85,10 +86,19 @@ def _onnx_translations() -> dict:
 
 
 def flatten_batch(
-    batch: RecsysBatch, features: list[str], weighted: list[str], min_len: int = 1, single_hot: tuple | list = ()
+    batch: RecsysBatch,
+    features: list[str],
+    weighted: list[str],
+    min_len: int = 1,
+    single_hot: tuple | list = (),
+    stacked: tuple | list = (),
 ) -> dict[str, np.ndarray]:
     """ONNX inputs for ``batch``: ``dense`` and per feature padded ``__ids`` (-1) / ``__weights``;
-    features in ``single_hot`` get 1-D ``[B]`` ids (-1 for an empty bag)."""
+    features in ``single_hot`` get 1-D ``[B]`` ids (-1 for an empty bag). The single-hot, unweighted
+    features in ``stacked`` come as the columns of one ``sparse_ids`` [B, len(stacked)] input instead."""
+    bad = [n for n in stacked if n not in single_hot or n in weighted]
+    if bad:
+        raise ValueError(f"stacked features {bad} must be single-hot and unweighted")
     if not isinstance(batch, RecsysBatch):
         raise TypeError(f"batch must be a RecsysBatch, got {type(batch).__name__}")
     missing = [f for f in features if f not in batch.sparse]
@@ -127,19 +137,36 @@ def flatten_batch(
             w = np.zeros((b, width), dtype=np.float32)
             w[rows, cols] = 1.0 if f.weights is None else f.weights.detach().float().cpu().numpy()
             out[name + _SEP + "weights"] = w
+    if stacked:
+        columns = [out.pop(n + _SEP + "ids") for n in stacked]
+        out = {"dense": out.pop("dense"), STACKED_INPUT: np.stack(columns, 1), **out}
     return out
+
+
+def layout_feeds(batch: RecsysBatch, layout: dict[str, Any]) -> dict[str, np.ndarray]:
+    """ONNX inputs for ``batch`` in the layout an export recorded (``export_onnx(...)["inputs"]``, also
+    in the model's metadata), e.g. to feed your own ``onnxruntime.InferenceSession``."""
+    return flatten_batch(batch, layout["features"], layout["weighted"], single_hot=layout.get("single_hot", ()),
+                         stacked=layout.get("stacked", ()))  # fmt: skip
 
 
 class _FlatRecsysModel(nn.Module):
     """Takes the flattened tensors and calls the model with a RecsysBatch of padded features."""
 
-    def __init__(self, model: nn.Module, features: list[str], weighted: list[str]) -> None:
+    def __init__(self, model: nn.Module, features: list[str], weighted: list[str], stacked: list[str] = ()) -> None:
         super().__init__()
-        self.model, self.features, self.weighted = model, features, weighted
+        self.model, self.features, self.weighted, self.stacked = model, features, weighted, list(stacked)
 
     def forward(self, dense: Tensor, *flat: Tensor) -> Tensor:
         sparse, i = {}, 0
+        if self.stacked:
+            matrix, i = flat[0], 1
+            offsets = torch.zeros(matrix.shape[0] + 1, dtype=matrix.dtype, device=matrix.device)  # unused when lowered
+            for k, name in enumerate(self.stacked):
+                sparse[name] = StackedColumn(values=matrix[:, k], offsets=offsets, matrix=matrix, column=k)
         for name in self.features:
+            if name in sparse:
+                continue
             ids = flat[i]
             i += 1
             weights = None
@@ -209,21 +236,22 @@ def export_onnx(
         if single_hot == "auto":
             single_hot = [n for n, f in example_batch.sparse.items() if bool((f.lengths == 1).all())]
         single_hot = list(single_hot)
+        stacked = [n for n in single_hot if n not in weighted]
         example = _grow(example_batch)
-        inputs = flatten_batch(example, features, weighted, min_len=2, single_hot=single_hot)
+        inputs = flatten_batch(example, features, weighted, min_len=2, single_hot=single_hot, stacked=stacked)
         names = list(inputs)
         args = tuple(torch.from_numpy(v) for v in inputs.values())
         batch_dim = torch.export.Dim("batch")
         shapes: list[dict] = [{0: batch_dim}]
         for n in names[1:]:  # every bag length is dynamic; a feature's weights share its ids' length
-            if n.split(_SEP)[0] in single_hot:
+            if n == STACKED_INPUT or n.split(_SEP)[0] in single_hot:
                 shapes.append({0: batch_dim})
                 continue
             length = torch.export.Dim(f"len_{len(shapes)}") if n.endswith("ids") else shapes[-1][1]
             shapes.append({0: batch_dim, 1: length})
-        wrapper = _FlatRecsysModel(lowered, features, weighted)
+        wrapper = _FlatRecsysModel(lowered, features, weighted, stacked)
         meta["inputs"] = {"kind": "recsys", "features": features, "weighted": weighted, "single_hot": single_hot,
-                          "num_dense": int(example.dense.shape[1])}  # fmt: skip
+                          "stacked": stacked, "num_dense": int(example.dense.shape[1])}  # fmt: skip
     else:
         tensors = (example_batch,) if isinstance(example_batch, Tensor) else tuple(example_batch)
         if not tensors or not all(isinstance(t, Tensor) for t in tensors):
@@ -259,7 +287,7 @@ def _verify(model: nn.Module, proto: Any, example: Any, meta: dict, atol: float,
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     if meta["inputs"]["kind"] == "recsys":
         inputs = meta["inputs"]
-        feeds = flatten_batch(example, inputs["features"], inputs["weighted"], single_hot=inputs["single_hot"])
+        feeds = layout_feeds(example, inputs)
         with torch.no_grad():
             ref = model(example)
     else:

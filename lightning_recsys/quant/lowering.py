@@ -14,6 +14,12 @@ per-axis ``DequantizeLinear``; int4 bytes are re-packed at export so that a bitw
 The project's ``DotInteraction`` is swapped for :class:`LoweredDotInteraction` (same function): the
 pairwise dot products without the ``[B, F+1, D]`` concat, and the lower triangle read with one
 ``Gather`` of rows of the transposed, flattened products instead of ``GatherND`` on ``[F, F, B]``.
+When every layer reading it is an ``Int8Linear`` (a quantized DLRM), it becomes a
+:class:`FoldedDotInteraction` instead: the consumers are widened (zero weights) to read all products
+``[x, E x, E E^T]``, so no selection runs at all. A :class:`FusedCollection` puts one zero row before
+each table's block, so an empty bag (id ``-1``) needs no ``Where``, and reads the export's stacked
+``[B, F]`` id matrix directly (:class:`StackedColumn`). Together about 10% off the int8 DLRM graph at
+batch 512 and 40% at batch 1 (2 threads).
 
 Example:
     >>> import torch
@@ -28,14 +34,17 @@ Example:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.batch import SparseFeature
 from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
 
-__all__ = ["LoweredTable", "FusedCollection", "LoweredDotInteraction", "lower_table", "lower_tables"]
+__all__ = ["LoweredTable", "FusedCollection", "LoweredDotInteraction", "FoldedDotInteraction", "StackedColumn",
+           "lower_table", "lower_tables"]  # fmt: skip
 
 
 @torch.library.custom_op("lrs_quant::dequantize_rows", mutates_args=())
@@ -175,6 +184,16 @@ def lower_table(m: nn.Module) -> LoweredTable:
     raise TypeError(f"cannot lower {type(m).__name__} for export")
 
 
+@dataclass
+class StackedColumn(SparseFeature):
+    """A single-hot feature that is column ``column`` of an export input ``matrix`` [B, K] holding the
+    ids of several features (``values`` is that column): a :class:`FusedCollection` whose features are
+    consecutive columns reads the matrix directly."""
+
+    matrix: Tensor | None = None
+    column: int = 0
+
+
 class FusedCollection(nn.Module):
     """Export version of an ``EmbeddingBagCollection`` whose tables share one kind and width: all
     tables stacked into one, so single-hot features cost ONE Gather (+ dequantization) for all of
@@ -188,30 +207,43 @@ class FusedCollection(nn.Module):
         self.per_table = nn.ModuleDict(dict(zip(names, tables)))
         parts: dict[str, list[Tensor]] = {}
         base, start = [], 0
-        for t in tables:
+        for t in tables:  # each table's block follows one zero row, so id -1 + base reads zeros
+            rows = 0
             for key, buf in t.named_buffers(recurse=False):
-                parts.setdefault(key, []).append(buf[:-1])  # drop each table's zero row
-            base.append(start)
-            start += int(getattr(t, "q", getattr(t, "weight", None)).shape[0]) - 1
+                parts.setdefault(key, []).extend([buf[-1:], buf[:-1]])  # the table's own zero row first
+                rows = buf.shape[0]
+            base.append(start + 1)
+            start += rows
         tensors = {k: torch.cat(v, 0) for k, v in parts.items()}
         self.fused = LoweredTable(first.kind, tensors, first.dim, bag=False)
         self.register_buffer("base", torch.tensor(base, dtype=torch.long))
-        self.zero_row = start  # the fused table's appended zero row
 
     def forward(self, sparse) -> Tensor:
         feats = [sparse[n] for n in self.names]
         if any(f.values.dim() != 1 for f in feats):
             return torch.stack([self.per_table[n](f.values, None, f.weights) for n, f in zip(self.names, feats)], 1)
-        # [B, F]: one Concat of the 1-D ids, then a transpose of the small id matrix (torch.stack would
-        # export one Unsqueeze per feature)
-        ids = torch.cat([f.values for f in feats], 0).reshape(len(feats), -1).t()
-        ids = torch.where(ids < 0, torch.full_like(ids, self.zero_row), ids + self.base)
+        ids = self._stacked_ids(feats)
+        if ids is None:  # [B, F]: one Concat of the 1-D ids and a transpose (torch.stack: an Unsqueeze per feature)
+            ids = torch.cat([f.values for f in feats], 0).reshape(len(feats), -1).t()
+        ids = ids + self.base  # -1 (empty bag) lands on the zero row before each table's block
         rows = self.fused.rows(ids)  # [B, F, D]
         if any(f.weights is not None for f in feats):
             w = torch.stack([f.weights if f.weights is not None else torch.ones_like(f.values, dtype=rows.dtype)
                              for f in feats], 1)  # fmt: skip
             rows = rows * w.unsqueeze(-1)
         return rows
+
+
+    @staticmethod
+    def _stacked_ids(feats: list) -> Tensor | None:
+        """The ``[B, F]`` slice of the export's stacked id matrix when ``feats`` are consecutive columns."""
+        first = feats[0]
+        if not all(isinstance(f, StackedColumn) and f.matrix is first.matrix and f.weights is None for f in feats):
+            return None
+        if [f.column for f in feats] != list(range(first.column, first.column + len(feats))):
+            return None
+        whole = first.column == 0 and len(feats) == first.matrix.shape[1]
+        return first.matrix if whole else first.matrix[:, first.column : first.column + len(feats)]
 
 
 class LoweredDotInteraction(nn.Module):
@@ -250,6 +282,91 @@ class LoweredDotInteraction(nn.Module):
     def _select(flat: Tensor, index: Tensor) -> Tensor:
         # ORT's Gather on axis 1 copies element by element; on axis 0 it copies whole rows
         return torch.index_select(flat.t(), 0, index).t()
+
+
+class FoldedDotInteraction(nn.Module):
+    """Export version of ``DotInteraction`` for consumers widened by :func:`_fold_interactions`.
+
+    Output ``[x, E x, flat(E E^T)]`` (``x`` only with ``include_dense``): every product, so the lower
+    triangle needs no selection (two transposes and a gather in ONNX); the widened first layer gives
+    the unused entries zero weight. With ``mask`` the diagonal and upper triangle of ``E E^T`` are zeroed,
+    so a dynamically quantized consumer sees the same range as with the selected entries only
+    (``DynamicQuantizeLinear``'s range always contains 0, and the upper triangle repeats the lower).
+    """
+
+    def __init__(self, num_embeddings: int, include_dense: bool, mask: bool) -> None:
+        super().__init__()
+        self.include_dense, self.masked = include_dense, mask
+        self.register_buffer("mask", torch.tril(torch.ones(num_embeddings, num_embeddings), -1), persistent=False)
+
+    def forward(self, dense_vec: Tensor, embeddings: Tensor) -> Tensor:
+        ee = torch.bmm(embeddings, embeddings.transpose(1, 2))
+        if self.masked:
+            ee = ee * self.mask
+        ex = torch.bmm(embeddings, dense_vec.unsqueeze(2)).flatten(1)
+        head = [dense_vec] if self.include_dense else []
+        return torch.cat([*head, ex, ee.flatten(1)], 1)
+
+    @staticmethod
+    def columns(inter: nn.Module, dense_dim: int) -> tuple[Tensor, int]:
+        """Where each output column of ``DotInteraction`` ``inter`` sits in the folded output, and the
+        folded width."""
+        f = int(inter.rows.max()) if inter.rows.numel() else 0  # embeddings; vector 0 is the dense one
+        r, c = inter.rows - 1, inter.cols - 1
+        head = dense_dim if inter.include_dense else 0
+        pair = head + torch.where(c < 0, r, f + r * f + c.clamp(min=0))
+        return torch.cat([torch.arange(head), pair]), head + f + f * f
+
+
+def _widen_int8_linear(m: nn.Module, cols: Tensor, width: int) -> nn.Module:
+    """A copy of ``Int8Linear`` ``m`` that reads input column ``cols[k]`` of a ``width``-wide input where
+    ``m`` read column ``k`` (zero weights elsewhere: the same integer sums)."""
+    out = copy.deepcopy(m)
+    wq_t = torch.zeros(width, m.out_features, dtype=m.wq_t.dtype)
+    wq_t[cols] = m.wq_t
+    out.wq_t, out.in_features = wq_t, width
+    return out
+
+
+def _interaction_consumers(model: nn.Module, backbone: nn.Module) -> list[tuple[nn.Sequential, str]]:
+    """``(MLP, name of its first layer)`` for every MLP that reads ``backbone``'s interaction output
+    directly (only the project's own model classes, whose forward is known)."""
+    from ..models.dlrm import DLRM, MLP, MultiTaskDLRM
+
+    if backbone.shared_mlp is not None:
+        mlps = [backbone.shared_mlp]
+    else:
+        mlps = []
+        for m in model.modules():
+            if type(m) is DLRM and m.backbone is backbone:
+                mlps.append(m.top_mlp)
+            elif type(m) is MultiTaskDLRM and m.shared is backbone:
+                mlps.extend(m.towers.values())
+    return [(s, next(iter(s._modules))) for s in mlps if type(s) is MLP and len(s)]
+
+
+def _fold_interactions(model: nn.Module) -> None:
+    """Swap a DLRM backbone's ``DotInteraction`` for :class:`FoldedDotInteraction` when every layer
+    reading it is an ``Int8Linear`` (each widened to the folded layout). A float consumer is left alone:
+    widened, its float matmul costs more than the selection it saves."""
+    try:
+        from ..models.dlrm import DLRMBackbone, DotInteraction
+    except ImportError:  # pragma: no cover
+        return
+    from .linear import Int8Linear
+
+    for backbone in [m for m in model.modules() if type(m) is DLRMBackbone]:
+        inter, consumers = backbone.interaction, _interaction_consumers(model, backbone)
+        if type(inter) is not DotInteraction or backbone.bottom_mlp is None or not consumers:
+            continue
+        firsts = [mlp._modules[name] for mlp, name in consumers]
+        cols, width = FoldedDotInteraction.columns(inter, backbone.bottom_mlp.out_features)
+        if not all(isinstance(m, Int8Linear) and m.in_features == cols.numel() for m in firsts):
+            continue
+        masked = any(m.activation == "dynamic" for m in firsts)
+        backbone.interaction = FoldedDotInteraction(int(inter.rows.max()), inter.include_dense, masked)
+        for (mlp, name), m in zip(consumers, firsts):
+            mlp._modules[name] = _widen_int8_linear(m, cols, width)
 
 
 def _lower_interactions(model: nn.Module) -> None:
@@ -303,5 +420,6 @@ def lower_tables(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, lower_table(m))
     _fuse_collections(model)
+    _fold_interactions(model)
     _lower_interactions(model)
     return model

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.batch import RecsysBatch
-from .export import METADATA_KEY, flatten_batch
+from .export import METADATA_KEY, layout_feeds
 
 __all__ = ["load", "OnnxPredictor", "TorchPredictor"]
 
@@ -49,7 +49,7 @@ class OnnxPredictor:
     def feeds(self, batch: Any) -> dict:
         inputs = self.meta["inputs"]
         if inputs["kind"] == "recsys":
-            return flatten_batch(batch, inputs["features"], inputs["weighted"], single_hot=inputs.get("single_hot", ()))
+            return layout_feeds(batch, inputs)
         tensors = (batch,) if isinstance(batch, Tensor) else tuple(batch)
         return {n: t.detach().cpu().numpy() for n, t in zip(inputs["names"], tensors)}
 

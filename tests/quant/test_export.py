@@ -91,14 +91,16 @@ def test_single_hot_features_use_one_fused_gather(tmp_path):
     quantize_(model, RecipeConfig())
     single = _batch({k: [[i % c] for i in range(8)] for k, c in CARDS.items()}, 8, weighted=())
     meta = export_onnx(model, tmp_path / "sh.onnx", single)
-    assert meta["inputs"]["single_hot"] == list(CARDS)
+    assert meta["inputs"]["single_hot"] == meta["inputs"]["stacked"] == list(CARDS)
     proto = onnx.load(str(tmp_path / "sh.onnx"))
-    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
-    # codes and [scale, bias] pairs: one Gather each for all tables, plus the interaction's pair selection
-    assert len(gathers) == 3
-    assert not any(n.op_type == "GatherND" for n in proto.graph.node)
-    assert sum(n.op_type == "Unsqueeze" for n in proto.graph.node) <= 1  # the dense vector's; none per feature
-    assert not any(n.op_type == "ReduceSum" for n in proto.graph.node)
+    assert [i.name for i in proto.graph.input] == ["dense", "sparse_ids"]  # one [B, 3] id matrix
+    ops = [n.op_type for n in proto.graph.node]
+    # codes and [scale, zero point] pairs: one Gather each for all tables; the int8 top layer reads every
+    # pairwise product, so the interaction selects nothing (no Gather; the one Transpose is E^T in E E^T,
+    # which ONNX Runtime fuses into its matmul)
+    assert ops.count("Gather") == 2 and ops.count("Transpose") == 1
+    assert "GatherND" not in ops and "Where" not in ops and "ReduceSum" not in ops
+    assert ops.count("Unsqueeze") <= 1  # the dense vector's; none per feature
     predictor = load(tmp_path / "sh.onnx")
     with torch.no_grad():
         for batch in (_batch({"a": [[3]], "b": [[29]], "c": [[0]]}, 1, weighted=()),
@@ -159,3 +161,90 @@ def test_int8_tables_dequantize_with_zero_points(tmp_path, fbgemm_packed):
     assert sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node) == 1
     fused = lower_tables(model).backbone.embeddings.fused
     assert hasattr(fused, "scale_bias") == fbgemm_packed and hasattr(fused, "scale_zp") != fbgemm_packed
+
+
+def _big_rows(model):
+    """Scale the tables so that |e_i|^2 (the unused diagonal of E E^T) dwarfs the used products."""
+    with torch.no_grad():
+        for t in model.embeddings.tables.values():
+            t.weight.mul_(40.0)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["dlrm", "dlrm_shared", "multitask", "multitask_shared", "static"])
+def test_folded_interaction_matches_quantized_model_exactly(kind):
+    """The int8 consumer widened to read all of ``[x, E x, E E^T]`` computes the same integer sums, also when
+    the diagonal would widen a dynamic activation range (it is masked; unmasked, the outputs move by
+    more than 1e-2 here)."""
+    from lightning_recsys.models import MultiTaskDLRM
+    from lightning_recsys.models.dlrm import DLRMBackbone
+    from lightning_recsys.quant.lowering import FoldedDotInteraction
+
+    torch.manual_seed(5)
+    if kind.startswith("multitask"):
+        model = MultiTaskDLRM(4, CARDS, ["click", "like"], embedding_dim=6, bottom_mlp=(8,),
+                              shared_mlp=(8,) if kind.endswith("shared") else (), tower_mlp=(4,))  # fmt: skip
+    elif kind == "dlrm_shared":
+        model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,))
+        model.backbone = DLRMBackbone(4, CARDS, 6, (8,), shared_mlp=(16,))
+        model.top_mlp[0] = nn.Linear(16, 8)
+    else:
+        model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,), num_tasks=2)
+    _big_rows(model).eval()
+    batch = _batch({k: [[(7 * i) % c] for i in range(16)] for k, c in CARDS.items()}, 16, weighted=())
+    static = kind == "static"
+    quantize_(model, RecipeConfig(linears=Int8LinearConfig(activation="static" if static else "dynamic")))
+    if static:
+        calibrate(model, [batch], num_batches=1)
+    lowered = lower_tables(model).eval()
+    inter = [m for m in lowered.modules() if isinstance(m, FoldedDotInteraction)]
+    assert len(inter) == 1 and inter[0].masked != static
+    with torch.no_grad():
+        ee = torch.stack([model.embeddings.tables[k](batch.sparse[k].values, batch.sparse[k].offsets[:-1])
+                          for k in CARDS], 1)  # fmt: skip
+        assert float(torch.linalg.vector_norm(ee, dim=-1).max()) ** 2 > 10 * float(ee.abs().max())
+        # the same integer sums; only float rounding of the dot products may differ (E E^T and E x apart)
+        torch.testing.assert_close(lowered(batch), model(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_float_consumers_and_custom_forwards_keep_the_selection():
+    """Only int8 consumers are widened (a widened float matmul costs more than the selection), and only in
+    the project's own model classes, whose forward is known."""
+    from lightning_recsys.quant.lowering import LoweredDotInteraction
+
+    class MyDLRM(DLRM):
+        def forward(self, batch):
+            return self.top_mlp(self.backbone(batch) * 2.0)
+
+    float_model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,)).eval()
+    assert isinstance(lower_tables(float_model).backbone.interaction, LoweredDotInteraction)
+    torch.manual_seed(6)
+    custom = MyDLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,)).eval()
+    quantize_(custom, RecipeConfig())
+    lowered = lower_tables(custom)
+    assert isinstance(lowered.backbone.interaction, LoweredDotInteraction)
+    batch = _batch({k: [[(5 * i) % c] for i in range(8)] for k, c in CARDS.items()}, 8, weighted=())
+    with torch.no_grad():
+        torch.testing.assert_close(lowered(batch), custom(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_stacked_ids_input_with_weighted_and_multi_hot_features(tmp_path):
+    """Single-hot unweighted features come as one ``sparse_ids`` matrix; weighted or multi-hot ones keep
+    their own inputs; ORT matches the model on batches with empty bags."""
+    torch.manual_seed(7)
+    model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,)).eval()
+    quantize_(model, RecipeConfig())
+    example = _batch({"a": [[i % 50] for i in range(8)], "b": [[i, i + 1] for i in range(8)], "c": [[i] for i in range(8)]},
+                     8, weighted=("c",))  # fmt: skip
+    meta = export_onnx(model, tmp_path / "m.onnx", example)
+    assert meta["inputs"]["single_hot"] == ["a", "c"] and meta["inputs"]["stacked"] == ["a"]
+    names = [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.input]
+    assert names == ["dense", "sparse_ids", "b__ids", "c__ids", "c__weights"]
+    predictor = load(tmp_path / "m.onnx")
+    batch = _batch({"a": [[3], [], [49]], "b": [[1], [2, 3, 4], []], "c": [[], [5], [6]]}, 3, weighted=("c",))
+    with torch.no_grad():
+        torch.testing.assert_close(predictor(batch), model(batch), atol=2e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="stacked features"):
+        from lightning_recsys.quant import flatten_batch
+
+        flatten_batch(batch, list(CARDS), ["c"], single_hot=["a", "c"], stacked=["c"])
