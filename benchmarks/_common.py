@@ -40,6 +40,38 @@ def parse_args(name: str, argv: list[str] | None = None, extra: Callable[[argpar
     return args
 
 
+class CpuSteal:
+    """Share of CPU time the hypervisor took from this VM while the block ran (``/proc/stat`` steal;
+    ``None`` where there is no such file). Timing ratios of multi-threaded candidates drift with it::
+
+        with CpuSteal() as steal:
+            times = interleaved_times(...)
+        steal.fraction
+    """
+
+    fraction: float | None = None
+
+    @staticmethod
+    def _read() -> list[int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        return [int(v) for v in fields[1:]] if fields and fields[0] == "cpu" else None
+
+    def __enter__(self) -> CpuSteal:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        end = self._read()
+        if self._start is None or end is None or len(end) < 8:
+            return
+        delta = [b - a for a, b in zip(self._start, end)]
+        self.fraction = delta[7] / sum(delta) if sum(delta) > 0 else 0.0
+
+
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):

@@ -1,7 +1,8 @@
 """Benchmark: int8 deployment of a DLRM (tables dominate the bytes) — ours vs torch.ao and ORT stock.
 
 Trains the reference DLRM on the synthetic Criteo-like data (26 tables capped at ``--rows`` rows,
-dim 64), then, in one process on the same test batches with 2 threads:
+dim 64; the MLPs of facebookresearch/dlrm's Criteo Terabyte configuration, bottom 13-512-256-64 and
+top 512-512-256-1), then, in one process on the same test batches with 2 threads:
 
 * ``fp32_eager``: the trained PyTorch model;
 * ``torchao_dynamic_int8`` (anchor): ``torch.ao.quantization.quantize_dynamic`` on the linears
@@ -17,6 +18,12 @@ dim 64), then, in one process on the same test batches with 2 threads:
   the same search with ``objective="latency"``'s ladder (tables int8 / fp16 / fp32, no int4; from the
   same sensitivity analysis). Compared with all-int8 and
   ORT stock on the test split (``comparison_test``): relative NE change, AUC change, bytes, within budget.
+
+Cross-checks: ``one_thread_b512`` times fp32 eager, ORT fp32 and ours again at batch 512 with one
+thread each (2-thread ratios also measure how fast idle threads wake on this shared virtual machine;
+``cpu_steal_fraction`` records the hypervisor's share during each timing); ``small_mlps`` times the
+earlier, smaller model (bottom 128-64, top 128-64), where the interaction and the row gathers
+dominate and int8 saves little.
 
 At the end, ``examples/quant_monitor.py``'s ``main(quick)`` (the QuantizationMonitor demo) runs when
 present; its ``detects_shift_within`` / ``recovered_under_budget`` go into the ratios ("not available"
@@ -48,7 +55,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import interleaved_times, parse_args, write_results  # noqa: E402
+from benchmarks._common import CpuSteal, interleaved_times, parse_args, write_results  # noqa: E402
 from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
 from lightning_recsys.quant import RecipeConfig, export_onnx, layout_feeds, quantize_  # noqa: E402
@@ -59,6 +66,10 @@ from lightning_recsys.quant.sensitivity import run_sensitivity  # noqa: E402
 from lightning_recsys.quant.trials import TrialRunner  # noqa: E402
 
 BATCH_SIZES = (1, 64, 512)
+# facebookresearch/dlrm's Criteo Terabyte configuration, whose embeddings are 64 wide as here:
+# --arch-mlp-bot=13-512-256-64 --arch-mlp-top=512-512-256-1
+REFERENCE_MLPS = {"bottom_mlp": (512, 256), "top_mlp": (512, 512, 256)}
+SMALL_MLPS = {"bottom_mlp": (128, 64), "top_mlp": (128, 64)}  # this benchmark's model before 2026-11-22
 
 
 def _extra(p) -> None:
@@ -202,15 +213,61 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
                 else:
                     calls[k] = (lambda m=f: m(batch))
             reps = (10 if args.quick else 40) if bs == 512 else (20 if args.quick else 100)
-            with torch.no_grad():
+            with torch.no_grad(), CpuSteal() as steal:
                 times = interleaved_times(calls, repeats=reps, warmup=3)
             for k, t in times.items():
                 res[k]["latency_ms"][f"b{bs}"] = t * 1e3
+            res["fp32_eager"].setdefault("cpu_steal_fraction", {})[f"b{bs}"] = steal.fraction
     out = {"train_seconds": train_s, "train_steps": steps, "methods": res}
+    if timing:
+        out["one_thread_b512"] = _one_thread_b512(args, fp32, dict(onnx_paths), _slice(test_batches[0], 512), layout)
     if budget is not None:
         out["budget"] = _budget_summary(args, budget, res, "ours_budget_onnx")
         out["budget_latency"] = _budget_summary(args, budget_latency, res, "ours_budget_latency_onnx")
     return out
+
+
+def _one_thread_b512(args, fp32: nn.Module, onnx_paths: dict[str, Path], batch: RecsysBatch, layout: dict) -> dict:
+    """fp32 eager vs ORT fp32 vs ours at batch 512 with ONE thread each: a cross-check of the 2-thread
+    ratios, which also measure how fast idle threads wake on this (virtual, shared) machine."""
+    names = ("ort_fp32", "ours_onnx_int8", "ours_budget_latency_onnx")
+    sessions = {k: _ort_session(onnx_paths[k], 1) for k in names if k in onnx_paths}
+    feeds = layout_feeds(batch, layout)
+    calls = {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}
+    calls["fp32_eager"] = lambda: fp32(batch)
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad(), CpuSteal() as steal:
+            times = interleaved_times(calls, repeats=10 if args.quick else 40, warmup=3)
+    finally:
+        torch.set_num_threads(args.threads)
+    out = {f"{k}_latency_ms": t * 1e3 for k, t in times.items()}
+    for k in sessions:
+        out[f"{k}_speedup_vs_fp32_eager"] = times["fp32_eager"] / times[k]
+    out["cpu_steal_fraction"] = steal.fraction
+    return out
+
+
+def _small_mlp_timing(args, dm, batch: RecsysBatch, tmp: Path) -> dict:
+    """Speed only, on this benchmark's earlier model (bottom 128-64, top 128-64; untrained weights, which
+    int8 speed does not depend on): there the interaction and the row gathers dominate and int8 saves
+    little."""
+    torch.manual_seed(0)
+    fp32 = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=args.dim, **SMALL_MLPS).model.eval()
+    ours = copy.deepcopy(fp32)
+    quantize_(ours, RecipeConfig())
+    example = _slice(batch, 64)
+    layout = export_onnx(fp32, tmp / "small_fp32.onnx", example)["inputs"]
+    export_onnx(ours, tmp / "small_ours.onnx", example)
+    sessions = {k: _ort_session(tmp / f"small_{k}.onnx", args.threads) for k in ("fp32", "ours")}
+    feeds = layout_feeds(batch, layout)
+    calls = {"fp32_eager": lambda: fp32(batch), "ort_fp32": lambda: sessions["fp32"].run(None, feeds),
+             "ours_onnx_int8": lambda: sessions["ours"].run(None, feeds)}  # fmt: skip
+    with torch.no_grad(), CpuSteal() as steal:
+        times = interleaved_times(calls, repeats=10 if args.quick else 40, warmup=3)
+    return {"mlps": {k: list(v) for k, v in SMALL_MLPS.items()}, "latency_ms_b512": {k: t * 1e3 for k, t in times.items()},
+            "ours_onnx_int8_speedup_vs_fp32_eager": times["fp32_eager"] / times["ours_onnx_int8"],
+            "ort_fp32_speedup_vs_fp32_eager": times["fp32_eager"] / times["ort_fp32"], "cpu_steal_fraction": steal.fraction}  # fmt: skip
 
 
 def _budget_summary(args, budget, res: dict, name: str) -> dict:
@@ -241,13 +298,14 @@ def _synthetic(args, tmp: Path) -> dict:
     dm = SyntheticCTRDataModule(num_train=n_train, num_val=8192, num_test=8192 if args.quick else 32_768,
                                 batch_size=1024, max_rows=rows, seed=0)  # fmt: skip
     torch.manual_seed(0)
-    module = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=args.dim, bottom_mlp=(128, 64), top_mlp=(128, 64))
+    module = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=args.dim, **REFERENCE_MLPS)
     test = [dm.make_batch("test", i)[0] for i in range(dm.num_test // 1024)]
     calib = [_slice(dm.make_batch("train", i)[0], 512) for i in range(8)]
     val = [dm.make_batch("val", i)[0] for i in range(4 if args.quick else dm.num_val // 1024)]  # budget search batches
     out = _run_dataset(args, dm, module, n_train // 1024, test, calib, True, tmp, "synthetic", val_batches=val)
+    out["small_mlps"] = _small_mlp_timing(args, dm, _slice(test[0], 512), tmp)
     out["config"] = {"rows_cap": rows, "dim": args.dim, "tables": 26, "num_train": n_train, "num_test": dm.num_test,
-                     "total_rows": sum(dm.cardinalities)}  # fmt: skip
+                     "total_rows": sum(dm.cardinalities), "mlps": {k: list(v) for k, v in REFERENCE_MLPS.items()}}  # fmt: skip
     return out
 
 
@@ -329,6 +387,12 @@ def main(argv: list[str] | None = None) -> dict:
     ratios["budget_latency_onnx_speedup_vs_fp32_eager_b512"] = (
         fp["latency_ms"]["b512"] / m["ours_budget_latency_onnx"]["latency_ms"]["b512"])  # fmt: skip
     ratios["budget_latency_bytes_ratio_vs_fp32"] = m["ours_budget_latency_onnx"]["model_bytes"] / fp["model_bytes"]
+    one, small = syn["one_thread_b512"], syn["small_mlps"]
+    ratios["onnx_int8_speedup_vs_fp32_eager_b512_one_thread"] = one["ours_onnx_int8_speedup_vs_fp32_eager"]
+    ratios["budget_latency_speedup_vs_fp32_eager_b512_one_thread"] = one.get("ours_budget_latency_onnx_speedup_vs_fp32_eager")
+    ratios["ort_fp32_speedup_vs_fp32_eager_b512"] = fp["latency_ms"]["b512"] / m["ort_fp32"]["latency_ms"]["b512"]
+    ratios["small_mlps_onnx_int8_speedup_vs_fp32_eager_b512"] = small["ours_onnx_int8_speedup_vs_fp32_eager"]
+    ratios["cpu_steal_fraction_b512"] = fp["cpu_steal_fraction"]["b512"]
     mon = _monitor(args)
     ratios["monitor_detects_shift_within"] = mon["detects_shift_within"]
     ratios["monitor_recovered_under_budget"] = mon["recovered_under_budget"]

@@ -10,9 +10,10 @@
   ``atol + rtol * |logit|`` (default ``1e-3 + 1e-3 |logit|``) or the export raises.
 
 ONNX inputs for a model taking :class:`~lightning_recsys.data.RecsysBatch`: ``dense`` [B, num_dense]
-float32, then per sparse feature ``<name>__ids`` [B, L] int64 padded with ``-1`` (and
+float32; ``sparse_ids`` [B, K] int64 with one column per single-hot, unweighted feature (``-1`` for
+an empty bag); then per other sparse feature ``<name>__ids`` [B, L] int64 padded with ``-1`` (and
 ``<name>__weights`` [B, L] float32 when the example batch has per-id weights); output ``logits``.
-:func:`flatten_batch` builds them; the layout is stored in the model's metadata
+:func:`layout_feeds` builds them from a batch; the layout is stored in the model's metadata
 (``metadata_props["lightning_recsys"]``) so :func:`lightning_recsys.quant.load` can rebuild it.
 Models taking tensors are exported with those tensors as inputs (dim 0 dynamic).
 

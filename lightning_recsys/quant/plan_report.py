@@ -23,7 +23,7 @@ from .search import SearchResult
 __all__ = ["write_plan_report", "plan_markdown", "plot_plan", "PLAN_REPORT_FILES"]
 
 PLAN_REPORT_FILES = ("plan_report.json", "plan_report.md", "plan_report.png")
-_PRECISIONS = ("int4", "int8", "fp16")
+_PRECISIONS = ("int4", "int8", "int8_static", "fp16")
 
 
 def _pct(x: float) -> str:

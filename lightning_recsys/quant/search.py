@@ -28,7 +28,7 @@ Example:
     >>> model = DLRM.from_spec(dm.feature_spec, embedding_dim=8)
     >>> res = search_plan(model, dm.train_dataloader(), dm.val_dataloader(), budget_ne=0.01,
     ...                   eval_batches=2, confirm_batches=2)
-    >>> res.met, set(res.plan.values()) <= {"fp16", "fp32", "int4", "int8"}
+    >>> res.met, set(res.plan.values()) <= {"fp16", "fp32", "int4", "int8", "int8_static"}
     (True, True)
 """
 
@@ -47,12 +47,9 @@ from .api import _set_submodule
 from .config import FP32Config, Int8LinearConfig, RecipeConfig, RowwiseEmbeddingConfig, config_to_dict
 from .report import state_bytes
 from .sensitivity import SensitivityResult, run_sensitivity
-from .trials import LINEAR_LADDER, TABLE_LADDER, TrialRunner, precision_config
+from .trials import LINEAR_LADDER, LOW_PRECISIONS, TABLE_LADDER, TrialRunner, precision_config
 
 __all__ = ["Budget", "BudgetNotMetError", "PlanTrial", "SearchResult", "search_plan", "plan_search", "plan_to_recipe"]
-
-_LOW_BITS = ("int8", "int4")
-
 
 class BudgetNotMetError(RuntimeError):
     """No precision plan meets the accuracy budget: the artifact is refused (only the report is written)."""
@@ -369,7 +366,7 @@ class _Greedy:
                                     "scale": float(q.x_scale), "zero_point": int(q.x_zero_point),
                                     "calibrated_on": "float model"}  # fmt: skip
         final_bytes = state_bytes(final)
-        low = sum(self.mbytes(f, p) for f, p in plan.items() if p in _LOW_BITS)
+        low = sum(self.mbytes(f, p) for f, p in plan.items() if p in LOW_PRECISIONS)
         cheapest = {f: self.allowed[runner.kinds[f]][0] for f in plan}
         return SearchResult(
             met=met, message=message, budget=self.budget, plan=dict(plan),

@@ -141,8 +141,9 @@ def sensitivity_analysis(
     """Quantize each table / linear of ``model`` alone and measure ΔNE (relative), ΔAUC and output SQNR
     on the first ``eval_batches`` batches of ``eval_loader``. ``model`` is not modified.
 
-    ``calib_loader`` is read only when ``linear_config`` uses static activations (one pass of
-    ``calib_batches`` batches on the float model). See the module docstring for the conventions.
+    ``calib_loader`` is read for static int8 activations (``linear_config`` static, or the
+    ``"int8_static"`` rung; one pass of ``calib_batches`` batches on the float model); with ``None``
+    the rung is left out. See the module docstring for the conventions.
     """
     runner = TrialRunner(
         model, calib_loader, eval_loader, forward_fn=forward_fn, label_fn=label_fn, task=task,

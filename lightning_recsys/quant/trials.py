@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,10 +36,14 @@ from .config import FP16Config, Int8LinearConfig, QuantConfig, RowwiseEmbeddingC
 from .observers import Observer, make_observer
 from .report import eval_metrics, state_bytes
 
-__all__ = ["TABLE_LADDER", "LINEAR_LADDER", "TrialRunner", "precision_config"]
+__all__ = ["TABLE_LADDER", "LINEAR_LADDER", "LOW_PRECISIONS", "TrialRunner", "precision_config", "static_linear_config"]
 
 TABLE_LADDER: tuple[str, ...] = ("int4", "int8", "fp16", "fp32")
-LINEAR_LADDER: tuple[str, ...] = ("int8", "fp16", "fp32")
+# "int8": the runner's ``linear_config`` (dynamic activations by default); "int8_static": int8 with
+# activation ranges calibrated by a percentile observer, which clips the rare outliers that widen a
+# dynamic range (e.g. a DLRM top layer reading the dense vector beside large dot products)
+LINEAR_LADDER: tuple[str, ...] = ("int8", "int8_static", "fp16", "fp32")
+LOW_PRECISIONS: tuple[str, ...] = ("int4", "int8", "int8_static")  # the precisions counted as int8/int4 bytes
 _DB_CAP = 200.0  # SQNR of an exact result (JSON has no inf)
 
 
@@ -50,7 +55,17 @@ def precision_config(kind: str, precision: str, linear_config: Int8LinearConfig,
         return RowwiseEmbeddingConfig(bits=int(precision[3]), clip=int4_clip if precision == "int4" else "minmax")
     if kind == "linear" and precision == "int8":
         return linear_config
+    if kind == "linear" and precision == "int8_static":
+        return static_linear_config(linear_config)
     raise ValueError(f"no {precision!r} quantization for {kind} modules; expected one of {_ladder(kind)[:-1]}")
+
+
+def static_linear_config(linear_config: Int8LinearConfig) -> Int8LinearConfig:
+    """The ``"int8_static"`` rung: ``linear_config`` itself when it is static, else static activations
+    with a percentile observer (same percentile and bins)."""
+    if linear_config.activation == "static":
+        return linear_config
+    return dataclasses.replace(linear_config, activation="static", observer="percentile")
 
 
 def _ladder(kind: str) -> tuple[str, ...]:
@@ -170,7 +185,9 @@ class TrialRunner:
 
     Used by :func:`~lightning_recsys.quant.sensitivity.sensitivity_analysis` and
     :func:`~lightning_recsys.quant.search.search_plan`.
-    The model passed in is never modified (the runner works on a copy).
+    The model passed in is never modified (the runner works on a copy). ``calib_loader`` calibrates
+    static int8 activations (``linear_config`` static, or the ``"int8_static"`` rung); without it the
+    linear ladder of a dynamic ``linear_config`` leaves ``"int8_static"`` out.
     """
 
     def __init__(
@@ -203,10 +220,12 @@ class TrialRunner:
         if int4_clip not in ("minmax", "greedy"):
             raise ValueError(f"int4_clip must be 'minmax' or 'greedy', got {int4_clip!r}")
         self.int4_clip = int4_clip
-        self.ladders = {
-            "embedding": _check_ladder(table_precisions, TABLE_LADDER, "table_precisions"),
-            "linear": _check_ladder(linear_precisions, LINEAR_LADDER, "linear_precisions"),
-        }
+        linear_ladder = _check_ladder(linear_precisions, LINEAR_LADDER, "linear_precisions")
+        if self.linear_config.activation == "static" and "int8" in linear_ladder:  # "int8" is already static
+            linear_ladder = tuple(p for p in linear_ladder if p != "int8_static")
+        if calib_loader is None and self.linear_config.activation == "dynamic":  # nothing to calibrate on
+            linear_ladder = tuple(p for p in linear_ladder if p != "int8_static") or linear_ladder
+        self.ladders = {"embedding": _check_ladder(table_precisions, TABLE_LADDER, "table_precisions"), "linear": linear_ladder}
         t0 = time.perf_counter()
         self.forward_fn = forward_fn or _default_forward
         self.model = model  # the caller's float model: read, never modified
@@ -220,7 +239,8 @@ class TrialRunner:
         self.label_fn = label_fn or (lambda b: _labels_for(b, self.tasks))
         self.observers: dict[str, Observer] = {}
         self.calibration_batches = 0
-        if self.linear_config.activation == "static" and any(k == "linear" for k in self.kinds.values()):
+        static = self.linear_config.activation == "static" or "int8_static" in self.ladders["linear"]
+        if static and any(k == "linear" for k in self.kinds.values()):
             if calib_loader is None:
                 raise ValueError("static int8 activations need calibration data: pass calib_loader")
             self._calibrate(calib_loader, calib_batches)
@@ -262,7 +282,7 @@ class TrialRunner:
 
     @torch.no_grad()
     def _calibrate(self, loader: Iterable, num_batches: int) -> None:
-        lin = self.linear_config
+        lin = static_linear_config(self.linear_config)
         handles = []
         for fqn, kind in self.kinds.items():
             if kind == "linear":

@@ -10,11 +10,12 @@ import lightning.pytorch as pl
 import matplotlib.image
 import pytest
 import torch
+from torch import nn
 
 from lightning_recsys.cli import main as lrs_main
 from lightning_recsys.data import SyntheticCTRDataModule
 from lightning_recsys.models import RecsysModule
-from lightning_recsys.quant import load, quantize_, quantize_checkpoint
+from lightning_recsys.quant import Int8LinearConfig, load, quantize_, quantize_checkpoint
 from lightning_recsys.quant.checkpoint import BudgetNotMetError
 from lightning_recsys.quant.plan_report import PLAN_REPORT_FILES, write_plan_report
 from lightning_recsys.quant.search import Budget, plan_search, search_plan
@@ -199,3 +200,39 @@ def test_checkpoint_budget_latency_objective_keeps_tables_at_int8_or_above(fragi
     with pytest.raises(ValueError, match="objective must be 'size' or 'latency'"):
         quantize_checkpoint(fragile_ckpt, tmp_path / "bad", budget_ne=0.005, objective="speed")
     assert not (tmp_path / "bad").exists()
+
+
+def _outlier_batches(n: int, seed: int, batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Dense batches where about 1 sample in 512 carries 500 in feature 0 (a rare outlier)."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.tensor([0.01, 1.0, -1.0, 0.5, -0.5, 0.8, -0.3, 0.2])
+    out = []
+    for _ in range(n):
+        x = torch.randn(batch_size, 8, generator=g)
+        hit = torch.rand(batch_size, generator=g) < 1 / 512
+        x[hit, 0] = 500.0
+        y = torch.bernoulli(torch.sigmoid(x @ teacher), generator=g)
+        out.append((x, y))
+    return out
+
+
+def test_int8_static_rung_rescues_a_linear_with_rare_outliers():
+    """Dynamic int8 takes each batch's range, so one outlier coarsens the whole batch; the int8_static rung
+    (percentile-calibrated) clips it: the search stops there instead of falling back to fp16 (here alone:
+    dynamic +3.6% NE, static +0.6%)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for x, y in _outlier_batches(30, seed=0):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    batches = lambda seed: [{"x": x, "label": y} for x, y in _outlier_batches(16, seed)]  # noqa: E731
+    res = search_plan(model, batches(1), batches(2), budget_ne=0.01, forward_fn=lambda m, b: m(b["x"]),
+                      label_fn=lambda b: b["label"], eval_batches=16, calib_batches=16,
+                      linear_config=Int8LinearConfig(percentile=99.9))  # fmt: skip
+    assert res.references["all_int8"]["meets_budget"] is False
+    assert res.plan["0"] == "int8_static" and res.met
+    assert res.int8_bytes_fraction == 1.0 and res.calibration["0"]["observer"] == "percentile"
