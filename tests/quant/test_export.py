@@ -248,3 +248,22 @@ def test_stacked_ids_input_with_weighted_and_multi_hot_features(tmp_path):
         from lightning_recsys.quant import flatten_batch
 
         flatten_batch(batch, list(CARDS), ["c"], single_hot=["a", "c"], stacked=["c"])
+
+
+def test_relu_before_static_int8_linear_is_dropped_exactly(tmp_path):
+    """A calibrated static int8 layer after a ReLU has zero point 0: its quantization clamps negatives to
+    code 0 already, so the export drops the ReLU and computes exactly the same."""
+    torch.manual_seed(8)
+    model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8, 8), top_mlp=(8, 8)).eval()
+    batch = _batch({k: [[(3 * i) % c] for i in range(32)] for k, c in CARDS.items()}, 32, weighted=())
+    quantize_(model, RecipeConfig(linears=Int8LinearConfig(activation="static", observer="percentile")))
+    calibrate(model, [batch], num_batches=1)
+    lowered = lower_tables(model).eval()
+    # bottom 4-8-8-6: the ReLUs before layers 2 and 4 go, the last one feeds the interaction; top: all go
+    assert [type(m).__name__ for m in lowered.backbone.bottom_mlp] == ["Int8Linear", "Identity", "Int8Linear", "Identity",
+                                                                       "Int8Linear", "ReLU"]  # fmt: skip
+    assert not any(isinstance(m, nn.ReLU) for m in lowered.top_mlp)
+    with torch.no_grad():  # (the folded interaction may round its dot products differently: 1e-5)
+        torch.testing.assert_close(lowered(batch), model(batch), atol=1e-5, rtol=1e-5)
+    export_onnx(model, tmp_path / "m.onnx", batch)
+    assert sum(n.op_type == "Relu" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node) == 1
