@@ -168,6 +168,9 @@ def flatten_batch(
 def layout_feeds(batch: RecsysBatch, layout: dict[str, Any]) -> dict[str, np.ndarray]:
     """ONNX inputs for ``batch`` in the layout an export recorded (``export_onnx(...)["inputs"]``, also
     in the model's metadata), e.g. to feed your own ``onnxruntime.InferenceSession``."""
+    if not isinstance(layout, dict) or layout.get("kind") != "recsys" or not {"features", "weighted"} <= set(layout):
+        raise ValueError("layout must be the 'inputs' entry of an export of a RecsysBatch model (kind 'recsys', with "
+                         f"'features' and 'weighted'), got {layout!r}")  # fmt: skip
     return flatten_batch(batch, layout["features"], layout["weighted"], single_hot=layout.get("single_hot", ()),
                          stacked=layout.get("stacked", ()))  # fmt: skip
 

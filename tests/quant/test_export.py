@@ -7,7 +7,7 @@ from torch import nn
 
 from lightning_recsys.data import RecsysBatch, SparseFeature
 from lightning_recsys.models import DLRM
-from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, load, quantize_
+from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, load, quantize_
 from lightning_recsys.quant.lowering import lower_tables
 
 from .test_api_config import UserModel
@@ -244,6 +244,8 @@ def test_stacked_ids_input_with_weighted_and_multi_hot_features(tmp_path):
     batch = _batch({"a": [[3], [], [49]], "b": [[1], [2, 3, 4], []], "c": [[], [5], [6]]}, 3, weighted=("c",))
     with torch.no_grad():
         torch.testing.assert_close(predictor(batch), model(batch), atol=2e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="layout must be the 'inputs' entry"):
+        layout_feeds(batch, {"kind": "tensors", "names": ["input_0"]})
     with pytest.raises(ValueError, match="stacked features"):
         from lightning_recsys.quant import flatten_batch
 
