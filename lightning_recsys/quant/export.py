@@ -2,8 +2,9 @@
 
 * Embedding bags are lowered to ``Gather`` + ``ReduceSum`` on padded ids (:mod:`.lowering`), never to
   the ``Loop`` that ``nn.EmbeddingBag`` exports to; row-wise int8/int4 tables stay row-wise.
-* ``Int8Linear`` becomes ``DynamicQuantizeLinear`` (dynamic) or ``QuantizeLinear`` (static) +
-  ``MatMulInteger`` + rescale (ONNX Runtime fuses it into its integer matmul kernels).
+* ``Int8Linear`` becomes ``DynamicQuantizeLinear`` + ``MatMulInteger`` + rescale (dynamic; ONNX
+  Runtime fuses it into ``DynamicQuantizeMatMul``) or ``QuantizeLinear`` + ONNX Runtime's
+  ``com.microsoft.MatMulIntegerToFloat`` (static; the faster of the two in ORT on CPU).
 * fp16 tables and weights are stored as fp16 and cast in the graph.
 * The batch dimension (and every bag length) is dynamic; ``onnx.checker`` runs on the result, and
   with ``verify=True`` an ONNX Runtime session must reproduce the PyTorch model on the example within

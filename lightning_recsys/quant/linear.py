@@ -5,8 +5,8 @@ The int8 arithmetic is ONNX Runtime's: activations ``xq = sat(round(x / sx) + zx
 to even), weights ``wq = round(w / sw)`` (int8, symmetric, one scale per output channel), output
 ``((xq - zx) @ wq^T) * sx * sw + b``. Dynamic activations take ``sx, zx`` from each input's min/max
 (``DynamicQuantizeLinear``); static ones from calibration (``quant.calibrate``). The two torch custom
-ops below compute exactly that in eager mode and export to ``DynamicQuantizeLinear`` /
-``QuantizeLinear`` + ``MatMulInteger`` (see ``quant.export``).
+ops below compute exactly that in eager mode and export to ``DynamicQuantizeLinear`` +
+``MatMulInteger`` / ``QuantizeLinear`` + ``MatMulIntegerToFloat`` (see ``quant.export``).
 
 Example:
     >>> import torch
@@ -63,7 +63,7 @@ def _(x: Tensor, wq_t: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
 
 @torch.library.custom_op("lrs_quant::int8_linear_static", mutates_args=())
 def int8_linear_static(x: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq_t: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
-    """``QuantizeLinear(x, x_scale, x_zero_point)`` -> ``MatMulInteger`` -> rescale + bias."""
+    """``QuantizeLinear(x, x_scale, x_zero_point)`` -> integer matmul -> rescale + bias."""
     return _int8_matmul(x.float(), x_scale, x_zero_point, wq_t, w_scale, bias)
 
 
