@@ -22,6 +22,8 @@ from lightning_recsys.quant.tensorrt import (
     tensorrt_inputs,
 )
 
+from .test_api_config import UserModel
+
 pytestmark = pytest.mark.timeout(120)
 
 CARDS = {"a": 50, "b": 30, "c": 40}
@@ -109,17 +111,8 @@ def test_quantized_tables_single_hot_and_empty_bags(dlrm):
             torch.testing.assert_close(run(*tensorrt_inputs(batch, prepared.meta)), model(batch), atol=1e-2, rtol=1e-2)
 
 
-class PlainModule(pl.LightningModule):
-    """Any LightningModule: plain nn.Embedding / nn.EmbeddingBag / nn.Linear taking tensors."""
-
-    def __init__(self):
-        super().__init__()
-        self.user = nn.Embedding(100, 8)
-        self.items = nn.EmbeddingBag(200, 8, mode="mean")
-        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
-
-    def forward(self, user, items):
-        return self.mlp(torch.cat([self.user(user), self.items(items)], 1))
+class PlainModule(UserModel, pl.LightningModule):
+    """Any LightningModule: the API tests' plain nn.Embedding / nn.EmbeddingBag / nn.Linear model taking tensors."""
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
