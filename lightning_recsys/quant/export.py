@@ -4,7 +4,8 @@
   the ``Loop`` that ``nn.EmbeddingBag`` exports to; row-wise int8/int4 tables stay row-wise.
 * ``Int8Linear`` becomes ``DynamicQuantizeLinear`` + ``MatMulInteger`` + rescale (dynamic; ONNX
   Runtime fuses it into ``DynamicQuantizeMatMul``) or ``QuantizeLinear`` + ONNX Runtime's
-  ``com.microsoft.MatMulIntegerToFloat`` (static; the faster of the two in ORT on CPU).
+  ``com.microsoft.MatMulIntegerToFloat`` (static; the faster of the two in ORT on CPU). A concat read
+  by a static layer is concatenated after quantization, in uint8 (:mod:`.graph_rewrite`).
 * fp16 tables and weights are stored as fp16 and cast in the graph.
 * The batch dimension (and every bag length) is dynamic; ``onnx.checker`` runs on the result, and
   with ``verify=True`` an ONNX Runtime session must reproduce the PyTorch model on the example within
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.batch import RecsysBatch, SparseFeature
+from .graph_rewrite import quantize_before_concat
 from .lowering import StackedColumn, lower_tables
 
 __all__ = ["export_onnx", "flatten_batch", "layout_feeds", "METADATA_KEY"]
@@ -296,6 +298,7 @@ def export_onnx(
     import onnx
 
     proto = onnx.load(str(path))
+    quantize_before_concat(proto)
     onnx.checker.check_model(proto, full_check=True)
     meta.update(extra_metadata or {})
     meta["parity"] = {"atol": atol, "rtol": rtol}
