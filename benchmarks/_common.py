@@ -102,6 +102,30 @@ def interleaved_times(fns: Mapping[str, Callable[[], Any]], repeats: int = 5, wa
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def blocked_times(fns: Mapping[str, Callable[[int], Any]], rounds: int = 5, block: int = 5, seed: int = 0) -> dict[str, float]:
+    """Median steady-state time of each candidate. In each of ``rounds`` rounds every candidate, in a
+    shuffled order, makes ``block`` calls in a row; the first call of a block refills the caches the
+    other candidates evicted and is not counted. ``fns[k](i)`` gets a running call index (e.g. to
+    score the next of several batches). This is how a serving process sees a model (it runs one model
+    back to back), while the rounds spread load changes over all candidates; calls interleaved one by
+    one across several large models (:func:`interleaved_times`) time every call with cold caches."""
+    if block < 2:
+        raise ValueError(f"block must be >= 2 (its first call is not counted), got {block}")
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    calls = dict.fromkeys(fns, 0)
+    order, rng = list(fns), random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for k in order:
+            for j in range(block):
+                t0 = time.perf_counter()
+                fns[k](calls[k])
+                if j:
+                    samples[k].append(time.perf_counter() - t0)
+                calls[k] += 1
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def tensor_bytes(*objs: Any) -> int:
     """Bytes held by the tensors in modules, optimizers, dicts, lists or tensors (shared storage counted once)."""
     seen: set[int] = set()
