@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -70,7 +70,20 @@ def owned_parameters(module: nn.Module) -> Iterator[tuple[str, Tensor, nn.Module
             yield (f"{mod_name}.{p_name}" if mod_name else p_name), p, mod
 
 
-def check_real(params: list[Tensor], optimizer: str) -> None:
+def group_tensors(param_group: dict[str, Any]) -> list[Tensor]:
+    """The tensors of ``param_group``; its ``params`` becomes a list in place (an iterator is read once).
+
+    A set is left as is for ``Optimizer.add_param_group`` to refuse with torch's own error."""
+    params = param_group["params"]
+    if isinstance(params, Tensor):
+        params = [params]
+    elif not isinstance(params, set):
+        params = list(params)
+    param_group["params"] = params
+    return [p[1] if isinstance(p, tuple) else p for p in params]  # (name, tensor) pairs are named params
+
+
+def check_real(params: Iterable[Tensor], optimizer: str) -> None:
     """Clear errors for parameter kinds none of our optimizers handle."""
     for p in params:
         if not isinstance(p, Tensor):

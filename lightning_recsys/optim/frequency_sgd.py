@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
-from ._routing import EMBEDDING_TYPES, check_real, module_of, owned_parameters
+from ._precision import compute_dtype, restore_state
+from ._routing import EMBEDDING_TYPES, check_real, group_tensors, module_of, owned_parameters
 
 __all__ = ["CounterSGD", "counter_sgd_update"]
 
@@ -40,28 +41,36 @@ def counter_sgd_update(
     ``grad`` may be sparse COO (duplicate ids are summed, the row counted once) or dense (a row is
     present when any of its gradient entries is non-zero). ``steps``: the (decayed) number of steps
     so far, this one included; when given, the rate is ``lr / sqrt(count / steps)`` (the row's
-    estimated frequency, ``mode="frequency"``), otherwise ``lr / sqrt(count)``."""
+    estimated frequency, ``mode="frequency"``), otherwise ``lr / sqrt(count)``. Rows of a
+    float16 / bfloat16 ``param`` are updated in float32 and rounded once; keep ``count`` in float32
+    (a bfloat16 counter stops at 256)."""
     if decay != 1.0:
         count.mul_(decay)
     rows2d = param.view(param.shape[0], -1) if param.ndim else param.view(1, 1)
+    dtype = compute_dtype(param)
     norm = 1.0 if steps is None else steps
     if grad.is_sparse:
         g = grad.coalesce()
-        idx = g.indices()[0]
-        values = g.values().reshape(idx.numel(), -1)
+        idx = g.indices()[0]  # unique after coalesce
+        values = g.values().reshape(idx.numel(), -1).to(dtype)
         count.index_add_(0, idx, torch.ones_like(idx, dtype=count.dtype))
+        rows = rows2d.index_select(0, idx).to(dtype)
         if weight_decay:
-            values = values + weight_decay * rows2d.index_select(0, idx)
-        scale = lr / (count.index_select(0, idx) / norm).sqrt()
-        rows2d.index_add_(0, idx, values * scale.unsqueeze(1), alpha=-1)
+            values = values + weight_decay * rows
+        scale = (lr / (count.index_select(0, idx) / norm).sqrt()).to(dtype)
+        rows2d.index_copy_(0, idx, rows.addcmul_(values, scale.unsqueeze(1), value=-1).to(param.dtype))
         return
-    g = grad.reshape(rows2d.shape)
+    g = grad.reshape(rows2d.shape).to(dtype)
     present = g.ne(0).any(1)
     count.add_(present)
+    rows = rows2d.to(dtype)  # rows2d itself unless param is float16 / bfloat16
     if weight_decay:
-        g = g + weight_decay * rows2d * present.unsqueeze(1)
-    scale = lr / (count.clamp_min(1) / norm).sqrt()  # present rows have count >= 1; absent rows' scale is unused
-    rows2d.addcmul_(g, scale.unsqueeze(1), value=-1)
+        g = g + weight_decay * rows * present.unsqueeze(1)
+    # present rows have count >= 1; absent rows' scale is unused
+    scale = (lr / (count.clamp_min(1) / norm).sqrt()).to(dtype)
+    rows.addcmul_(g, scale.unsqueeze(1), value=-1)
+    if rows is not rows2d:
+        rows2d.copy_(rows)
 
 
 class CounterSGD(Optimizer):
@@ -82,7 +91,8 @@ class CounterSGD(Optimizer):
        ``lr / sqrt(p_r)``, from a counter-based frequency estimate as in Li et al.'s CF-SGD. A row
        present in every batch moves with ``lr`` throughout; rarer rows move faster.
 
-    State: one float per row (``mode="frequency"`` adds one scalar step count per table).
+    State: one float32 per row whatever the table's dtype (``mode="frequency"`` adds one scalar step
+    count per table); the rows of a float16 / bfloat16 table are updated in float32, rounded once.
 
     Groups with ``counter=False`` are plain SGD (``w -= lr * (g + weight_decay * w)``), e.g. for the
     dense layers when :meth:`from_module` builds one optimizer for a whole model.
@@ -131,8 +141,6 @@ class CounterSGD(Optimizer):
             params = [g for g in ({"params": tables, "counter": True}, dense_group) if g["params"]]
         defaults = {"lr": lr, "half_life": half_life, "weight_decay": weight_decay, "mode": mode, "counter": True}
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            check_real(group["params"], "CounterSGD")
 
     @classmethod
     def from_module(cls, module: nn.Module, **kwargs: Any) -> CounterSGD:
@@ -140,6 +148,33 @@ class CounterSGD(Optimizer):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
         return cls(module, **kwargs)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (options default to the constructor's); its parameters must be real floating-point."""
+        check_real(group_tensors(param_group), "CounterSGD")
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, but counters stay float32 for any parameter dtype."""
+        super().load_state_dict(state_dict)
+        restore_state(self, state_dict, ("count", "steps"), lambda p: torch.float32)
+
+    def _init_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict]) -> None:
+        """Collect the group's parameters with a gradient; counters (float32) are created here."""
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            params.append(p)
+            grads.append(p.grad)
+            if not group["counter"]:  # plain SGD: no state
+                states.append({})
+                continue
+            state = self.state[p]
+            if "count" not in state:
+                state["count"] = torch.zeros(p.shape[0] if p.ndim else 1, dtype=torch.float32, device=p.device)
+            if group["mode"] == "frequency" and "steps" not in state:
+                state["steps"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            states.append(state)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
@@ -149,24 +184,22 @@ class CounterSGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            states: list[dict] = []
+            self._init_group(group, params, grads, states)
             lr, wd = group["lr"], group["weight_decay"]
             half_life = group["half_life"]
             decay = 1.0 if half_life is None else math.pow(2.0, -1.0 / half_life)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            for p, grad, state in zip(params, grads, states):
                 if not group["counter"]:
-                    grad = p.grad.coalesce() if p.grad.is_sparse else p.grad
+                    grad = grad.coalesce() if grad.is_sparse else grad
                     if wd:
                         grad = grad + wd * p if not grad.is_sparse else grad + wd * p.sparse_mask(grad)
                     p.add_(grad, alpha=-lr)
                     continue
-                state = self.state[p]
-                if "count" not in state:
-                    state["count"] = torch.zeros(p.shape[0] if p.ndim else 1, dtype=torch.float32, device=p.device)
                 steps = None
                 if group["mode"] == "frequency":  # n_t = decay * n_{t-1} + 1: the (decayed) step count
-                    n = state.setdefault("steps", torch.zeros((), dtype=torch.float32, device=p.device))
-                    steps = float(n.mul_(decay).add_(1.0))
-                counter_sgd_update(p, p.grad, state["count"], lr=lr, decay=decay, weight_decay=wd, steps=steps)
+                    steps = float(state["steps"].mul_(decay).add_(1.0))
+                counter_sgd_update(p, grad, state["count"], lr=lr, decay=decay, weight_decay=wd, steps=steps)
         return loss

@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
-from ._routing import EMBEDDING_TYPES, check_real, module_of, owned_parameters
+from ._precision import compute_dtype, restore_state
+from ._routing import EMBEDDING_TYPES, check_real, group_tensors, module_of, owned_parameters
 
 __all__ = [
     "MLorcAdamW",
@@ -56,7 +57,9 @@ def randomized_svd(
     """Rank-``rank`` truncated SVD of ``a`` (Halko et al.): Gaussian sketch of ``rank + oversample``
     columns, ``power_iters`` re-orthonormalized power iterations, exact SVD of the small projection
     (taken of its tall ``n x k`` transpose, which LAPACK does several times faster than the wide
-    ``k x n`` form). Exact when ``rank >= min(a.shape)``."""
+    ``k x n`` form). Exact when ``rank >= min(a.shape)``. A float16 / bfloat16 ``a`` is factored in
+    float32 (QR and SVD have no bfloat16 CPU kernels); the factors come back in that dtype."""
+    a = a.to(compute_dtype(a))
     m, n = a.shape
     k = min(rank + oversample, m, n)
     r = min(rank, k)
@@ -90,16 +93,25 @@ def _nonnegative(v_hat: Tensor) -> Tensor:
     return v_hat.clamp_min_(0).addcmul_(neg, -fill.to(v_hat.dtype))
 
 
+def _write_back(param: Tensor, work: Tensor) -> None:
+    """Store ``work`` (a float32 copy of a float16 / bfloat16 ``param``) in ``param``, rounding once."""
+    if work is not param:
+        param.copy_(work)
+
+
 def adamw_update(
     param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, *,
     lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
 ) -> None:  # fmt: skip
-    """Dense AdamW step in place (``torch.optim.AdamW``'s formula: decay first, then the Adam step)."""
-    param.mul_(1 - lr * weight_decay)
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    """Dense AdamW step in place (``torch.optim.AdamW``'s formula: decay first, then the Adam step),
+    computed in the moments' dtype (float32 moments for a bfloat16 ``param``: it is rounded once)."""
+    w, g = param.to(exp_avg.dtype), grad.to(exp_avg.dtype)
+    w.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-    param.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+    w.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+    _write_back(param, w)
 
 
 def mlorc_adamw_update(
@@ -110,27 +122,33 @@ def mlorc_adamw_update(
     """One MLorc-AdamW step on a 2-D ``param`` in place; returns the new compressed ``(m, v)``.
 
     ``m``/``v`` are the previous factors (``None`` before the first step). The step itself uses the
-    exact new moments ``m_t``, ``v_t`` (reconstruction + fresh gradient); only they are compressed."""
-    m_t = _reconstruct(m, grad, beta1).add_(grad, alpha=1 - beta1)  # b1 m_hat + (1 - b1) g
-    v_t = _reconstruct(v, grad, beta2)  # b2 v_hat: the non-negativity fix commutes with the scale
+    exact new moments ``m_t``, ``v_t`` (reconstruction + fresh gradient); only they are compressed.
+    Everything runs in :func:`compute_dtype` of ``param`` (float32 for bfloat16, rounded once)."""
+    w, g = param.to(compute_dtype(param)), grad.to(compute_dtype(param))
+    m_t = _reconstruct(m, g, beta1).add_(g, alpha=1 - beta1)  # b1 m_hat + (1 - b1) g
+    v_t = _reconstruct(v, g, beta2)  # b2 v_hat: the non-negativity fix commutes with the scale
     if v is not None:
         _nonnegative(v_t)
-    v_t.addcmul_(grad, grad, value=1 - beta2)
+    v_t.addcmul_(g, g, value=1 - beta2)
     new_m = randomized_svd(m_t, rank, oversample, power_iters, generator)
     new_v = randomized_svd(v_t, rank, oversample, power_iters, generator)
-    param.mul_(1 - lr * weight_decay)
+    w.mul_(1 - lr * weight_decay)
     denom = v_t.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)  # v_t is compressed already: reuse it
-    param.addcdiv_(m_t, denom, value=-lr / (1 - beta1**step))
+    w.addcdiv_(m_t, denom, value=-lr / (1 - beta1**step))
+    _write_back(param, w)
     return new_m, new_v
 
 
 def lion_update(
     param: Tensor, grad: Tensor, exp_avg: Tensor, *, lr: float, beta1: float, beta2: float, weight_decay: float
 ) -> None:
-    """Dense Lion step in place: ``W -= lr * sign(b1 m + (1 - b1) g)``, then ``m = b2 m + (1 - b2) g``."""
-    param.mul_(1 - lr * weight_decay)
-    param.add_(exp_avg.lerp(grad, 1 - beta1).sign_(), alpha=-lr)
-    exp_avg.lerp_(grad, 1 - beta2)
+    """Dense Lion step in place: ``W -= lr * sign(b1 m + (1 - b1) g)``, then ``m = b2 m + (1 - b2) g``,
+    computed in the momentum's dtype (float32 momentum for a bfloat16 ``param``: it is rounded once)."""
+    w, g = param.to(exp_avg.dtype), grad.to(exp_avg.dtype)
+    w.mul_(1 - lr * weight_decay)
+    w.add_(exp_avg.lerp(g, 1 - beta1).sign_(), alpha=-lr)
+    exp_avg.lerp_(g, 1 - beta2)
+    _write_back(param, w)
 
 
 def mlorc_lion_update(
@@ -138,20 +156,31 @@ def mlorc_lion_update(
     lr: float, beta1: float, beta2: float, weight_decay: float,
     rank: int, oversample: int, power_iters: int, generator: torch.Generator | None = None,
 ) -> LowRank:  # fmt: skip
-    """One MLorc-Lion step on a 2-D ``param`` in place; returns the new compressed momentum."""
-    m_hat = _reconstruct(m, grad)
-    param.mul_(1 - lr * weight_decay)
-    param.add_(m_hat.lerp(grad, 1 - beta1).sign_(), alpha=-lr)
-    return randomized_svd(m_hat.lerp_(grad, 1 - beta2), rank, oversample, power_iters, generator)
+    """One MLorc-Lion step on a 2-D ``param`` in place (in :func:`compute_dtype`); returns the new
+    compressed momentum."""
+    w, g = param.to(compute_dtype(param)), grad.to(compute_dtype(param))
+    m_hat = _reconstruct(m, g)
+    w.mul_(1 - lr * weight_decay)
+    w.add_(m_hat.lerp(g, 1 - beta1).sign_(), alpha=-lr)
+    _write_back(param, w)
+    return randomized_svd(m_hat.lerp_(g, 1 - beta2), rank, oversample, power_iters, generator)
 
 
 _FACTOR_KEYS = ("u", "s", "vh")
 
 
-class _MLorc(Optimizer):
-    """Shared plumbing: validation, routing, per-parameter generators, compressed-state bookkeeping."""
+def _sketch_generator(p: Tensor, seed: int, step: int) -> torch.Generator:
+    """A fresh generator per (parameter seed, step): the sketches replay exactly after a resume or copy."""
+    return torch.Generator(device=p.device).manual_seed((seed + step) % (2**63))
 
-    def __init__(self, params: ParamsT | nn.Module, defaults: dict[str, Any], seed: int) -> None:
+
+class _MLorc(Optimizer):
+    """Shared plumbing: validation, routing, lazy state, seeded sketches, state precision on load."""
+
+    #: compressed moment (factor prefix) -> its dense state key for uncompressed parameters
+    _moments: dict[str, str] = {}
+
+    def __init__(self, params: ParamsT | nn.Module, defaults: dict[str, Any]) -> None:
         lr, (beta1, beta2), wd = defaults["lr"], defaults["betas"], defaults["weight_decay"]
         if isinstance(lr, Tensor) or not (isinstance(lr, (int, float)) and lr >= 0):
             raise ValueError(f"lr must be a float >= 0, got {lr!r}")
@@ -166,16 +195,12 @@ class _MLorc(Optimizer):
                               ("power_iters", defaults["power_iters"], 0)):  # fmt: skip
             if isinstance(val, bool) or not isinstance(val, int) or val < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
+        if isinstance(defaults["seed"], bool) or not isinstance(defaults["seed"], int):
+            raise ValueError(f"seed must be an integer, got {defaults['seed']!r}")
         module = module_of(params)
         if module is not None:
             params = self._route(module)
         super().__init__(params, {**defaults, "mlorc": True})
-        self._index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-        for group in self.param_groups:
-            check_real(group["params"], type(self).__name__)
 
     @staticmethod
     def _route(module: nn.Module) -> list[dict[str, Any]]:
@@ -192,17 +217,29 @@ class _MLorc(Optimizer):
             raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
         return cls(module, **kwargs)
 
-    def _generator(self, p: Tensor, step: int) -> torch.Generator:
-        # a fresh generator per (seed, parameter, step): the sketches replay exactly after a resume
-        if p not in self._index:  # a group added after construction
-            self._index = {q: i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
-        return torch.Generator(device=p.device).manual_seed(
-            (self.seed * 1_000_003 + self._index[p] * 7919 + step) % (2**63)
-        )
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (options default to the constructor's); its parameters must be real floating-point."""
+        check_real(group_tensors(param_group), type(self).__name__)
+        super().add_param_group(param_group)
 
-    def _grads(self, group: dict[str, Any]) -> list[tuple[Tensor, Tensor, bool]]:
-        out = []
-        for p in group["params"]:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``, but moments and factors keep
+        :func:`compute_dtype` (float32 for bfloat16 parameters) instead of being cast to the parameter's."""
+        super().load_state_dict(state_dict)
+        factor_keys = [f"{m}_{k}" for m in self._moments for k in _FACTOR_KEYS]
+        restore_state(self, state_dict, [*self._moments.values(), *factor_keys], compute_dtype)
+
+    @staticmethod
+    def _compressed(group: dict[str, Any], p: Tensor) -> bool:
+        return bool(group["mlorc"]) and p.ndim == 2
+
+    def _init_group(
+        self, group: dict[str, Any], first_index: int, params: list[Tensor], grads: list[Tensor], seeds: list[int]
+    ) -> None:
+        """Collect the group's parameters with a gradient and the seed of each one's sketches (from the
+        group's ``seed`` and the parameter's position ``first_index + j`` among all parameters). The step
+        count and dense moments (in :func:`compute_dtype`) are created here, factors at the first step."""
+        for j, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
@@ -211,8 +248,28 @@ class _MLorc(Optimizer):
                     "give sparse embedding tables their own optimizer (CounterSGD, torch.optim.SparseAdam) "
                     "or use dense embeddings"
                 )
-            out.append((p, p.grad, bool(group["mlorc"]) and p.ndim == 2))
-        return out
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0)
+            if not self._compressed(group, p):
+                for key in self._moments.values():
+                    if key not in state:
+                        state[key] = torch.zeros_like(p, dtype=compute_dtype(p), memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            seeds.append(group["seed"] * 1_000_003 + (first_index + j) * 7919)
+
+    def _groups(self) -> Iterator[tuple[dict[str, Any], list[tuple[Tensor, Tensor, int, int]]]]:
+        """Each group with ``(param, grad, sketch seed, step number)`` of its parameters with a gradient;
+        the step counts are advanced."""
+        first = 0
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            seeds: list[int] = []
+            self._init_group(group, first, params, grads, seeds)
+            first += len(group["params"])
+            yield group, [(p, g, s, int(self.state[p]["step"].add_(1))) for p, g, s in zip(params, grads, seeds)]
 
     @staticmethod
     def _load_factors(state: dict[str, Any], prefix: str) -> LowRank | None:
@@ -243,6 +300,10 @@ class MLorcAdamW(_MLorc):
     trajectory equals AdamW's; the authors' code differs only in second-order terms (it decays after
     the step and adds ``eps`` to ``sqrt(v)`` before bias correction).
 
+    Precision: for float16 / bfloat16 parameters the moments (dense and factors) are kept and the
+    step (QR / SVD included) is computed in float32, and the parameter is rounded once per step;
+    float32 / float64 parameters use their own dtype throughout.
+
     Args:
         params: parameters or param groups (group option ``mlorc``: compress this group's 2-D
             parameters, default ``True``), or an ``nn.Module`` / ``module_parameters(model)`` to route
@@ -254,12 +315,15 @@ class MLorcAdamW(_MLorc):
             power_iters=1``), its Lion a plain sketch (``oversample=0, power_iters=0``); the default
             here, ``oversample=4, power_iters=0``, measured the same final loss on the
             low-rank regression task of ``benchmarks/optim.py`` as ``power_iters=1`` at less step time.
-        seed: seeds the sketches (one generator per parameter and step, so a resume replays them).
+        seed: seeds the sketches (one generator per parameter and step, so a resume replays them). A
+            group option like the others, so ``state_dict``, pickle and ``deepcopy`` carry it.
 
     Example:
         >>> from torch import nn
         >>> opt = MLorcAdamW(nn.Linear(64, 64).parameters(), lr=1e-3, rank=4)
     """
+
+    _moments = {"m": "exp_avg", "v": "exp_avg_sq"}
 
     def __init__(
         self,
@@ -274,31 +338,26 @@ class MLorcAdamW(_MLorc):
         seed: int = 0,
     ) -> None:
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
-                    "rank": rank, "oversample": oversample, "power_iters": power_iters}  # fmt: skip
-        super().__init__(params, defaults, seed)
+                    "rank": rank, "oversample": oversample, "power_iters": power_iters, "seed": seed}  # fmt: skip
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         """Performs a single optimization step."""
         loss = self._run_closure(closure)
-        for group in self.param_groups:
+        for group, items in self._groups():
             beta1, beta2 = group["betas"]
             hp = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
                   "weight_decay": group["weight_decay"]}  # fmt: skip
-            for p, grad, compressed in self._grads(group):
+            for p, grad, seed, step in items:
                 state = self.state[p]
-                step = int(state.get("step", 0)) + 1
-                state["step"] = torch.tensor(float(step))
-                if not compressed:
-                    if "exp_avg" not in state:
-                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if not self._compressed(group, p):
                     adamw_update(p, grad, state["exp_avg"], state["exp_avg_sq"], step, **hp)
                     continue
                 m, v = mlorc_adamw_update(
                     p, grad, self._load_factors(state, "m"), self._load_factors(state, "v"), step, **hp,
                     rank=group["rank"], oversample=group["oversample"], power_iters=group["power_iters"],
-                    generator=self._generator(p, step),
+                    generator=_sketch_generator(p, seed, step),
                 )  # fmt: skip
                 self._store_factors(state, "m", m)
                 self._store_factors(state, "v", v)
@@ -310,12 +369,14 @@ class MLorcLion(_MLorc):
 
     Each step: ``W *= 1 - lr wd``; ``W -= lr * sign(b1 m_hat + (1 - b1) g)``; then
     ``m = b2 m_hat + (1 - b2) g`` is re-compressed. Other parameters get dense Lion state.
-    Arguments as :class:`MLorcAdamW` (no ``eps``); defaults follow the MLorc reference code.
+    Arguments and precision as :class:`MLorcAdamW` (no ``eps``); defaults follow the MLorc reference code.
 
     Example:
         >>> from torch import nn
         >>> opt = MLorcLion(nn.Linear(64, 64).parameters(), lr=1e-4, rank=4)
     """
+
+    _moments = {"m": "exp_avg"}
 
     def __init__(
         self,
@@ -329,29 +390,25 @@ class MLorcLion(_MLorc):
         seed: int = 0,
     ) -> None:
         defaults = {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay,
-                    "rank": rank, "oversample": oversample, "power_iters": power_iters}  # fmt: skip
-        super().__init__(params, defaults, seed)
+                    "rank": rank, "oversample": oversample, "power_iters": power_iters, "seed": seed}  # fmt: skip
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         """Performs a single optimization step."""
         loss = self._run_closure(closure)
-        for group in self.param_groups:
+        for group, items in self._groups():
             beta1, beta2 = group["betas"]
             hp = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "weight_decay": group["weight_decay"]}
-            for p, grad, compressed in self._grads(group):
+            for p, grad, seed, step in items:
                 state = self.state[p]
-                step = int(state.get("step", 0)) + 1
-                state["step"] = torch.tensor(float(step))
-                if not compressed:
-                    if "exp_avg" not in state:
-                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if not self._compressed(group, p):
                     lion_update(p, grad, state["exp_avg"], **hp)
                     continue
                 m = mlorc_lion_update(
                     p, grad, self._load_factors(state, "m"), **hp,
                     rank=group["rank"], oversample=group["oversample"], power_iters=group["power_iters"],
-                    generator=self._generator(p, step),
+                    generator=_sketch_generator(p, seed, step),
                 )  # fmt: skip
                 self._store_factors(state, "m", m)
         return loss

@@ -9,10 +9,31 @@ outer object, so a scheduler's change to ``group["lr"]`` reaches the update, and
 ``state_dict``/``load_state_dict`` are the ordinary torch ones.
 
 Routing (never by ``ndim`` alone, since embedding tables are 2-D): a parameter goes to Muon when it
-is the ``weight`` of an ``nn.Linear`` that is not excluded (``first_layer_adamw``, ``last_layer_adamw``,
-or a name matching ``adamw_names``), or when its qualified name matches ``muon_names``. Everything
-else, in particular ``nn.Embedding``/``nn.EmbeddingBag`` tables, norms, biases and 2-D parameters of
-other modules, goes to AdamW.
+is the ``weight`` of an ``nn.Linear`` that is not excluded (an output layer with ``last_layer_adamw``,
+an input layer with ``first_layer_adamw``, or a name matching ``adamw_names``), or when its qualified
+name matches ``muon_names``. Everything else, in particular ``nn.Embedding``/``nn.EmbeddingBag``
+tables, norms, biases and 2-D parameters of other modules, goes to AdamW.
+
+Output and input layers come from the module tree, not from registration order (no forward pass).
+In an ``nn.Sequential`` data flows in order: the ``nn.Linear`` layers of its first child that holds
+any read its input, those of its last such child produce its output, unless an activation or
+normalization layer (:data:`HIDDEN_ACTIVATIONS`: ReLU, GELU, SiLU, Tanh, LayerNorm, BatchNorm, ...)
+follows that child: then the output is a hidden representation (a DLRM bottom MLP) and has no output
+layer. In any other module (a custom ``nn.Module``, ``nn.ModuleDict``, ``nn.ModuleList``) the order of
+the children says nothing about the forward, so children are linked by width: a child whose output
+is ``w`` wide (hidden or not) feeds a sibling whose input layer has ``in_features == w``. The output
+layers of a module are its children's output layers that feed no sibling; its input layers, its
+children's input layers that no sibling feeds. The model's output layers are thus the last layer of
+every task tower and head, a head registered before the hidden layers, and a lone ``nn.Linear``; its
+input layers, those that read the data or a non-Linear interaction (a DLRM's bottom and top MLPs'
+first layers). The rule is conservative: a layer whose reader it cannot see (one that feeds a
+non-Linear interaction without a trailing activation) counts as an output and goes to AdamW, and a
+coincidence of widths (an autoencoder's output width equal to its input width) can hide an output
+layer; the ``adamw_names`` / ``muon_names`` regexes override it either way.
+
+Momentum schedules (``OneCycleLR`` / ``CyclicLR`` with ``cycle_momentum=True``) drive the Muon groups'
+``momentum``, as for ``torch.optim.Muon``: ``defaults`` are the Muon groups' (``adamw_defaults`` the
+AdamW groups'), and the AdamW groups keep their ``betas``.
 
 Example:
     >>> import torch
@@ -36,16 +57,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
-from ._routing import check_real, module_of, owned_parameters
+from ._routing import check_real, group_tensors, module_of, owned_parameters
 
-__all__ = ["Muon", "route_muon"]
+__all__ = ["HIDDEN_ACTIVATIONS", "Muon", "route_muon"]
+
+#: Modules that, after a Linear in an ``nn.Sequential``, make its output a hidden representation.
+HIDDEN_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Hardswish, nn.Softplus, nn.Tanh, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm1d,
+)  # fmt: skip
 
 
 def _compile(pattern: str | None, name: str) -> re.Pattern | None:
@@ -59,6 +86,39 @@ def _compile(pattern: str | None, name: str) -> re.Pattern | None:
         raise ValueError(f"{name} is not a valid regex: {pattern!r} ({err})") from err
 
 
+class _Ends(NamedTuple):
+    """How a module connects to its siblings (see the module docstring)."""
+
+    inputs: list[nn.Linear]  # layers that may read the module's input
+    outputs: list[nn.Linear]  # layers whose output may be the module's output
+    widths: set[int]  # widths the module's output may have (a hidden output has no output layer)
+    held: bool  # the module holds an nn.Linear
+
+
+def _ends(module: nn.Module) -> _Ends:
+    """The input and output layers of ``module`` by the module docstring's rule."""
+    if isinstance(module, nn.Linear):
+        return _Ends([module], [module], {module.out_features}, True)
+    children = list(module.children())
+    parts = [_ends(c) for c in children]
+    held = [i for i, part in enumerate(parts) if part.held]
+    if not held:
+        return _Ends([], [], set(), False)
+    if isinstance(module, nn.Sequential):
+        first, last = parts[held[0]], parts[held[-1]]
+        hidden = any(isinstance(c, HIDDEN_ACTIVATIONS) for c in children[held[-1] + 1 :])
+        return _Ends(first.inputs, [] if hidden else last.outputs, last.widths, True)
+    inputs, outputs, widths = [], [], set()
+    for i in held:
+        siblings = [parts[j] for j in held if j != i]
+        read = {layer.in_features for part in siblings for layer in part.inputs}
+        made = set().union(*(part.widths for part in siblings))
+        inputs += [layer for layer in parts[i].inputs if layer.in_features not in made]
+        outputs += [layer for layer in parts[i].outputs if layer.out_features not in read]
+        widths |= parts[i].widths - read
+    return _Ends(inputs, outputs, widths, True)
+
+
 def route_muon(
     module: nn.Module,
     adamw_names: str | None = None,
@@ -68,16 +128,25 @@ def route_muon(
 ) -> dict[str, bool]:
     """``{qualified parameter name: goes to Muon}`` by the rules in the module docstring.
 
-    ``first``/``last`` layer: the first/last ``nn.Linear`` in ``module.modules()`` order.
-    Regexes are matched with ``re.search`` against names such as ``"top_mlp.0.weight"``."""
+    ``last_layer_adamw`` / ``first_layer_adamw``: send the model's output / input layers (found by
+    structure, see the module docstring) to AdamW. Regexes are matched with ``re.search`` against
+    names such as ``"top_mlp.0.weight"``; ``muon_names`` wins over everything else.
+
+    Example:
+        >>> from torch import nn
+        >>> class TwoTasks(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.heads = nn.ModuleDict({"click": nn.Linear(8, 1), "buy": nn.Linear(8, 1)})
+        ...         self.hidden = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        >>> [name for name, to_muon in route_muon(TwoTasks()).items() if to_muon]  # both heads -> AdamW
+        ['hidden.0.weight']
+    """
     adamw_re, muon_re = _compile(adamw_names, "adamw_names"), _compile(muon_names, "muon_names")
-    owned = list(owned_parameters(module))
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    excluded = {id(linears[0])} if first_layer_adamw and linears else set()
-    if last_layer_adamw and linears:
-        excluded.add(id(linears[-1]))
+    inputs, outputs, _, _ = _ends(module)
+    excluded = {id(m) for m in (outputs if last_layer_adamw else []) + (inputs if first_layer_adamw else [])}
     routes = {}
-    for name, p, owner in owned:
+    for name, p, owner in owned_parameters(module):
         if muon_re is not None and muon_re.search(name):
             if p.ndim != 2:
                 raise ValueError(
@@ -103,12 +172,17 @@ class Muon(Optimizer):
         adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay: the AdamW groups' settings, as
             ``torch.optim.AdamW`` (same defaults).
         adamw_names, muon_names, first_layer_adamw, last_layer_adamw: routing options (only used
-            when a module is given).
+            when a module is given; see the module docstring and :func:`route_muon`).
+
+    ``defaults`` holds the Muon groups' options (as ``torch.optim.Muon``'s, so momentum schedulers
+    find ``momentum``), ``adamw_defaults`` the AdamW groups'. Parameters of any floating dtype step as
+    with the two torch optimizers (state in the parameter's dtype).
 
     Example:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
         >>> opt = Muon(model, lr=0.02, adamw_lr=1e-3)
+        >>> sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[0.02, 1e-3], total_steps=100)
     """
 
     def __init__(
@@ -145,14 +219,12 @@ class Muon(Optimizer):
         betas = tuple(adamw_betas)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"adamw_betas must be two numbers in [0, 1), got {adamw_betas!r}")
-        self._kind_defaults = {
-            True: {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
-                   "ns_coefficients": tuple(ns_coefficients), "eps": eps, "ns_steps": ns_steps,
-                   "adjust_lr_fn": adjust_lr_fn},
-            False: {"lr": adamw_lr, "betas": betas, "eps": adamw_eps, "weight_decay": adamw_weight_decay,
-                    "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-                    "differentiable": False, "fused": None, "decoupled_weight_decay": True},
-        }  # fmt: skip
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
+                    "ns_coefficients": tuple(ns_coefficients), "eps": eps, "ns_steps": ns_steps,
+                    "adjust_lr_fn": adjust_lr_fn}  # fmt: skip
+        self.adamw_defaults = {"lr": adamw_lr, "betas": betas, "eps": adamw_eps, "weight_decay": adamw_weight_decay,
+                               "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                               "differentiable": False, "fused": None, "decoupled_weight_decay": True}  # fmt: skip
         module = module_of(params)
         if module is not None:
             routes = route_muon(module, adamw_names, muon_names, first_layer_adamw, last_layer_adamw)
@@ -171,7 +243,7 @@ class Muon(Optimizer):
                     "tables are 2-D too)"
                 )
         self._inner: dict[bool, Optimizer | None] = {True: None, False: None}
-        super().__init__(params, {})
+        super().__init__(params, defaults)
 
     @classmethod
     def from_module(cls, module: nn.Module, **kwargs: Any) -> Muon:
@@ -181,15 +253,24 @@ class Muon(Optimizer):
         return cls(module, **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; it must say ``use_muon`` and gets that kind's defaults."""
+        """Add a group; it must say ``use_muon`` and gets that kind's defaults (``defaults`` for Muon
+        groups, ``adamw_defaults`` for AdamW groups).
+
+        Example:
+            >>> from torch import nn
+            >>> opt = Muon(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)))
+            >>> opt.add_param_group({"params": nn.LayerNorm(8).parameters(), "use_muon": False, "lr": 1e-4})
+            >>> opt.param_groups[-1]["betas"], opt.param_groups[-1]["lr"]
+            ((0.9, 0.999), 0.0001)
+        """
         if "use_muon" not in param_group or not isinstance(param_group["use_muon"], bool):
             raise ValueError(f"every Muon param group needs 'use_muon': True or False, got keys {sorted(param_group)}")
         kind = param_group["use_muon"]
-        for key, value in self._kind_defaults[kind].items():
-            param_group.setdefault(key, value)
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        own_keys = set(param_group)
+        if not kind:
+            for key, value in self.adamw_defaults.items():
+                param_group.setdefault(key, value)
+        tensors = group_tensors(param_group)
         check_real(tensors, "Muon")
         if kind:
             for p in tensors:
@@ -198,9 +279,14 @@ class Muon(Optimizer):
                         f"a use_muon=True group holds a parameter of shape {tuple(p.shape)}; Muon takes 2-D "
                         "matrices only (send biases, norms and other tensors to a use_muon=False group)"
                     )
-        param_group["params"] = params
         super().add_param_group(param_group)
+        if not kind:  # torch filled in the Muon defaults too: an AdamW group keeps only its own options
+            for key in self.defaults.keys() - self.adamw_defaults.keys() - own_keys:
+                del param_group[key]
         self._inner = {True: None, False: None}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "adamw_defaults": self.adamw_defaults}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
