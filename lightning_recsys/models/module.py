@@ -103,13 +103,18 @@ class RecsysModule(pl.LightningModule):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
-        if tasks is None:
-            tasks = feature_spec.tasks if feature_spec is not None else getattr(model, "tasks", ["label"])
-        self.tasks = list(tasks)
+        self.tasks = list(
+            tasks if tasks is not None else feature_spec.tasks if feature_spec is not None else getattr(model, "tasks", ["label"])
+        )
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
-        tasks = self.tasks  # hparams hold the resolved names (loggers merge them with the datamodule's)
-        self.save_hyperparameters(ignore=["model", "optimizer", "lr_scheduler", "feature_spec"])
+        # Loggers merge these hparams with the datamodule's and refuse a key both hold with different
+        # values: tasks derived from feature_spec (the default) stay out of them, as LightningCLI passes
+        # the config's ``tasks: null`` here; explicit names are stored as a list, like a data module's.
+        given_tasks = tasks is not None
+        tasks = self.tasks
+        ignore = ["model", "optimizer", "lr_scheduler", "feature_spec"]
+        self.save_hyperparameters(ignore=ignore if given_tasks else [*ignore, "tasks"])
         if feature_spec is not None:
             self.hparams["feature_spec"] = asdict(feature_spec)  # plain types: weights-only loadable
         weights = dict(task_weights or {})
