@@ -3,18 +3,23 @@
 Usage::
 
     lrs fit --config examples/configs/synthetic.yaml      # train (LightningCLI: fit/validate/test/predict)
+    lrs test --config examples/configs/synthetic.yaml --ckpt_path runs/synthetic/checkpoints/last.ckpt
     lrs quantize model.ckpt --out artifact/                # quantize a checkpoint for deployment
     lrs demo                                               # the main job (see README)
     lrs bench train --quick                                # run benchmarks/train.py from a source checkout
 
 The data module's ``feature_spec`` (table sizes, dense width, tasks) is linked into
 ``model.feature_spec`` at instantiation, so configs never repeat table sizes.
+
+Exit status: 0 on success; 2 on bad input (a usage error, a missing file, an invalid option); 3 when
+``lrs quantize`` refuses the artifact because no precision plan meets the accuracy budget.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule
@@ -22,7 +27,24 @@ from lightning.pytorch.cli import LightningCLI
 
 from .models.module import RecsysModule
 
-__all__ = ["RecsysCLI", "main"]
+__all__ = ["RecsysCLI", "main", "USAGE"]
+
+USAGE = """usage: lrs COMMAND [options]
+
+Training (LightningCLI over lightning_recsys.RecsysModule and any LightningDataModule):
+  fit        train a model:           lrs fit --config examples/configs/synthetic.yaml
+  validate   evaluate on validation:  lrs validate --config CONFIG --ckpt_path CKPT
+  test       evaluate on test data:   lrs test --config CONFIG --ckpt_path CKPT
+  predict    predict:                 lrs predict --config CONFIG --ckpt_path CKPT
+
+Deployment and more:
+  quantize   quantize a checkpoint (int8 / int4 / fp16, or to an accuracy budget) and export it
+  demo       the main job: train, evaluate, quantize and show every capability (~6 min on 2 cores)
+  bench      run a benchmark of a source checkout: lrs bench NAME [--quick]
+
+`lrs COMMAND --help` shows the options of a command. Exit status: 0 success, 2 bad input,
+3 `lrs quantize` refused the artifact (no plan meets the accuracy budget).
+"""
 
 
 class RecsysCLI(LightningCLI):
@@ -45,21 +67,37 @@ def _bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, str(script), *argv[1:]])
 
 
+def _quiet_known_warnings() -> None:
+    """Silence two warnings that Lightning 2.6 prints on every run and that no user can act on: the
+    note that TensorBoard is not installed (the CSV logger is used) and a torch pytree deprecation
+    inside Lightning. Only the ``lrs`` process is affected, never a program importing the package."""
+    warnings.filterwarnings("ignore", message=r".*`tensorboardX` has been removed as a dependency")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lrs`` console script."""
+    """Entry point of the ``lrs`` console script; returns the exit status."""
+    from_sys = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "quantize":
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    _quiet_known_warnings()
+    if argv[0] == "quantize":
         from .quant.cli import main as quantize_main
 
         return quantize_main(argv[1:])
-    if argv and argv[0] == "demo":
+    if argv[0] == "demo":
         from .demo import main as demo_main
 
         demo_main(argv[1:])
         return 0
-    if argv and argv[0] == "bench":
+    if argv[0] == "bench":
         return _bench(argv[1:])
-    RecsysCLI(RecsysModule, LightningDataModule, subclass_mode_data=True, args=argv)
+    try:  # LightningCLI reads sys.argv itself; passing args too would make it warn
+        RecsysCLI(RecsysModule, LightningDataModule, subclass_mode_data=True, args=None if from_sys else argv)
+    except SystemExit as err:  # jsonargparse exits 2 on a usage error, 0 after --help
+        return err.code if isinstance(err.code, int) else 2
     return 0
 
 
