@@ -9,7 +9,8 @@
 * fp16 tables and weights are stored as fp16 and cast in the graph.
 * The batch dimension (and every bag length) is dynamic; ``onnx.checker`` runs on the result, and
   with ``verify=True`` an ONNX Runtime session must reproduce the PyTorch model on the example within
-  ``atol + rtol * |logit|`` (default ``1e-3 + 1e-3 |logit|``) or the export raises.
+  ``atol + rtol * |logit|`` (default ``1e-3 + 1e-3 |logit|``), except on rows where an int8 activation on
+  a rounding tie went the other way (checked, counted in ``meta["parity"]``), or the export raises.
 
 ONNX inputs for a model taking :class:`~lightning_recsys.data.RecsysBatch`: ``dense`` [B, num_dense]
 float32; ``sparse_ids`` [B, K] int64 with one column per single-hot, unweighted feature (``-1`` for
@@ -30,7 +31,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from torch import Tensor, nn
 
 from ..data.batch import RecsysBatch, SparseFeature
 from .graph_rewrite import quantize_before_concat
+from .linear import Int8Linear
 from .lowering import StackedColumn, lower_tables
 
 __all__ = ["export_onnx", "flatten_batch", "layout_feeds", "METADATA_KEY"]
@@ -223,9 +228,22 @@ def _grow(batch: RecsysBatch) -> RecsysBatch:
     return RecsysBatch(batch.dense.repeat(2, 1), sparse, {})
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter prints progress, warns, and logs that torchvision's ops are not registered."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def _export_program(wrapper: nn.Module, args: tuple, names: list[str], dynamic_shapes: tuple) -> Any:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
-        warnings.simplefilter("ignore")
+    with _quiet_exporter():
         return torch.onnx.export(
             wrapper, args, dynamo=True, input_names=names, output_names=["logits"], dynamic_shapes=dynamic_shapes,
             custom_translation_table=_onnx_translations(), verbose=False, optimize=True,
@@ -294,10 +312,9 @@ def export_onnx(
         meta["inputs"] = {"kind": "tensors", "names": names}
     dyn = (shapes[0], tuple(shapes[1:])) if meta["inputs"]["kind"] == "recsys" else tuple(shapes)
     program = _export_program(wrapper, args, names, dyn)
-    program.save(str(path), external_data=False)
     import onnx
 
-    proto = onnx.load(str(path))
+    proto = program.model_proto
     quantize_before_concat(proto)
     onnx.checker.check_model(proto, full_check=True)
     meta.update(extra_metadata or {})
@@ -306,32 +323,100 @@ def export_onnx(
         meta["parity"].update(_verify(model, proto, example_batch, meta, atol, rtol))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-    onnx.save(proto, str(path))
+    # written under a temporary name and renamed once complete: never a half-written or unverified file
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return meta
 
 
-def _verify(model: nn.Module, proto: Any, example: Any, meta: dict, atol: float, rtol: float) -> dict[str, float]:
+def _verify(model: nn.Module, proto: Any, example: Any, meta: dict, atol: float, rtol: float) -> dict[str, Any]:
+    """ONNX Runtime against the PyTorch model on ``example``; raises naming the cause when they disagree.
+
+    Both run the same integer arithmetic, but float sums in another order can move an int8 activation
+    that sits on a rounding tie (``x / scale`` within float error of ``k + 0.5``) by one code; the
+    logit then moves by that code's weight, far beyond ``atol``. A row beyond ``atol + rtol |ref|`` is
+    accepted only when the PyTorch model itself reaches ORT's value once its int8 layers' inputs are
+    jittered by a relative ``1e-5`` (:func:`_tie_envelope`); any other difference is a lowering error.
+    """
     import onnxruntime as ort
 
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     if meta["inputs"]["kind"] == "recsys":
-        inputs = meta["inputs"]
-        feeds = layout_feeds(example, inputs)
-        with torch.no_grad():
-            ref = model(example)
+        feeds = layout_feeds(example, meta["inputs"])
+        args: tuple = (example,)
     else:
-        tensors = (example,) if isinstance(example, Tensor) else tuple(example)
-        feeds = {n: t.detach().cpu().numpy() for n, t in zip(meta["inputs"]["names"], tensors)}
-        with torch.no_grad():
-            ref = model(*tensors)
+        args = (example,) if isinstance(example, Tensor) else tuple(example)
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(meta["inputs"]["names"], args)}
+    with torch.no_grad():
+        ref = _as_logits(model(*args))
     got = torch.from_numpy(sess.run(None, feeds)[0])
-    ref = ref.detach().float().cpu()
-    diff = (got - ref).abs()
-    bound = atol + rtol * ref.abs()
-    if got.shape != ref.shape or bool((diff > bound).any()):
+    if got.shape != ref.shape:
+        raise RuntimeError(f"ONNX Runtime returns shape {tuple(got.shape)}, the PyTorch model {tuple(ref.shape)}: the "
+                           "lowering changed the model's output (export the module whose forward returns the logits)")  # fmt: skip
+    diff, bound = (got - ref).abs(), atol + rtol * ref.abs()
+    off = (diff > bound).reshape(len(ref), -1).any(1) if ref.dim() else (diff > bound).reshape(1)
+    worst = int(diff.reshape(len(ref), -1).amax(1).argmax()) if ref.dim() and ref.numel() else 0
+    report: dict[str, Any] = {
+        "rows": int(off.numel()), "max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
+        "rows_beyond_tol": int(off.sum()), "share_beyond_tol": float(off.float().mean()) if off.numel() else 0.0,
+        "worst_row": worst, "rounding_ties": 0,
+    }  # fmt: skip
+    if not bool(off.any()):
+        return report
+    lo, hi, jittered = _tie_envelope(model, args, ref)
+    inside = (got >= lo - bound) & (got <= hi + bound)
+    unexplained = ~inside.reshape(len(ref), -1).all(1) & off if ref.dim() else ~inside.reshape(1)
+    report["rounding_ties"] = int((off & ~unexplained).sum())
+    if bool(unexplained.any()):
+        i = int(unexplained.nonzero()[0, 0])
+        why = ("it is not an int8 rounding tie (the PyTorch model under input jitter of its int8 layers spans "
+               f"[{float(lo.reshape(len(ref), -1)[i].min()):.6g}, {float(hi.reshape(len(ref), -1)[i].max()):.6g}] there)"
+               if jittered else "the model has no int8 layer whose rounding could explain it")  # fmt: skip
         raise RuntimeError(
-            f"ONNX Runtime output differs from the PyTorch model: max |diff| {float(diff.max()):.3g} exceeds "
-            f"atol={atol} + rtol={rtol}*|ref| (shapes {tuple(got.shape)} vs {tuple(ref.shape)}); a model whose "
-            "forward does more with sparse features than pass values/offsets to its tables cannot be lowered"
+            f"ONNX Runtime output differs from the PyTorch model in {int(unexplained.sum())} of {len(ref)} rows "
+            f"(row {i}: ORT {got.reshape(len(ref), -1)[i].tolist()} vs PyTorch {ref.reshape(len(ref), -1)[i].tolist()}, "
+            f"tolerance atol={atol} + rtol={rtol}*|ref|); {why}. The exported graph computes something else than "
+            "forward: a forward that does more with sparse features than pass values / offsets to its tables "
+            "cannot be lowered, or an op is exported differently"
         )
-    return {"max_abs_diff": float(diff.max()) if diff.numel() else 0.0}
+    return report
+
+
+def _as_logits(out: Any) -> Tensor:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"export_onnx verifies models that return one logits tensor; forward returned {type(out).__name__}")
+    return out.detach().float().cpu()
+
+
+_TIE_JITTER = 1e-5  # relative; float32 sums in another order differ by ~1e-7 relative
+_TIE_DRAWS = 16
+
+
+@torch.no_grad()
+def _tie_envelope(model: nn.Module, args: tuple, ref: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Element-wise min / max of the model's output over ``_TIE_DRAWS`` runs whose int8 linears see
+    inputs scaled by ``1 + u * _TIE_JITTER`` (``u`` uniform in [-1, 1]): the values reachable when
+    activations on a rounding tie round the other way. ``False`` when the model has no int8 linear."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    if not layers:
+        return ref, ref, False
+    gen = torch.Generator().manual_seed(0)
+
+    def jitter(_m: nn.Module, inputs: tuple) -> tuple:
+        x = inputs[0]
+        return (x * (1 + _TIE_JITTER * (2 * torch.rand(x.shape, generator=gen) - 1)).to(x.dtype), *inputs[1:])
+
+    handles = [m.register_forward_pre_hook(jitter) for m in layers]
+    lo, hi = ref.clone(), ref.clone()
+    try:
+        for _ in range(_TIE_DRAWS):
+            out = _as_logits(model(*args))
+            lo, hi = torch.minimum(lo, out), torch.maximum(hi, out)
+    finally:
+        for h in handles:
+            h.remove()
+    return lo, hi, True
