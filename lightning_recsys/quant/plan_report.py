@@ -37,7 +37,11 @@ def _mb(n: float) -> str:
 def _effect(res: dict[str, Any] | None) -> str:
     if res is None:
         return "—"
-    return f"{_pct(res['ne_rel_delta'])} / {res['auc_delta']:+.5f}"
+    text = f"{_pct(res['ne_rel_delta'])} / {res['auc_delta']:+.5f}"
+    if "ci95" in res:
+        (n0, n1), (a0, a1) = res["ci95"]["ne_rel_delta"], res["ci95"]["auc_delta"]
+        text += f" (95% interval {_pct(n0)} to {_pct(n1)} / {a0:+.5f} to {a1:+.5f})"
+    return text
 
 
 def plan_markdown(result: SearchResult, png_name: str | None = "plan_report.png") -> str:
@@ -81,11 +85,14 @@ def plan_markdown(result: SearchResult, png_name: str | None = "plan_report.png"
             f"| `{m.name}` | {m.kind} | **{result.plan[m.name]}** | {result.module_bytes[m.name]:,} | {m.fp32_bytes:,} | "
             + " | ".join(cells) + f" | {result.reasons.get(m.name, '')} |"
         )  # fmt: skip
-    lines += ["", "## Plans tried", "", "| step | change | bytes | size ratio | ΔNE (rel.) | ΔAUC | meets budget |",
-              "|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines += ["", "## Plans tried", "",
+              "| step | change | bytes | size ratio | ΔNE (rel.) | ΔAUC | meets budget | confirmation ΔNE / ΔAUC |",
+              "|---:|---|---:|---:|---:|---:|---|---|"]  # fmt: skip
     for t in result.trail:
+        conf = "—" if t.confirmed is None else (
+            f"{_pct(t.confirm_ne_rel_delta)} / {t.confirm_auc_delta:+.5f} ({'meets' if t.confirmed else 'misses'})")
         lines.append(f"| {t.step} | {t.change} | {t.bytes:,} | {t.size_ratio:.4f} | {_pct(t.ne_rel_delta)} | {t.auc_delta:+.5f} | "
-                     f"{'yes' if t.meets_budget else 'no'} |")  # fmt: skip
+                     f"{'yes' if t.meets_budget else 'no'} | {conf} |")  # fmt: skip
     if png_name:
         lines += ["", f"![sensitivity per module and size vs NE of the plans tried]({png_name})"]
     return "\n".join(lines) + "\n"
@@ -119,11 +126,17 @@ def plot_plan(result: SearchResult, path: str | Path) -> None:
     ax1.legend(fontsize=7)
     xs = [t.size_ratio for t in result.trail]
     ys = [100 * t.ne_rel_delta if use_ne else -t.auc_delta for t in result.trail]
-    ax2.plot(xs, ys, "o-", color="tab:blue", label="plans tried (in order)")
+    ax2.plot(xs, ys, "o-", color="tab:blue", label="plans tried, search batches (in order)")
     for t, x, y in zip(result.trail, xs, ys):
         ax2.annotate(str(t.step), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax2.plot([xs[-1]], [ys[-1]], "*", markersize=14, color="green" if result.met else "black",
-             label="final plan" + ("" if result.met else " (budget not met)"))  # fmt: skip
+    checked = [t for t in result.trail if t.confirmed is not None]
+    if checked:
+        cy = [100 * t.confirm_ne_rel_delta if use_ne else -t.confirm_auc_delta for t in checked]
+        ax2.plot([t.size_ratio for t in checked], cy, "x", color="tab:orange", markersize=9, label="confirmation batches")
+    final = result.confirm or result.search  # the figures the decision rests on
+    fy = 100 * final["ne_rel_delta"] if use_ne else -final["auc_delta"]
+    ax2.plot([xs[-1]], [fy], "*", markersize=14, color="green" if result.met else "black",
+             label="final plan, " + ("confirmed" if result.confirm else "search") + ("" if result.met else " (budget not met)"))  # fmt: skip
     ref = result.references.get("all_int8")
     if ref is not None:
         y = 100 * ref["ne_rel_delta"] if use_ne else -ref["auc_delta"]
@@ -132,7 +145,7 @@ def plot_plan(result: SearchResult, path: str | Path) -> None:
     ax2.set_yscale("symlog", linthresh=max(limit / 10, 1e-6))
     ax2.set_xlabel("model size / fp32 size")
     ax2.set_ylabel("relative NE increase (%)" if use_ne else "AUC drop")
-    ax2.set_title("Size vs accuracy of the plans tried (search batches)")
+    ax2.set_title("Size vs accuracy of the plans tried")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(str(path), dpi=110)

@@ -13,8 +13,10 @@ Algorithm (Intel Neural Compressor's tolerance-driven fallback, with per-module 
    current precision uses the largest share of the budget moves one step up
    (int4 -> int8 -> fp16 -> fp32 for tables, int8 -> fp16 -> fp32 for linears) and the WHOLE model
    is evaluated again (errors interact); every plan tried is recorded;
-4. the plan found is checked on separate confirmation batches. ``met`` is true only when the plan
-   meets the budget on both (and fits ``max_size_ratio`` when given); otherwise the result says why.
+4. a plan that meets the budget on the search batches is checked on separate confirmation batches;
+   when it misses there, the search goes on from it (step 3) instead of giving up. ``met`` is true
+   only for a plan meeting the budget on both (and fitting ``max_size_ratio`` when given); otherwise
+   the result says why. The final plan's figures carry paired-bootstrap 95% intervals (``ci95``).
 
 The result holds the quantized model that was evaluated (``result.model``), the plan as a
 :class:`RecipeConfig` with exact-name overrides, the trail, the sensitivities and, for static int8
@@ -108,6 +110,9 @@ class PlanTrial:
     auc_delta: float
     meets_budget: bool
     plan: dict[str, str]
+    confirm_ne_rel_delta: float | None = None  # set when the plan met the budget on the search batches
+    confirm_auc_delta: float | None = None
+    confirmed: bool | None = None
 
 
 @dataclass
@@ -232,9 +237,9 @@ def plan_search(
     }
     t0 = time.perf_counter()
     greedy = _Greedy(runner, sens, budget, allowed, max_size_ratio)
-    ev = greedy.run()
+    ev, confirm = greedy.run()
     t_search = time.perf_counter() - t0
-    return greedy.result(ev, {"setup": runner.setup_seconds, "sensitivity": sens.seconds, "search": t_search,
+    return greedy.result(ev, confirm, {"setup": runner.setup_seconds, "sensitivity": sens.seconds, "search": t_search,
                               "total": runner.setup_seconds + sens.seconds + time.perf_counter() - t0})  # fmt: skip
 
 
@@ -309,11 +314,29 @@ class _Greedy:
             movable.append((-self.usage(fqn, p), sqnr, self.mbytes(fqn, nxt) - self.mbytes(fqn, p), fqn, nxt))
         return min(movable)[3:] if movable else None
 
-    def run(self) -> dict[str, Any]:
-        """Start plan, then one step up for the most sensitive module until the WHOLE model fits."""
+    def _confirm(self) -> dict[str, Any] | None:
+        """The last plan tried on the confirmation batches (``None`` without any); noted in the trail."""
+        if not self.runner.batches["confirm"]:
+            return None
+        conf = self.runner.evaluate(self.plan, "confirm")
+        t = self.trail[-1]
+        t.confirm_ne_rel_delta, t.confirm_auc_delta, t.confirmed = conf["ne_rel_delta"], conf["auc_delta"], self.budget.meets(conf)
+        return conf
+
+    def run(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Start plan, then one step up for the most sensitive module until the WHOLE model fits on
+        the search batches and on the confirmation batches; returns both evaluations of the last plan."""
         self._start()
         ev = self._record("start: cheapest precision whose effect alone fits the budget")
-        while not self.budget.meets(ev):
+        conf = None
+        while True:
+            if self.budget.meets(ev):
+                conf = self._confirm()
+                if conf is None or self.budget.meets(conf):
+                    break
+                missed, where = conf, "the confirmation batches"
+            else:
+                conf, missed, where = None, ev, "the search batches"
             step = self._most_sensitive_step()
             if step is None:
                 self.why_stop = "every module is at its highest allowed precision" + (" within max_size_ratio" if self.cap else "")
@@ -321,19 +344,21 @@ class _Greedy:
             fqn, nxt = step
             old, t = self.plan[fqn], self.solo(fqn, self.plan[fqn])
             self.reasons[fqn] = (
-                f"fallback step {len(self.trail)}: whole model {_fmt(ev['ne_rel_delta'], ev['auc_delta'])} missed the budget "
-                f"and this module was the most sensitive left (alone at {old}: {_fmt(t['ne_rel_delta'], t['auc_delta'])})"
+                f"fallback step {len(self.trail)}: whole model {_fmt(missed['ne_rel_delta'], missed['auc_delta'])} missed the "
+                f"budget on {where} and this module was the most sensitive left (alone at {old}: "
+                f"{_fmt(t['ne_rel_delta'], t['auc_delta'])})"
             )
             self.plan[fqn] = nxt
             ev = self._record(f"{fqn}: {old} -> {nxt}")
-        return ev
+        return ev, conf
 
     def _message(self, ev: dict[str, Any], confirm: dict[str, Any] | None, size_ok: bool) -> tuple[bool, str]:
         b, searched = self.budget.describe(), _fmt(ev["ne_rel_delta"], ev["auc_delta"])
         if not self.budget.meets(ev):
             return False, f"no plan meets the budget ({b}) on the search batches: {self.why_stop}; best tried {searched}"
         if confirm is not None and not self.budget.meets(confirm):
-            return False, (f"the plan meets the budget ({b}) on the search batches ({searched}) but not on the "
+            return False, (f"no plan meets the budget ({b}) on both the search and the confirmation batches: "
+                           f"{self.why_stop}; the last meets it on the search batches ({searched}) but not on the "
                            f"confirmation batches ({_fmt(confirm['ne_rel_delta'], confirm['auc_delta'])})")  # fmt: skip
         if not size_ok:
             ratio = self.total(self.plan) / self.runner.fp32_bytes
@@ -342,8 +367,8 @@ class _Greedy:
                    else " (no confirmation batches: checked on the search batches only)")  # fmt: skip
         return True, f"plan meets the budget ({b}): search {searched}{checked}"
 
-    def result(self, ev: dict[str, Any], seconds: dict[str, float]) -> SearchResult:
-        """Confirm on the held-out batches, assemble the quantized model, the recipe and the summary."""
+    def result(self, ev: dict[str, Any], confirm: dict[str, Any] | None, seconds: dict[str, float]) -> SearchResult:
+        """Assemble the quantized model, the recipe and the summary (with bootstrap intervals)."""
         runner, plan = self.runner, self.plan
         references = {}
         if all("int8" in ladder for ladder in self.ladders.values()):  # the uniform int8 plan, for comparison
@@ -352,7 +377,9 @@ class _Greedy:
             size = self.total(uniform)
             references["all_int8"] = {"bytes": size, "size_ratio": size / max(runner.fp32_bytes, 1),
                                       "meets_budget": self.budget.meets(ref), **_public(ref)}  # fmt: skip
-        confirm = runner.evaluate(plan, "confirm") if runner.batches["confirm"] else None
+        search = {**_public(ev), "ci95": runner.interval(runner.logits(plan), "search")}
+        if confirm is not None:
+            confirm = {**_public(confirm), "ci95": runner.interval(runner.logits(plan, "confirm"), "confirm")}
         met, message = self._message(ev, confirm, self.cap is None or self.total(plan) <= self.cap)
         final = copy.deepcopy(runner.model).eval()
         calibration = {}
@@ -371,7 +398,7 @@ class _Greedy:
         return SearchResult(
             met=met, message=message, budget=self.budget, plan=dict(plan),
             recipe=plan_to_recipe(plan, runner.kinds, runner.linear_config, runner.int4_clip),
-            search=_public(ev), confirm=None if confirm is None else _public(confirm),
+            search=search, confirm=confirm,
             bytes=final_bytes, fp32_bytes=runner.fp32_bytes, int8_bytes_fraction=low / max(final_bytes, 1),
             reasons={f: r for f, r in self.reasons.items() if plan[f] != cheapest[f]},
             module_bytes={f: self.mbytes(f, p) for f, p in plan.items()}, trail=self.trail, sensitivity=self.sens,

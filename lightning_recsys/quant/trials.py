@@ -24,10 +24,12 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.batch import RecsysBatch
@@ -400,6 +402,42 @@ class TrialRunner:
             ne_fp, auc_fp = base[t]["ne"], base[t]["auc"]
             rows[t] = {**per_task[t], "ne_rel_delta": (per_task[t]["ne"] - ne_fp) / ne_fp, "auc_delta": per_task[t]["auc"] - auc_fp}
         return {**_reduce(rows, self.task), "per_task": rows}
+
+    @torch.no_grad()
+    def interval(self, logits: Tensor, split: str, draws: int = 200, level: float = 0.95) -> dict[str, list[float]]:
+        """Paired bootstrap interval of the reduced ``ne_rel_delta`` / ``auc_delta`` of ``logits``
+        against the float logits: rows are resampled with replacement (the same rows for both models)
+        ``draws`` times; returns ``{metric: [lo, hi]}`` at ``level``. The relative NE change is the
+        ratio of mean log losses (the base-rate entropy cancels), so only AUC needs a loop."""
+        from torchmetrics.functional.classification import binary_auroc
+
+        y, ref = self.labels[split], self.fp32_logits[split]
+        n = y.shape[0]
+        idx = torch.randint(0, n, (draws, n), generator=torch.Generator().manual_seed(0))
+        ll = {k: F.binary_cross_entropy_with_logits(v.float(), y.float(), reduction="none") for k, v in (("q", logits), ("f", ref))}
+        ne_rows = ll["q"][idx].mean(1) / ll["f"][idx].mean(1) - 1.0  # [draws, T]
+        auc_rows = torch.empty_like(ne_rows)
+        pq, pf = torch.sigmoid(logits.float()), torch.sigmoid(ref.float())
+        with warnings.catch_warnings():  # a resample of a rare task may hold no positive: both AUCs read 0
+            warnings.filterwarnings("ignore", message=r"No (positive|negative) samples")
+            for d in range(draws):
+                i = idx[d]
+                for j in range(y.shape[1]):
+                    yj = y[i, j].long()
+                    auc_rows[d, j] = binary_auroc(pq[i, j], yj) - binary_auroc(pf[i, j], yj)
+        cols = range(y.shape[1]) if self.task in ("mean", "worst") else [self._column(self.task)]
+        ne = ne_rows[:, list(cols)]
+        auc = auc_rows[:, list(cols)]
+        if self.task == "worst":
+            ne_red, auc_red = ne.amax(1), auc.amin(1)
+        else:
+            ne_red, auc_red = ne.mean(1), auc.mean(1)
+        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=ne_red.dtype)
+        return {"ne_rel_delta": torch.quantile(ne_red, q).tolist(), "auc_delta": torch.quantile(auc_red, q).tolist()}
+
+    def _column(self, task: str | int) -> int:
+        names = self.tasks if len(self.tasks) == self.labels["search"].shape[1] else [str(i) for i in range(self.labels["search"].shape[1])]
+        return names.index(str(task))
 
     def _per_task(self, logits: Tensor, split: str) -> dict[str, dict[str, float]]:
         y = self.labels[split]
