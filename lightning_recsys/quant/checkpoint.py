@@ -3,24 +3,27 @@
 The checkpoint is untrusted input: it is read with ``torch.load(weights_only=True)`` and never
 written. Anything that needs full unpickling fails with an error naming the opt-in
 (``unsafe_full_unpickle=True`` / ``--unsafe-full-unpickle``). The model is rebuilt as
-``module_class(**checkpoint["hyper_parameters"])`` (default :class:`RecsysModule`, whose
-hyperparameters hold the feature spec and model sizes) and loaded strictly.
+``module_class(**checkpoint["hyper_parameters"])`` (the class LightningCLI recorded in the
+hyperparameters, else ``module_class``, default :class:`RecsysModule`) and loaded strictly.
 
-Calibration data: the checkpoint does not name its data module, so pass ``datamodule=`` (any
-``LightningDataModule``; calibration uses ``train_dataloader()``, the report's accuracy check
-``val_dataloader()``). By default a :class:`SyntheticCTRDataModule` is built from the checkpoint's
-feature spec when it fits (features ``C1..Cn`` whose synthetic ids stay inside the tables).
+Calibration data (``train_dataloader()``) and held-out data (``val_dataloader()``): ``datamodule=``
+(any ``LightningDataModule``), else the data module a LightningCLI run (``lrs fit``) saved in the
+checkpoint, else (or with ``datamodule="synthetic"``) a :class:`SyntheticCTRDataModule` built from
+the checkpoint's feature spec when it fits (features ``C1..Cn`` whose synthetic ids stay inside the tables).
 
 Output directory (new, or empty, unless ``overwrite=True``): ``model.onnx`` or ``model.pt``,
 ``meta.json``, ``report.json`` (per module precision / bytes / weight SQNR; model logit SQNR, AUC and
-NE before and after on validation batches), ``calibration.json`` and ``quant_config.yaml``.
+NE before and after on validation batches; the ONNX parity check), ``calibration.json`` and
+``quant_config.yaml``. Everything is written into a temporary directory beside it and moved into
+place only once complete and verified.
 
 Accuracy budget (``budget_ne`` and/or ``budget_auc``): instead of applying ``config`` uniformly, a
 per-module precision search (:func:`~lightning_recsys.quant.search.search_plan`) picks the smallest
 plan meeting the budget: ``budget_ne`` is the largest *relative* NE increase as a FRACTION
 (``0.001`` = 0.1 %; the CLI's ``--budget-ne`` takes PERCENT), ``budget_auc`` the largest absolute AUC
 drop. It searches on the first ``eval_batches`` validation batches and confirms on the next
-``eval_batches``. ``config`` then only sets the int8 linear options and the int4 clipping. The plan
+``eval_batches`` (default: enough for :data:`EVAL_ROWS` rows each, at most half of the validation set
+each). ``config`` then only sets the int8 linear options and the int4 clipping. The plan
 report (``plan_report.json`` / ``.md`` / ``.png``) is written next to the artifact; when no plan meets
 the budget the artifact is refused: :class:`BudgetNotMetError` is raised and the report files are the
 only files written.
@@ -33,12 +36,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import itertools
 import json
+import math
+import os
 import pickle
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,9 +91,14 @@ def load_checkpoint(path: str | Path, unsafe_full_unpickle: bool = False) -> dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"cannot read checkpoint {path}: the file is corrupt or not a torch checkpoint "
+                         "(torch.save and Lightning write a zip archive)")  # fmt: skip
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not unsafe_full_unpickle)
     except pickle.UnpicklingError as err:
+        if unsafe_full_unpickle or "weights only" not in str(err).lower():
+            raise ValueError(f"cannot unpickle checkpoint {path}: {str(err).splitlines()[0]}") from None
         raise ValueError(
             f"checkpoint {path} holds objects that torch's weights-only loader refuses ({str(err).splitlines()[0]}). "
             f"Full unpickling can run arbitrary code: only if you trust this file, pass {UNSAFE_FLAG} "
@@ -107,22 +121,46 @@ def _import_class(name: str) -> type:
         raise ValueError(f"cannot import module_class {name!r}: {err}") from None
 
 
+def _init_args(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's hyperparameters as init arguments: without the keys LightningCLI adds
+    (``_instantiator``, ``_class_path``)."""
+    return {k: v for k, v in hparams.items() if k not in ("_instantiator", "_class_path")}
+
+
 def _build_module(ckpt: dict, path: Path, module_class: type | str | None) -> pl.LightningModule:
+    hparams = ckpt.get("hyper_parameters")
+    if module_class is None and isinstance(hparams, dict) and isinstance(hparams.get("_class_path"), str):
+        module_class = hparams["_class_path"]  # written by LightningCLI in subclass mode
     cls = _import_class(module_class) if isinstance(module_class, str) else module_class
     if cls is None:
         from ..models.module import RecsysModule as cls  # noqa: N813
-    hparams = ckpt.get("hyper_parameters")
+    hint = "" if module_class is not None else "; if it was trained with another LightningModule, name it with --module-class"
     if not isinstance(hparams, dict):
-        raise ValueError(f"checkpoint {path} has no hyper_parameters to rebuild {cls.__name__} from")
+        raise ValueError(f"checkpoint {path} has no hyper_parameters to rebuild {cls.__name__} from{hint}")
     try:
-        module = cls(**hparams)
+        module = cls(**_init_args(hparams))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"incompatible checkpoint {path}: its hyperparameters do not build {cls.__name__} ({err})") from None
+        raise ValueError(f"incompatible checkpoint {path}: its hyperparameters do not build {cls.__name__} ({err}){hint}") from None
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as err:
-        raise ValueError(f"incompatible checkpoint {path}: weights do not match {cls.__name__} ({err})") from None
+        raise ValueError(f"incompatible checkpoint {path}: weights do not match {cls.__name__} ({err}){hint}") from None
     return module.eval()
+
+
+def _checkpoint_datamodule(ckpt: dict) -> pl.LightningDataModule | None:
+    """The data module a LightningCLI run saved in the checkpoint (``datamodule_hyper_parameters``
+    with its ``_class_path``), or ``None`` when the checkpoint does not name one."""
+    hparams = ckpt.get("datamodule_hyper_parameters")
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("_class_path"), str):
+        return None
+    cls = _import_class(hparams["_class_path"])
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningDataModule)):
+        raise ValueError(f"the checkpoint's data module {hparams['_class_path']!r} is not a LightningDataModule; pass --data")
+    try:
+        return cls(**_init_args(hparams))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the checkpoint's data module {hparams['_class_path']} cannot be rebuilt ({err}); pass --data") from None
 
 
 def _default_datamodule(spec: FeatureSpec | None, batch_size: int) -> pl.LightningDataModule:
@@ -141,22 +179,49 @@ def _default_datamodule(spec: FeatureSpec | None, batch_size: int) -> pl.Lightni
         raise ValueError(f"synthetic ids would exceed the checkpoint's tables for features {too_big}; {hint}")
     rates = (0.25, 0.03) if len(spec.tasks) == 2 else tuple([0.25] * len(spec.tasks))
     return SyntheticCTRDataModule(
-        num_train=64 * batch_size, num_val=8 * batch_size, num_test=batch_size, batch_size=batch_size,
+        num_train=64 * batch_size, num_val=max(8 * batch_size, 2 * EVAL_ROWS), num_test=batch_size, batch_size=batch_size,
         max_rows=cap, num_dense=spec.num_dense, num_sparse=n, tasks=spec.tasks, base_rates=rates,
     )  # fmt: skip
 
 
-def _prepare_out_dir(out_dir: Path, ckpt_path: Path, overwrite: bool) -> None:
+def _check_out_dir(out_dir: Path, ckpt_path: Path, overwrite: bool) -> None:
+    """Refuse an output path we may not write into, before any work (nothing is created here)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"output path {out_dir} exists and is not a directory")
     if ckpt_path.resolve().parent == out_dir.resolve():
         raise ValueError(f"output directory {out_dir} holds the checkpoint itself; choose a new directory")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output directory {out_dir} is not empty; choose a new directory or pass --overwrite")
-        for name in ARTIFACT_FILES:  # replace only our own files, never anything else in the folder
-            (out_dir / name).unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"output directory {out_dir} is not empty; choose a new directory or pass --overwrite")
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out_dir`` to write the artifact into; when the block ends
+    without error its files are moved into ``out_dir`` (:func:`_publish`), else it is deleted."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; the artifact gets a normal directory's mode
+    try:
+        yield stage
+        _publish(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move a complete artifact into place: one rename when ``out_dir`` is new or empty; otherwise
+    (``overwrite``) our own earlier files are removed and each new file is renamed in."""
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(stage, out_dir)
+        return
+    for name in ARTIFACT_FILES:  # replace only our own files, never anything else in the folder
+        (out_dir / name).unlink(missing_ok=True)
+    for f in stage.iterdir():
+        os.replace(f, out_dir / f.name)
 
 
 def _as_recipe(config: QuantConfig | dict | str | Path | None) -> QuantConfig:
@@ -195,9 +260,9 @@ def quantize_checkpoint(
     ckpt_path: str | Path,
     out_dir: str | Path,
     config: QuantConfig | dict | str | Path | None = None,
-    datamodule: pl.LightningDataModule | None = None,
+    datamodule: pl.LightningDataModule | Literal["synthetic"] | None = None,
     calib_batches: int = 16,
-    eval_batches: int = 4,
+    eval_batches: int | None = None,
     format: Literal["onnx", "torch", "tensorrt"] = "onnx",
     overwrite: bool = False,
     unsafe_full_unpickle: bool = False,
@@ -228,48 +293,86 @@ def quantize_checkpoint(
                                   module_class, batch_size, budget_ne, budget_auc, trt_precision)  # fmt: skip
     if not isinstance(calib_batches, int) or calib_batches < 1:
         raise ValueError(f"calib_batches must be an integer >= 1, got {calib_batches!r}")
+    if eval_batches is not None and (isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1):
+        raise ValueError(f"eval_batches must be None (enough for {EVAL_ROWS:,} rows) or an integer >= 1, got {eval_batches!r}")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     recipe = _as_recipe(config)
     budget = _check_budget(budget_ne, budget_auc, max_size_ratio, recipe)
+    _check_out_dir(out_dir, ckpt_path, overwrite)
     ckpt = load_checkpoint(ckpt_path, unsafe_full_unpickle)
     module = _build_module(ckpt, ckpt_path, module_class)
-    spec = getattr(module, "feature_spec", None)
-    dm = datamodule if datamodule is not None else _default_datamodule(spec, batch_size)
-    _prepare_out_dir(out_dir, ckpt_path, overwrite)
+    dm = _datamodule(datamodule, ckpt, module, batch_size)
+    eval_batches = eval_batches or _batches_for(EVAL_ROWS, dm, budget is not None)
+    reference = copy.deepcopy(module).eval()
+    with _staged(out_dir) as stage:
+        plan_summary = None
+        if budget is None:
+            quantize_(module, recipe)
+            calibration = calibrate(module, dm.train_dataloader(), calib_batches)
+        else:
+            module, recipe, calibration, plan_summary = _budgeted(module, recipe, budget, dm, stage, out_dir, calib_batches,
+                                                                  eval_batches, budget_task, max_size_ratio, objective)  # fmt: skip
+        tasks = list(getattr(module, "tasks", []))
+        evaluation = _evaluate(reference, module, dm.val_dataloader(), eval_batches, tasks)
+        meta: dict[str, Any] = {
+            "format": format, "tasks": tasks, "checkpoint": str(ckpt_path),
+            "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "hyper_parameters": _init_args(ckpt["hyper_parameters"]), "recipe": config_to_dict(recipe),
+        }  # fmt: skip
+        if plan_summary is not None:
+            meta["budget_plan"] = plan_summary
+        if format == "onnx":
+            example = next(iter(dm.val_dataloader()))
+            meta["onnx"] = export_onnx(module, stage / "model.onnx", example, extra_metadata={"tasks": tasks})
+        else:
+            torch.save(module.state_dict(), stage / "model.pt")
+        report = {"checkpoint": str(ckpt_path), "format": format, **module_report(module, reference), "evaluation": evaluation}
+        if plan_summary is not None:
+            report["budget_plan"] = plan_summary
+        if format == "onnx":
+            report["export_parity"] = meta["onnx"]["parity"]
+        (stage / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (stage / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
+        import yaml
+
+        (stage / "quant_config.yaml").write_text(yaml.safe_dump(config_to_dict(recipe), sort_keys=False))
+    return report
+
+
+#: rows of held-out data for the report's accuracy check, and for each of a budgeted search's search
+#: and confirmation sets (a relative NE change of 0.1% is within noise on a few thousand rows)
+EVAL_ROWS = 16_384
+
+
+def _batches_for(rows: int, dm: pl.LightningDataModule, two_sets: bool) -> int:
+    """Batches of ``dm.val_dataloader()`` holding ``rows`` rows; with ``two_sets`` (search and
+    confirmation) at most half of the validation batches, so the two sets never overlap."""
+    loader = dm.val_dataloader()
+    first = next(iter(loader))
+    size = first.batch_size if isinstance(first, RecsysBatch) else len(first[0] if isinstance(first, (tuple, list)) else first)
+    want = max(1, math.ceil(rows / max(size, 1)))
+    try:
+        available = len(loader)
+    except TypeError:  # an iterable without a length: take what it gives
+        return want
+    return max(1, min(want, available // 2 if two_sets else available))
+
+
+def _datamodule(given: pl.LightningDataModule | str | None, ckpt: dict, module: nn.Module,
+                batch_size: int) -> pl.LightningDataModule:  # fmt: skip
+    """The calibration / evaluation data: ``given``, else the checkpoint's own data module, else
+    (or for ``"synthetic"``) synthetic data sized from the model's feature spec; set up for fitting."""
+    if given is not None and given != "synthetic" and not isinstance(given, pl.LightningDataModule):
+        raise TypeError(f"datamodule must be a LightningDataModule, 'synthetic' or None, got {type(given).__name__}")
+    dm = given if isinstance(given, pl.LightningDataModule) else None
+    if dm is None and given is None:
+        dm = _checkpoint_datamodule(ckpt)
+    if dm is None:
+        dm = _default_datamodule(getattr(module, "feature_spec", None), batch_size)
     dm.prepare_data()
     dm.setup("fit")
-    reference = copy.deepcopy(module).eval()
-    plan_summary = None
-    if budget is None:
-        quantize_(module, recipe)
-        calibration = calibrate(module, dm.train_dataloader(), calib_batches)
-    else:
-        module, recipe, calibration, plan_summary = _budgeted(module, recipe, budget, dm, out_dir, calib_batches,
-                                                              eval_batches, budget_task, max_size_ratio, objective)  # fmt: skip
-    tasks = list(getattr(module, "tasks", []))
-    evaluation = _evaluate(reference, module, dm.val_dataloader(), eval_batches, tasks)
-    meta: dict[str, Any] = {
-        "format": format, "tasks": tasks, "checkpoint": str(ckpt_path),
-        "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
-        "hyper_parameters": ckpt["hyper_parameters"], "recipe": config_to_dict(recipe),
-    }  # fmt: skip
-    if plan_summary is not None:
-        meta["budget_plan"] = plan_summary
-    if format == "onnx":
-        example = next(iter(dm.val_dataloader()))
-        meta["onnx"] = export_onnx(module, out_dir / "model.onnx", example, extra_metadata={"tasks": tasks})
-    else:
-        torch.save(module.state_dict(), out_dir / "model.pt")
-    report = {"checkpoint": str(ckpt_path), "format": format, **module_report(module, reference), "evaluation": evaluation}
-    if plan_summary is not None:
-        report["budget_plan"] = plan_summary
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
-    import yaml
-
-    (out_dir / "quant_config.yaml").write_text(yaml.safe_dump(config_to_dict(recipe), sort_keys=False))
-    return report
+    return dm
 
 
 def _tensorrt_artifact(ckpt_path, out_dir, config, datamodule, calib_batches: int, overwrite: bool,
@@ -287,15 +390,14 @@ def _tensorrt_artifact(ckpt_path, out_dir, config, datamodule, calib_batches: in
                          "config or accuracy budget applies to the onnx / torch formats")  # fmt: skip
     import_torch_tensorrt()
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    _check_out_dir(out_dir, ckpt_path, overwrite)
     ckpt = load_checkpoint(ckpt_path, unsafe_full_unpickle)
     module = _build_module(ckpt, ckpt_path, module_class).eval()
-    dm = datamodule if datamodule is not None else _default_datamodule(getattr(module, "feature_spec", None), batch_size)
-    _prepare_out_dir(out_dir, ckpt_path, overwrite)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = _datamodule(datamodule, ckpt, module, batch_size)
     calib = list(itertools.islice(dm.train_dataloader(), calib_batches)) if precision == "int8" else None
-    meta = export_tensorrt(module, out_dir, next(iter(dm.val_dataloader())), precision, calibration_batches=calib,
-                           extra_metadata={"tasks": list(getattr(module, "tasks", [])), "checkpoint": str(ckpt_path)})  # fmt: skip
+    with _staged(out_dir) as stage:
+        meta = export_tensorrt(module, stage, next(iter(dm.val_dataloader())), precision, calibration_batches=calib,
+                               extra_metadata={"tasks": list(getattr(module, "tasks", [])), "checkpoint": str(ckpt_path)})  # fmt: skip
     return {"checkpoint": str(ckpt_path), "format": "tensorrt", "tensorrt": meta}
 
 
@@ -314,10 +416,11 @@ def _check_budget(budget_ne: float | None, budget_auc: float | None, max_size_ra
     return Budget(budget_ne, budget_auc)
 
 
-def _budgeted(module: nn.Module, recipe: RecipeConfig, budget: Budget, dm: pl.LightningDataModule, out_dir: Path,
-              calib_batches: int, eval_batches: int, task: str | int, max_size_ratio: float | None,
+def _budgeted(module: nn.Module, recipe: RecipeConfig, budget: Budget, dm: pl.LightningDataModule, stage: Path,
+              out_dir: Path, calib_batches: int, eval_batches: int, task: str | int, max_size_ratio: float | None,
               objective: str):  # fmt: skip
-    """Search a plan meeting ``budget``; write the plan report; refuse (raise) when none does."""
+    """Search a plan meeting ``budget``; write the plan report into ``stage``; when no plan meets the
+    budget, publish the report alone into ``out_dir`` and refuse (raise)."""
     emb, lin = recipe.embeddings, recipe.linears
     result = search_plan(
         module, dm.train_dataloader(), dm.val_dataloader(), budget_ne=budget.ne, budget_auc=budget.auc, task=task,
@@ -326,10 +429,12 @@ def _budgeted(module: nn.Module, recipe: RecipeConfig, budget: Budget, dm: pl.Li
         int4_clip=emb.clip if isinstance(emb, RowwiseEmbeddingConfig) and emb.bits == 4 else "minmax",
         max_size_ratio=max_size_ratio, table_precisions=LATENCY_TABLE_LADDER if objective == "latency" else TABLE_LADDER,
     )  # fmt: skip
-    paths = write_plan_report(result, out_dir)
+    write_plan_report(result, stage)
     if not result.met:
+        _publish(stage, out_dir)
         raise BudgetNotMetError(
-            f"refused: {result.message}. No artifact was written; the plan report is in {paths['md']} (and .json, .png)"
+            f"refused: {result.message}. No artifact was written; the plan report is in {out_dir / PLAN_REPORT_FILES[1]} "
+            "(and .json, .png)"
         )
     keep = ("met", "message", "budget", "plan", "search", "confirm", "bytes", "fp32_bytes", "size_ratio", "int8_bytes_fraction")
     summary = {k: v for k, v in result.to_dict().items() if k in keep}

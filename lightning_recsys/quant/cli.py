@@ -4,7 +4,7 @@ Usage::
 
     lrs quantize last.ckpt --out artifacts/int8 [--config quant.yaml] [--calib-batches 16]
         [--format onnx|torch|tensorrt] [--trt-precision fp32|fp16|int8] [--overwrite] [--unsafe-full-unpickle]
-        [--data synthetic|data.yaml] [--batch-size 256] [--eval-batches 4] [--module-class pkg.mod.Class]
+        [--data synthetic|data.yaml] [--batch-size 256] [--eval-batches N] [--module-class pkg.mod.Class]
         [--budget-ne PERCENT] [--budget-auc DROP] [--budget-task mean|worst|TASK] [--max-size-ratio R]
         [--objective size|latency]
 
@@ -14,9 +14,10 @@ either, the precision of every table / linear is searched (smallest plan meeting
 validation batches, confirmed on the next ones) and ``plan_report.{json,md,png}`` is written beside the
 artifact. When no plan meets the budget nothing but the report is written and the exit status is 3.
 
-``--data`` names the calibration data: ``synthetic`` (default: a SyntheticCTRDataModule sized from
-the checkpoint's feature spec) or a YAML file with a LightningCLI-style data section, either
-``{class_path: ..., init_args: {...}}`` or a whole LightningCLI config with a ``data:`` key.
+``--data`` names the calibration / evaluation data: a YAML file with a LightningCLI-style data
+section, either ``{class_path: ..., init_args: {...}}`` or a whole LightningCLI config with a
+``data:`` key, or ``synthetic`` (a SyntheticCTRDataModule sized from the checkpoint's feature spec).
+By default it is the data module that ``lrs fit`` saved in the checkpoint, else ``synthetic``.
 Also runnable as ``python -m lightning_recsys.quant.cli``. Exit status 0 on success, 2 on bad input,
 3 when the artifact is refused because no plan meets the accuracy budget.
 """
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="new (or empty) output directory for the artifact and report")
     p.add_argument("--config", type=Path, default=None, help="quantization recipe YAML (embeddings / linears / overrides)")
     p.add_argument("--calib-batches", type=int, default=16, help="calibration batches for static activations (default 16)")
-    p.add_argument("--eval-batches", type=int, default=4, help="validation batches for the report's accuracy check (default 4)")
+    p.add_argument("--eval-batches", type=int, default=None,
+                   help="validation batches for the report's accuracy check and for each of a budgeted search's search and "
+                        "confirmation sets (default: enough for 16,384 rows, at most half of the validation batches each)")
     p.add_argument("--format", choices=["onnx", "torch", "tensorrt"], default="onnx",
                    help="artifact format (default onnx; tensorrt needs CUDA and the [tensorrt] extra)")
     p.add_argument("--trt-precision", choices=["fp32", "fp16", "int8"], default="fp16",
@@ -47,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the artifact files in a non-empty --out directory")
     p.add_argument("--unsafe-full-unpickle", action="store_true",
                    help="load the checkpoint with full unpickling (runs code from the file: only for trusted files)")
-    p.add_argument("--data", default="synthetic", help="calibration data: 'synthetic' or a data YAML (class_path/init_args)")
+    p.add_argument("--data", default=None,
+                   help="calibration / evaluation data: a data YAML (class_path/init_args, or a LightningCLI config with a "
+                        "data: key), or 'synthetic'; default: the data module saved in the checkpoint by `lrs fit`, else "
+                        "synthetic data sized from the checkpoint's feature spec")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the default synthetic data (default 256)")
     p.add_argument("--module-class", default=None, help="LightningModule class to rebuild (default lightning_recsys RecsysModule)")
     p.add_argument("--budget-ne", type=float, default=None, metavar="PERCENT",
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lrs quantize: error: --budget-ne is a percentage in [0, 100), got {args.budget_ne}", file=sys.stderr)
         return 2
     try:
-        dm = None if args.data == "synthetic" else datamodule_from_yaml(Path(args.data))
+        dm = args.data if args.data in (None, "synthetic") else datamodule_from_yaml(Path(args.data))
         report = quantize_checkpoint(
             args.ckpt, args.out, config=args.config, datamodule=dm, calib_batches=args.calib_batches,
             eval_batches=args.eval_batches, format=args.format, overwrite=args.overwrite,
