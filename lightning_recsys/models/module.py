@@ -28,6 +28,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import AttributeDict
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC
@@ -130,6 +131,16 @@ class RecsysModule(pl.LightningModule):
             self.shared_representation = "model.shared"
         self.val_metrics = self._make_metrics("val")
         self.test_metrics = self._make_metrics("test")
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """The hyperparameters loggers record, with the model's task list as ``model_tasks``: the data
+        module's ``tasks`` (the labels it serves) may be more, and loggers refuse a key that the module
+        and the data module both hold with different values."""
+        hparams = super().hparams_initial
+        if "tasks" in hparams:
+            hparams["model_tasks"] = hparams.pop("tasks")
+        return hparams
 
     def _make_metrics(self, prefix: str) -> nn.ModuleDict:
         return nn.ModuleDict(
