@@ -8,9 +8,12 @@
   by a static layer is concatenated after quantization, in uint8 (:mod:`.graph_rewrite`).
 * fp16 tables and weights are stored as fp16 and cast in the graph.
 * The batch dimension (and every bag length) is dynamic; ``onnx.checker`` runs on the result, and
-  with ``verify=True`` an ONNX Runtime session must reproduce the PyTorch model on the example within
+  with ``verify=True`` an ONNX Runtime session must reproduce the PyTorch model within
   ``atol + rtol * |logit|`` (default ``1e-3 + 1e-3 |logit|``), except on rows where an int8 activation on
-  a rounding tie went the other way (checked, counted in ``meta["parity"]``), or the export raises.
+  a rounding tie went the other way (checked, counted in ``meta["parity"]``), or the export raises:
+  on the example, on a batch of another size made from it (its first half, or its one row twice:
+  :mod:`.example_rows`; skipped with a warning when the roles of a model's own inputs cannot be
+  told, see ``meta["parity"]["other_size"]``) and on every batch in ``verify_batches``.
 
 ONNX inputs for a model taking :class:`~lightning_recsys.data.RecsysBatch`: ``dense`` [B, num_dense]
 float32; ``sparse_ids`` [B, K] int64 with one column per single-hot, unweighted feature (``-1`` for
@@ -18,7 +21,12 @@ an empty bag); then per other sparse feature ``<name>__ids`` [B, L] int64 padded
 ``<name>__weights`` [B, L] float32 when the example batch has per-id weights); output ``logits``.
 :func:`layout_feeds` builds them from a batch; the layout is stored in the model's metadata
 (``metadata_props["lightning_recsys"]``) so :func:`lightning_recsys.quant.load` can rebuild it.
-Models taking tensors are exported with those tensors as inputs (dim 0 dynamic).
+Models taking their own inputs (tensors, tuples / lists / dicts of them, nested: ``forward(dense, ids,
+offsets)``, ``forward(batch: dict)``, ...) are exported with one ONNX input per tensor, named by its
+path (``ids.0``), every dimension dynamic unless the model fixes it; the structure is recorded in the
+metadata (kind ``"tree"``, :mod:`.input_spec`) and their tables keep ``nn.EmbeddingBag``'s contract
+(1-D ids + offsets with ``include_last_offset``, 2-D ids, ``per_sample_weights``, ``padding_idx``;
+sum / mean / max), pooled by a scatter into the bags, so the number of ids is dynamic too.
 
 Example:
     >>> from lightning_recsys.quant import export_onnx, load  # doctest: +SKIP
@@ -43,76 +51,18 @@ import torch
 from torch import Tensor, nn
 
 from ..data.batch import RecsysBatch, SparseFeature
+from .example_rows import infer_roles, other_rows, recsys_rows, select_rows
 from .graph_rewrite import quantize_before_concat
+from .input_spec import Call, CallFromFlat, bind_example, dynamic_shapes_for, flatten_call, graph_inputs, rebuild_call, resolve_call, tree_feeds
 from .linear import Int8Linear
 from .lowering import StackedColumn, lower_tables
+from .onnx_translations import onnx_translations as _onnx_translations
 
 __all__ = ["export_onnx", "flatten_batch", "layout_feeds", "METADATA_KEY"]
 
 METADATA_KEY = "lightning_recsys"
 STACKED_INPUT = "sparse_ids"
 _SEP = "__"
-
-
-def _matmul_integer_to_float_schema():
-    """Schema of ONNX Runtime's contrib op ``com.microsoft.MatMulIntegerToFloat`` (ONNX has none):
-    ``(A - a_zero_point) @ (B - b_zero_point) * a_scale * b_scale + bias`` in float."""
-    from onnx.defs import OpSchema
-
-    opt = OpSchema.FormalParameterOption.Optional
-    inputs = [("A", "T1", None), ("B", "T2", None), ("a_scale", "T3", None), ("b_scale", "T3", None),
-              ("a_zero_point", "T1", opt), ("b_zero_point", "T2", opt), ("bias", "T3", opt)]  # fmt: skip
-    return OpSchema(
-        "MatMulIntegerToFloat", "com.microsoft", 1,
-        inputs=[OpSchema.FormalParameter(n, t, param_option=o) if o else OpSchema.FormalParameter(n, t) for n, t, o in inputs],
-        outputs=[OpSchema.FormalParameter("Y", "T3")],
-        type_constraints=[("T1", ["tensor(uint8)", "tensor(int8)"], ""), ("T2", ["tensor(uint8)", "tensor(int8)"], ""),
-                          ("T3", ["tensor(float)"], "")],
-    )  # fmt: skip
-
-
-def _onnx_translations() -> dict:
-    """onnxscript functions for our custom ops (imported lazily: onnxscript is heavy)."""
-    from onnxscript import FLOAT, INT8, UINT8  # noqa: F401  (type annotations for onnxscript)
-    import onnx
-    from onnxscript import opset18 as op
-    from onnxscript.values import Op, Opset
-
-    matmul_integer_to_float = Op(Opset("com.microsoft", 1), "MatMulIntegerToFloat", _matmul_integer_to_float_schema())
-
-    def ir_uint8(v: int):
-        return onnx.numpy_helper.from_array(np.array(v, dtype=np.uint8))
-
-    def int8_linear_dynamic(x, wq_t, w_scale, bias):
-        xq, x_scale, x_zp = op.DynamicQuantizeLinear(x)
-        acc = op.MatMulInteger(xq, wq_t, x_zp)
-        return op.Add(op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, w_scale)), bias)
-
-    def int8_linear_static(x, x_scale, x_zero_point, wq_t, w_scale, bias):
-        # ORT's fused integer matmul with the rescale and bias in its epilogue: about 25% faster than
-        # MatMulInteger + Cast + Mul + Add, which ORT leaves unfused after a static QuantizeLinear
-        zp = op.Cast(x_zero_point, to=2)  # uint8
-        xq = op.QuantizeLinear(x, x_scale, zp)
-        return matmul_integer_to_float(xq, wq_t, x_scale, w_scale, zp, None, bias)
-
-    def dequantize_rows(codes, scale, zero_point):
-        flat = op.Reshape(codes, op.Concat(op.Constant(value_ints=[-1]), op.Shape(codes, start=-1), axis=0))
-        per_row = op.Constant(value_ints=[-1])
-        zp = op.Cast(op.Reshape(zero_point, per_row), to=2)  # uint8
-        rows = op.DequantizeLinear(flat, op.Reshape(scale, per_row), zp, axis=0)
-        return op.Reshape(rows, op.Shape(codes))
-
-    def unpack_nibbles(packed):
-        low = op.BitwiseAnd(packed, op.Constant(value=ir_uint8(15)))
-        high = op.BitShift(packed, op.Constant(value=ir_uint8(4)), direction="RIGHT")
-        return op.Concat(low, high, axis=-1)
-
-    return {
-        torch.ops.lrs_quant.unpack_nibbles.default: unpack_nibbles,
-        torch.ops.lrs_quant.dequantize_rows.default: dequantize_rows,
-        torch.ops.lrs_quant.int8_linear_dynamic.default: int8_linear_dynamic,
-        torch.ops.lrs_quant.int8_linear_static.default: int8_linear_static,
-    }
 
 
 def flatten_batch(
@@ -398,22 +348,25 @@ _TIE_DRAWS = 16
 
 @torch.no_grad()
 def _tie_envelope(model: nn.Module, args: tuple, ref: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """Element-wise min / max of the model's output over ``_TIE_DRAWS`` runs whose int8 linears see
-    inputs scaled by ``1 + u * _TIE_JITTER`` (``u`` uniform in [-1, 1]): the values reachable when
-    activations on a rounding tie round the other way. ``False`` when the model has no int8 linear."""
+    """Element-wise min / max of the model's output over runs whose int8 linears see inputs scaled by
+    ``1 + u * _TIE_JITTER``: ``u = +1`` everywhere (every tie rounds up), ``u = -1`` (down), then
+    ``_TIE_DRAWS`` draws of ``u`` uniform in [-1, 1] (mixed): the values reachable when activations on
+    a rounding tie round the other way. ``False`` when the model has no int8 linear."""
     layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
     if not layers:
         return ref, ref, False
     gen = torch.Generator().manual_seed(0)
+    sign: list[float | None] = [None]
 
     def jitter(_m: nn.Module, inputs: tuple) -> tuple:
         x = inputs[0]
-        return (x * (1 + _TIE_JITTER * (2 * torch.rand(x.shape, generator=gen) - 1)).to(x.dtype), *inputs[1:])
+        u = torch.full(x.shape, sign[0]) if sign[0] is not None else 2 * torch.rand(x.shape, generator=gen) - 1
+        return (x * (1 + _TIE_JITTER * u).to(x.dtype), *inputs[1:])
 
     handles = [m.register_forward_pre_hook(jitter) for m in layers]
     lo, hi = ref.clone(), ref.clone()
     try:
-        for _ in range(_TIE_DRAWS):
+        for sign[0] in (1.0, -1.0, *[None] * _TIE_DRAWS):
             out = _as_logits(model(*args))
             lo, hi = torch.minimum(lo, out), torch.maximum(hi, out)
     finally:
