@@ -10,7 +10,7 @@ module = lrs.RecsysModule(feature_spec=datamodule.feature_spec)
 
 monitor = QuantizationMonitor(budget_ne=0.01, budget_auc=0.005, out_of_range_rate=0.01,
                               on_violation="recalibrate")    # or "warn" / "raise"
-trainer = pl.Trainer(callbacks=[monitor], val_check_interval=100)
+trainer = pl.Trainer(max_epochs=1, callbacks=[monitor], val_check_interval=100)
 trainer.fit(module, datamodule)
 monitor.history[-1]   # figures, violations, action, after-recalibration figures
 

@@ -6,7 +6,7 @@ import torch
 import lightning_recsys as lrs
 from lightning_recsys.quant import TensorRTPredictor, export_tensorrt, prepare_tensorrt_program, tensorrt_inputs
 
-dm = lrs.SyntheticCTRDataModule(num_train=20_000, max_rows=2_000, batch_size=512)
+dm = lrs.SyntheticCTRDataModule(num_train=30_000, max_rows=2_000, batch_size=512)
 module = lrs.RecsysModule(feature_spec=dm.feature_spec)
 pl.Trainer(max_epochs=1).fit(module, dm)
 model = module.model.eval()

@@ -12,6 +12,7 @@ Every run writes into a new directory ``<out>/<timestamp>``; nothing is overwrit
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"--skip names unknown steps {sorted(unknown)}; steps are {list(STEPS)}")
     torch.set_num_threads(1)  # the second core runs the data worker; oversubscribed threads stall
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" / tips per step
     out_dir = _new_run_dir(args.out)
     t_start = time.perf_counter()
     res = train_reference(out_dir, quick=args.quick)
