@@ -4,15 +4,25 @@ Luo et al., "FIITED: Fine-grained In-Training Embedding Dimension optimization" 
 the algorithm details follow ``shared/specs/fiited.md``. The callback
 
 1. swaps the selected ``nn.Embedding`` / ``nn.EmbeddingBag`` modules of any LightningModule for chunked
-   VHPI storage (:mod:`lightning_recsys.embeddings.chunked`) in ``setup``, before the optimizers exist;
+   VHPI storage (:mod:`lightning_recsys.embeddings.chunked`) in ``setup``, before the optimizers exist
+   (a table whose weight is tied to another module, e.g. a decoder, is refused: use ``pattern``);
 2. tracks a utility per chunk, ``u = gamma * u + sum over accesses of ||dL/d chunk||_2`` (decayed once per
    pruning event; the sum runs over the accesses since the previous event);
 3. every ``interval`` steps between ``start_step`` and the end of training keeps the highest-utility
    chunks so that the kept fraction follows the schedule (cubic by default) toward the target
-   (``target_sparsity`` of the chunks pruned, or a ``target_bytes`` budget for pool + index); pruned
-   chunks whose utility climbs back are re-admitted with fresh values and fresh optimizer state;
+   (``target_sparsity`` of the chunks pruned, or a ``target_bytes`` budget for pool + index); a pruned
+   chunk comes back only when its utility beats a kept one's by ``readmit_margin`` times the mean kept
+   utility (hysteresis: little churn once the schedule ends), with small random values at its row's scale
+   and fresh optimizer state; the fraction of kept chunks replaced is logged as ``fiited/churn``;
 4. reallocates each pool to exactly its kept chunks and swaps the new parameter into the optimizers,
    remapping every per-slot state tensor (SGD momentum, Adam/AdamW moments, Adagrad sums, ...).
+
+Checkpoints: the model's state dict holds every table's dense ``weight`` (pruned chunks read 0) and the
+optimizer state in the same dense layout, so a pruned checkpoint loads into the user's unmodified module
+(``MyModule.load_from_checkpoint``, ``Trainer.fit/test(ckpt_path=...)``, ``load_state_dict``) with or
+without this callback. The compact layout (and optimizer state without a dense form, e.g. CounterSGD's
+per-slot counts) lives in the callback's state: with the callback present the tables are re-pruned on load
+and training resumes exactly (:mod:`lightning_recsys.embeddings.checkpoint`).
 
 Under DDP the chunk pools are kept out of DDP's reducer (their shape changes) and the callback averages
 their gradients itself before each optimizer step; utilities are summed over ranks at every event, so
@@ -42,7 +52,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
+from typing_extensions import override
 
+from ..embeddings.checkpoint import dense_optimizer_state, pool_optimizer_state
 from ..embeddings.chunked import ChunkedEmbeddingBase
 from ..embeddings.convert import chunk_modules
 
@@ -50,7 +62,7 @@ __all__ = ["FIITED", "remap_optimizer_state"]
 
 _CHOICES = {
     "schedule": ("cubic", "linear", "constant"),
-    "readmit_init": ("zeros", "normal"),
+    "readmit_init": ("scaled", "normal", "zeros"),
     "granularity": ("chunk", "row"),
     "threshold": ("global", "per_table"),
 }
@@ -83,6 +95,17 @@ def remap_optimizer_state(optimizer: torch.optim.Optimizer, old: Tensor, new: Te
     return found
 
 
+@torch.no_grad()
+def _row_rms(table: ChunkedEmbeddingBase) -> Tensor:
+    """RMS of every row's stored values ``[num_rows]``; rows storing nothing get the whole pool's RMS."""
+    counts = table.kept_mask().sum(1)
+    rows = torch.repeat_interleave(torch.arange(table.num_embeddings, device=counts.device), counts)
+    values = table.pool[1:].float()
+    sq = values.new_zeros(table.num_embeddings).index_add_(0, rows, values.square().sum(1))
+    overall = values.square().mean().sqrt() if table.num_kept else values.new_zeros(())
+    return torch.where(counts > 0, (sq / (counts * table.chunk_size).clamp_min(1)).sqrt(), overall)
+
+
 class FIITED(Callback):
     """Prune embedding chunks during training by utility; really shrink the tables.
 
@@ -98,15 +121,23 @@ class FIITED(Callback):
             ``"linear"`` or ``"constant"`` (the target at once).
         gamma: utility decay applied at every pruning event.
         readmit: let pruned chunks come back when their utility recovers (else pruning is final).
-        readmit_init: value of re-admitted chunks: ``"zeros"`` or ``"normal"`` (std ``readmit_std``).
+        readmit_margin: hysteresis: a pruned chunk replaces a kept one only if its utility is higher by
+            ``readmit_margin`` times the mean utility of the kept chunks (``0``: plain ranking). The bar is
+            absolute, not relative to the weakest kept chunk, whose utility decays between its rare
+            accesses: relative margins only delay the churn that this sampling noise causes.
+        readmit_init: value of re-admitted chunks: ``"scaled"`` (normal noise with ``readmit_scale`` times
+            the RMS of the row's kept values: non-zero, so it gets gradients even where its interaction
+            partners read zero, yet small next to the row), ``"normal"`` (std ``readmit_std``) or ``"zeros"``.
+        readmit_scale: relative std of ``"scaled"`` re-admission.
+        readmit_std: std of ``"normal"`` re-admission.
         prefix: keep chunk ``c`` of a row only if chunk ``c - 1`` is kept (each row's dimension shrinks).
         granularity: ``"chunk"`` (FIITED) or ``"row"`` (whole rows by summed utility: the ITEP/AdaEmbed
             row-pruning baseline at the same byte budget).
         threshold: ``"global"`` (one utility threshold over all tables) or ``"per_table"`` (every table
             keeps the same fraction).
         pattern: regex (``re.search``) on module names selecting the tables; ``None`` = every
-            ``nn.Embedding``/``nn.EmbeddingBag``.
-        seed: seed of the ``"normal"`` re-initialisation (the same on every rank).
+            ``nn.Embedding``/``nn.EmbeddingBag``. Tables with tied weights must be left out.
+        seed: seed of the re-initialisation (the same on every rank).
         verbose: print a line per pruning event (rank zero).
     """
 
@@ -121,7 +152,9 @@ class FIITED(Callback):
         schedule: Literal["cubic", "linear", "constant"] = "cubic",
         gamma: float = 0.98,
         readmit: bool = True,
-        readmit_init: Literal["zeros", "normal"] = "zeros",
+        readmit_margin: float = 0.25,
+        readmit_init: Literal["scaled", "normal", "zeros"] = "scaled",
+        readmit_scale: float = 0.1,
         readmit_std: float = 0.01,
         prefix: bool = False,
         granularity: Literal["chunk", "row"] = "chunk",
@@ -145,8 +178,11 @@ class FIITED(Callback):
                 raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
-        if not readmit_std > 0:
-            raise ValueError(f"readmit_std must be > 0, got {readmit_std!r}")
+        if not readmit_margin >= 0:
+            raise ValueError(f"readmit_margin must be >= 0, got {readmit_margin!r}")
+        for arg, val in (("readmit_scale", readmit_scale), ("readmit_std", readmit_std)):
+            if not val > 0:
+                raise ValueError(f"{arg} must be > 0, got {val!r}")
         for arg, val in (("schedule", schedule), ("readmit_init", readmit_init), ("granularity", granularity), ("threshold", threshold)):
             if val not in _CHOICES[arg]:
                 raise ValueError(f"{arg} must be one of {_CHOICES[arg]}, got {val!r}")
@@ -156,7 +192,8 @@ class FIITED(Callback):
         self.start_step, self.end_step, self.interval = start_step, end_step, interval
         self.schedule = schedule
         self.gamma = float(gamma)
-        self.readmit, self.readmit_init, self.readmit_std = readmit, readmit_init, float(readmit_std)
+        self.readmit, self.readmit_margin, self.readmit_init = readmit, float(readmit_margin), readmit_init
+        self.readmit_scale, self.readmit_std = float(readmit_scale), float(readmit_std)
         self.prefix, self.granularity, self.threshold = prefix, granularity, threshold
         self.pattern = pattern
         self.seed = seed
@@ -165,91 +202,145 @@ class FIITED(Callback):
         self.utility: dict[str, Tensor] = {}
         self.last_event_step = -1
         self.num_events = 0
-        self._pending: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None  # loaded or torn-down state not yet back in a fit
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(pattern=self.pattern, chunk_size=self.chunk_size)
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if is_overridden("configure_model", pl_module):  # idempotent by Lightning's contract; build the tables now
             with trainer.strategy.tensor_init_context():
                 pl_module.configure_model()
         self.tables = chunk_modules(pl_module, self.chunk_size, self.pattern)
-        if stage != "fit":
-            return
-        for name, table in self.tables.items():
-            table.track_grad_norms(True)
-            self.utility[name] = torch.zeros_like(table.grad_norm_acc)
-        self._target_pool_bytes()  # validate the budget early
-        if trainer.world_size > 1:
-            # pools change shape: keep them out of DDP's reducer, their gradients are averaged in on_before_optimizer_step
-            ignore = list(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", []))
-            for name in self.tables:
-                ignore += [f"{name}.pool", f"{name}.mask", f"{name}.base"]
-            pl_module._ddp_params_and_buffers_to_ignore = ignore
+        if stage == "fit":
+            for name, table in self.tables.items():
+                table.track_grad_norms(True)
+                self.utility[name] = torch.zeros_like(table.grad_norm_acc)
+            self._target_pool_bytes()  # validate the budget early
+            if trainer.world_size > 1:
+                # pools change shape: keep them out of DDP's reducer, their gradients are averaged in on_before_optimizer_step
+                ignore = list(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", []))
+                for name in self.tables:
+                    ignore += [f"{name}.pool", f"{name}.mask", f"{name}.base"]
+                pl_module._ddp_params_and_buffers_to_ignore = ignore
         if self._pending is not None:
             self._apply_pending()
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1 and torch.distributed.is_initialized():
             for table in self.tables.values():  # DDP does not sync what it ignores: start from rank 0's tables
                 for t in (table.pool.data, table.mask, table.base):
                     torch.distributed.broadcast(t, src=0)
 
+    @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if trainer.world_size > 1:
             for table in self.tables.values():
                 grad = table.pool.grad if table.pool.grad is not None else torch.zeros_like(table.pool)
                 table.pool.grad = trainer.strategy.reduce(grad, reduce_op="mean").clone()
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step != self.last_event_step and step > 0 and step >= self.start_step and (step - self.start_step) % self.interval == 0:
-            self._prune(trainer, step)
+            churn = self._prune(trainer, step)
+            for logger in trainer.loggers:  # one record per event whatever log_every_n_steps is (as DeviceStatsMonitor)
+                logger.log_metrics({"fiited/churn": churn}, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
         kept = sum(t.num_kept for t in self.tables.values())
         total = sum(t.num_embeddings * t.num_chunks for t in self.tables.values())
         pl_module.log("fiited/kept_fraction", kept / total, on_step=True, on_epoch=False, batch_size=1)
         pl_module.log("fiited/embedding_bytes", float(self.embedding_bytes()), on_step=True, on_epoch=False, batch_size=1)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.tables:
             self._pending = self.state_dict()  # keep the accumulators for a later state_dict/fit
             for table in self.tables.values():
                 table.track_grad_norms(False)
 
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Write the tables' optimizer state in the dense layout of their ``weight`` (as the model's state dict
+        holds them), so that the checkpoint resumes a plain module too; note where it went for
+        :meth:`on_load_checkpoint`. State without a dense form (one value per pool slot, e.g. CounterSGD's
+        counts) moves to this callback's state: a plain module restarts it, a resume with FIITED gets it back."""
+        where: dict[str, list[dict[str, Any]]] = {}
+        for i, (optimizer, saved) in enumerate(zip(trainer.optimizers, checkpoint.get("optimizer_states", []))):
+            index = {
+                id(p): j for live, packed in zip(optimizer.param_groups, saved["param_groups"]) for p, j in zip(live["params"], packed["params"])
+            }
+            for name, table in self.tables.items():
+                j = index.get(id(table.pool))
+                if j is None or j not in saved["state"]:
+                    continue
+                dense, slot0 = dense_optimizer_state(table, saved["state"][j])
+                if dense is None:
+                    where.setdefault(name, []).append({"optimizer": i, "param": j, "state": saved["state"].pop(j)})
+                else:
+                    saved["state"][j] = dense  # a new dict: the live optimizer state is untouched
+                    where.setdefault(name, []).append({"optimizer": i, "param": j, "slot0": slot0})
+        checkpoint["callbacks"][self.state_key]["optimizer_layout"] = where
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Put the tables' optimizer state back in the pool layout saved in this callback's state (the tables
+        themselves are re-pruned by :meth:`load_state_dict`, before the optimizers load)."""
+        state = checkpoint.get("callbacks", {}).get(self.state_key) or {}
+        for name, entries in state.get("optimizer_layout", {}).items():
+            if name not in self.tables:
+                continue  # not chunked in this run: its dense state fits the plain weight
+            table = self.tables[name]
+            keep = table.kept_mask(state["layout"][name].to(table.mask.device))
+            for entry in entries:
+                saved = checkpoint["optimizer_states"][entry["optimizer"]]["state"]
+                j = entry["param"]
+                if "state" in entry:
+                    saved[j] = entry["state"]
+                elif j in saved:
+                    saved[j] = pool_optimizer_state(table, saved[j], keep, entry["slot0"])
+
     # ------------------------------------------------------------------ state
+    @override
     def state_dict(self) -> dict[str, Any]:
-        if not self.tables and self._pending is not None:
+        if self._pending is not None:
             return dict(self._pending)
-        acc = {n: t.grad_norm_acc.clone() for n, t in self.tables.items() if t.grad_norm_acc is not None}
-        if self._pending is not None and not acc:
-            acc = dict(self._pending.get("grad_norm_acc", {}))
         return {
             "utility": {n: u.clone() for n, u in self.utility.items()},
-            "grad_norm_acc": acc,
+            "grad_norm_acc": {n: t.grad_norm_acc.clone() for n, t in self.tables.items() if t.grad_norm_acc is not None},
+            "layout": {n: t.mask.clone() for n, t in self.tables.items()},
             "last_event_step": self.last_event_step,
             "num_events": self.num_events,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = dict(state_dict)
+        self._pending = {k: v for k, v in state_dict.items() if k != "optimizer_layout"}  # that one is on_load_checkpoint's
         self.last_event_step = int(state_dict["last_event_step"])
         self.num_events = int(state_dict["num_events"])
-        if self.tables and all(t.grad_norm_acc is not None for t in self.tables.values()):
+        if self.tables:
             self._apply_pending()
 
     def _apply_pending(self) -> None:
-        if self._pending is None:
-            return
-        missing = sorted(set(self.tables) - set(self._pending["utility"]))
+        """Re-prune the tables to the pending state's layout; when training, restore the utilities too."""
+        state = self._pending
+        for name, table in self.tables.items():
+            mask = state.get("layout", {}).get(name)
+            if mask is not None and not torch.equal(mask.to(table.mask), table.mask):
+                table.set_kept(table.kept_mask(mask.to(table.mask)))
+        if not all(t.grad_norm_acc is not None for t in self.tables.values()):
+            return  # not training: the utilities wait for the next fit
+        missing = sorted(set(self.tables) - set(state["utility"]))
         if missing:
             raise ValueError(f"FIITED checkpoint state has no utilities for tables {missing}")
         for name, table in self.tables.items():
-            self.utility[name] = self._pending["utility"][name].to(table.pool.device).clone()
-            if table.grad_norm_acc is not None and name in self._pending["grad_norm_acc"]:
-                table.grad_norm_acc.copy_(self._pending["grad_norm_acc"][name])
+            self.utility[name] = state["utility"][name].to(table.pool.device).clone()
+            if name in state["grad_norm_acc"]:
+                table.grad_norm_acc.copy_(state["grad_norm_acc"][name])
         self._pending = None
 
     # ------------------------------------------------------------------ accounting
@@ -289,7 +380,8 @@ class FIITED(Callback):
 
     # ------------------------------------------------------------------ pruning
     @torch.no_grad()
-    def _prune(self, trainer: pl.Trainer, step: int) -> None:
+    def _prune(self, trainer: pl.Trainer, step: int) -> float:
+        """One pruning event; returns the churn: the fraction of the kept chunks that were newly admitted."""
         for name, table in self.tables.items():
             acc = table.grad_norm_acc
             if trainer.world_size > 1:
@@ -299,26 +391,37 @@ class FIITED(Callback):
         full = sum(t.num_embeddings * t.num_chunks * self._chunk_bytes(t) for t in self.tables.values())
         budget = int(math.floor((1 - self.sparsity_at(step)) * full + 0.5))
         keeps = self._decide(budget)
+        readmitted = 0
         for i, (name, table) in enumerate(self.tables.items()):
-            fresh = table.num_fresh(keeps[name])
-            init = None
-            if fresh and self.readmit_init == "normal":
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.num_events * 1009 + i)
-                init = torch.randn(fresh, table.chunk_size, generator=gen) * self.readmit_std
+            fresh = keeps[name] & ~table.kept_mask()
+            readmitted += int(fresh.sum())
+            init = self._readmit_values(table, fresh, i) if fresh.any() else None
             old = table.pool
             src = table.set_kept(keeps[name], init)
             for optimizer in trainer.optimizers:
                 remap_optimizer_state(optimizer, old, table.pool, src)
         self.last_event_step = step
         self.num_events += 1
+        kept = sum(t.num_kept for t in self.tables.values())
         if self.verbose:
-            kept = sum(t.num_kept for t in self.tables.values())
             total = sum(t.num_embeddings * t.num_chunks for t in self.tables.values())
-            rank_zero_info(f"FIITED step {step}: kept {kept}/{total} chunks, {self.embedding_bytes()} bytes")
+            rank_zero_info(f"FIITED step {step}: kept {kept}/{total} chunks ({readmitted} re-admitted), {self.embedding_bytes()} bytes")
+        return readmitted / max(kept, 1)
+
+    def _readmit_values(self, table: ChunkedEmbeddingBase, fresh: Tensor, index: int) -> Tensor | None:
+        """Values of the chunks ``fresh [rows, K]`` re-admits, in pool order (``None`` = zeros)."""
+        if self.readmit_init == "zeros":
+            return None
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.num_events * 1009 + index)
+        noise = torch.randn(int(fresh.sum()), table.chunk_size, generator=gen)
+        if self.readmit_init == "normal":
+            return noise * self.readmit_std
+        std = _row_rms(table)[fresh.nonzero()[:, 0]].cpu() * self.readmit_scale
+        return noise * std.unsqueeze(1)
 
     def _decide(self, budget: int) -> dict[str, Tensor]:
-        """Keep masks ``[rows, K]`` per table: highest utility first (ties: already kept first, then
-        by position) until the pool byte ``budget`` is spent."""
+        """Keep masks ``[rows, K]`` per table: highest utility first (see :meth:`_greedy`) until the pool byte
+        ``budget`` is spent."""
         items = []  # per table: (score [n], cost bytes per item, currently kept [n])
         for name, table in self.tables.items():
             score = self.utility[name].clone()
@@ -347,11 +450,15 @@ class FIITED(Callback):
             out[name] = keep
         return out
 
-    @staticmethod
-    def _greedy(scores: list[Tensor], costs: list[int], kept: list[Tensor], budget: int) -> list[Tensor]:
+    def _greedy(self, scores: list[Tensor], costs: list[int], kept: list[Tensor], budget: int) -> list[Tensor]:
+        """Select items by score, kept ones raised by ``readmit_margin`` times their mean score (ties: kept
+        first, then by position), until ``budget`` bytes are spent."""
         score = torch.cat([s.to(torch.float64) for s in scores])
+        was_kept = torch.cat(kept)
+        if self.readmit_margin and was_kept.any():
+            score = torch.where(was_kept, score + self.readmit_margin * score[was_kept].mean(), score)
         cost = torch.cat([torch.full((s.numel(),), c, dtype=torch.int64, device=s.device) for s, c in zip(scores, costs)])
-        order = torch.argsort((~torch.cat(kept)).to(torch.int8), stable=True)  # already kept first among ties
+        order = torch.argsort((~was_kept).to(torch.int8), stable=True)  # already kept first among ties
         order = order[torch.argsort(score[order], descending=True, stable=True)]
         take = torch.cumsum(cost[order], 0) <= budget
         selected = torch.zeros_like(score, dtype=torch.bool)

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import dense_layout, load_dense
+
 __all__ = ["ChunkedEmbedding", "ChunkedEmbeddingBag", "ChunkedEmbeddingBase", "mask_dtype_for"]
 
 
@@ -91,7 +93,8 @@ class ChunkedEmbeddingBase(nn.Module):
 
     Attributes:
         pool: ``nn.Parameter [P + 1, C]``, slot 0 all zeros; replaced (new shape) by :meth:`set_kept`.
-        mask, base: the per-row index buffers (see the module docstring).
+        mask, base: the per-row index buffers (see the module docstring); not persistent: the state dict
+            holds the dense ``weight`` of the replaced module (:mod:`lightning_recsys.embeddings.checkpoint`).
         grad_norm_acc: ``None`` or a ``[num_rows, K]`` float tensor into which backward adds, per access,
             the L2 norm of the gradient of every chunk (also of pruned chunks: the gradient they would
             get), set by :meth:`track_grad_norms`. FIITED uses it as the chunk utility signal.
@@ -132,8 +135,8 @@ class ChunkedEmbeddingBase(nn.Module):
         k, c = self.num_chunks, chunk_size
         pool = torch.cat([_weight.new_zeros(1, c), _weight.detach().reshape(num_embeddings * k, c)])
         self.pool = nn.Parameter(pool)
-        self.register_buffer("mask", self._pack(torch.ones(num_embeddings, k, dtype=torch.bool, device=pool.device)))
-        self.register_buffer("base", (torch.arange(num_embeddings, device=pool.device) * k + 1).to(torch.int32))
+        self.register_buffer("mask", self._pack(torch.ones(num_embeddings, k, dtype=torch.bool, device=pool.device)), False)
+        self.register_buffer("base", (torch.arange(num_embeddings, device=pool.device) * k + 1).to(torch.int32), False)
         self.grad_norm_acc: Tensor | None = None
 
     # ---------------------------------------------------------------- index
@@ -142,9 +145,10 @@ class ChunkedEmbeddingBase(nn.Module):
         v = (keep.long() << torch.arange(self.num_chunks, device=keep.device)).sum(1)
         return v.to(mask_dtype_for(self.num_chunks))  # the sign bit is never used
 
-    def kept_mask(self) -> Tensor:
-        """Bool ``[num_rows, K]``: which chunks are stored."""
-        return (self.mask.long().unsqueeze(1) >> _shifts(self.num_chunks, self.mask.device)) & 1 == 1
+    def kept_mask(self, mask: Tensor | None = None) -> Tensor:
+        """Bool ``[num_rows, K]``: which chunks are stored (or kept by the bitmask ``mask``, default the table's)."""
+        mask = self.mask if mask is None else mask
+        return (mask.long().unsqueeze(1) >> _shifts(self.num_chunks, mask.device)) & 1 == 1
 
     def _slots(self, flat_ids: Tensor, chunk_major: bool = False) -> Tensor:
         """Pool slot of every chunk of the given rows, ``[N, K]`` (``[K, N]`` if ``chunk_major``; 0 = pruned,
@@ -237,10 +241,6 @@ class ChunkedEmbeddingBase(nn.Module):
         self.base.copy_(base.to(torch.int32))
         return src
 
-    def num_fresh(self, keep: Tensor) -> int:
-        """How many chunks ``set_kept(keep)`` would newly admit."""
-        return int((keep.to(self.mask.device) & ~self.kept_mask()).sum())
-
     # ---------------------------------------------------------------- accounting / export
     @property
     def num_kept(self) -> int:
@@ -256,9 +256,7 @@ class ChunkedEmbeddingBase(nn.Module):
     @torch.no_grad()
     def dense_weight(self) -> Tensor:
         """The full ``[num_rows, d]`` weight, pruned chunks as zeros."""
-        return F.embedding(self._slots(torch.arange(self.num_embeddings, device=self.pool.device)), self.pool).reshape(
-            self.num_embeddings, self.embedding_dim
-        )
+        return dense_layout(self, self.pool)
 
     def compact(self) -> dict[str, Any]:
         """Compact export: ``pool [P, C]`` (without the zero slot), ``mask``, ``base`` (0-based), shapes."""
@@ -271,12 +269,13 @@ class ChunkedEmbeddingBase(nn.Module):
             "chunk_size": self.chunk_size,
         }
 
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """Save what the replaced ``nn.Embedding`` / ``nn.EmbeddingBag`` would: the dense ``weight``."""
+        destination[prefix + "weight"] = self.dense_weight()
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        saved = state_dict.get(prefix + "pool")
-        if isinstance(saved, Tensor) and saved.shape != self.pool.shape and saved.dim() == 2:
-            # a pruned checkpoint: take the saved pool's shape (the index buffers have fixed shapes)
-            self.pool = nn.Parameter(self.pool.new_empty(saved.shape), requires_grad=self.pool.requires_grad)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        """Load a dense ``weight`` (see :func:`~lightning_recsys.embeddings.checkpoint.load_dense`)."""
+        load_dense(self, state_dict, prefix, missing_keys, unexpected_keys if strict else [], error_msgs)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, chunk_size={self.chunk_size}, kept={self.num_kept}"

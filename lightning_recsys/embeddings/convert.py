@@ -32,12 +32,29 @@ def chunked_modules(model: nn.Module) -> dict[str, ChunkedEmbeddingBase]:
     return {n: m for n, m in model.named_modules() if isinstance(m, ChunkedEmbeddingBase)}
 
 
+def _tied_weights(model: nn.Module, selected: dict[str, nn.Module]) -> dict[str, list[str]]:
+    """For every selected table, the parameters of *other* modules that are its ``weight`` (tied by identity)."""
+    owners: dict[int, list[tuple[str, nn.Module]]] = {}
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for p_name, p in module.named_parameters(recurse=False, remove_duplicate=False):
+            owners.setdefault(id(p), []).append((f"{mod_name}.{p_name}" if mod_name else p_name, module))
+    tied = {}
+    for name, module in selected.items():
+        weight = getattr(module, "weight", None)
+        others = sorted({n for n, m in owners.get(id(weight), []) if m is not module})
+        if others:
+            tied[name] = others
+    return tied
+
+
 def chunk_modules(model: nn.Module, chunk_size: int = 4, pattern: str | None = None) -> dict[str, ChunkedEmbeddingBase]:
     """Replace (in place) the ``nn.Embedding`` / ``nn.EmbeddingBag`` submodules whose qualified name matches
     the regex ``pattern`` (``re.search``; ``None`` = all) by chunked copies; return the chunked tables.
 
-    Already chunked tables that match are kept (their ``chunk_size`` must agree). Raises ``ValueError``
-    when nothing matches, listing the embedding modules that exist.
+    Already chunked tables that match are kept (their ``chunk_size`` must agree); a module registered under
+    several names is replaced under all of them. Raises ``ValueError`` when nothing matches (listing the
+    embedding modules that exist) and, before changing anything, when a selected table's ``weight`` is tied
+    to another module's parameter (e.g. a language model's decoder): chunking would untie them.
     """
     if pattern is not None:
         try:
@@ -54,6 +71,15 @@ def chunk_modules(model: nn.Module, chunk_size: int = 4, pattern: str | None = N
         raise ValueError(
             f"pattern {pattern!r} matches no embedding module; embedding modules are {sorted(candidates) or 'none'}"
         )
+    tied = _tied_weights(model, selected)
+    if tied:
+        rest = [n for n in selected if n not in tied]
+        hint = f"pattern='^({'|'.join(re.escape(n) for n in rest)})$'" if rest else "a pattern that leaves them out"
+        raise ValueError(
+            f"cannot chunk tied weights: {'; '.join(f'{n}.weight is also {others}' for n, others in tied.items())}. "
+            f"Chunked storage would untie them (the other module would keep a dense copy); exclude the tied tables "
+            f"with pattern= (e.g. {hint}) or untie the weights"
+        )
     out: dict[str, ChunkedEmbeddingBase] = {}
     for name, module in selected.items():
         if isinstance(module, ChunkedEmbeddingBase):
@@ -67,7 +93,9 @@ def chunk_modules(model: nn.Module, chunk_size: int = 4, pattern: str | None = N
         except ValueError as err:
             raise ValueError(f"cannot chunk {name!r}: {err}") from None
         new.train(module.training)
-        _replace(model, name, new)
+        for alias, other in list(model.named_modules(remove_duplicate=False)):
+            if other is module:
+                _replace(model, alias, new)
         out[name] = new
     return out
 

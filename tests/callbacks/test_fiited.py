@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from lightning.pytorch.loggers.logger import Logger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_recsys.callbacks.fiited import FIITED, remap_optimizer_state
@@ -57,9 +58,9 @@ def _data(n: int = 96, seed: int = 1, lo: int = 0, hi: int = ROWS) -> TensorData
     return TensorDataset(user, items, y)
 
 
-def _trainer(callbacks, max_steps: int, **kw) -> pl.Trainer:
+def _trainer(callbacks, max_steps: int, logger=False, **kw) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, max_steps=max_steps, callbacks=callbacks, **kw,
     )  # fmt: skip
 
@@ -188,12 +189,19 @@ class _Events(pl.Callback):
             self.records.append((t.kept_mask(), t.dense_weight().view(ROWS, -1, 2), F.embedding(t._slots(torch.arange(ROWS)), state)))
 
 
-@pytest.mark.parametrize("init", ["zeros", "normal"])
+def _row_rms(keep: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """RMS of every row's kept values (the whole table's for rows keeping nothing), from the dense view."""
+    count = keep.sum(1) * w.shape[-1]
+    rms = (w.square().sum((1, 2)) / count.clamp_min(1)).sqrt()
+    return torch.where(count > 0, rms, (w.square().sum() / count.sum()).sqrt())
+
+
+@pytest.mark.parametrize("init", ["scaled", "normal", "zeros"])
 def test_readmitted_chunks_are_reinitialised(init):
     # phase 1 uses user ids < 20 only, phase 2 ids >= 20: utilities move, pruned chunks come back
     data = torch.utils.data.ConcatDataset([_data(48, lo=0, hi=20), _data(48, seed=2, lo=20, hi=ROWS)])
     cb = FIITED(chunk_size=2, target_sparsity=0.5, start_step=2, end_step=2, interval=2, gamma=0.05,
-                readmit_init=init, readmit_std=0.5, pattern="user")  # fmt: skip
+                readmit_init=init, readmit_std=0.5, readmit_scale=0.5, pattern="user")  # fmt: skip
     events = _Events(cb)
     module = Plain()
     _trainer([cb, events], max_steps=12).fit(module, DataLoader(data, batch_size=8))
@@ -205,11 +213,55 @@ def test_readmitted_chunks_are_reinitialised(init):
             assert (s1[fresh] == 0).all()  # fresh optimizer state
             if init == "zeros":
                 assert (w1[fresh] == 0).all()
-            else:
+            elif init == "normal":
                 assert (w1[fresh] != 0).all() and w1[fresh].std() == pytest.approx(0.5, rel=0.5)
+            else:  # noise at half the RMS of the row's kept values (2 steps before: the last event's record)
+                scale = 0.5 * _row_rms(k0, w0).unsqueeze(1).unsqueeze(2).expand_as(w1)[fresh]
+                assert (w1[fresh] != 0).all() and (w1[fresh] / scale).std() == pytest.approx(1, rel=0.5)
         assert (w1[~k1] == 0).all()
     assert readmitted > 0
     assert set(cb.tables) == {"user"} and isinstance(module.items, nn.EmbeddingBag)
+
+
+class _Recorder(Logger):
+    """In-memory logger: every record a CSV / TensorBoard logger would write."""
+
+    name, version = "recorder", 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[int | None, dict]] = []
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.records.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+class Wide(Plain):
+    """Plain with 400-row tables, so that a churn of 1% is 8 chunks."""
+
+    def __init__(self) -> None:
+        pl.LightningModule.__init__(self)
+        torch.manual_seed(0)
+        self.user, self.items, self.head = nn.Embedding(400, DIM), nn.EmbeddingBag(400, DIM, mode="sum"), nn.Linear(DIM, 1)
+        self.optimizer = "adam"
+
+
+def test_churn_after_the_schedule_is_small_and_logged_per_event():
+    def run(margin: float) -> tuple[FIITED, list[float]]:
+        cb = FIITED(chunk_size=2, target_sparsity=0.75, start_step=4, end_step=16, interval=4, readmit_margin=margin)
+        log = _Recorder()
+        _trainer([cb], max_steps=80, logger=log, log_every_n_steps=50).fit(Wide(), DataLoader(_data(32 * 80, hi=400), batch_size=32))
+        churn = [(step, m["fiited/churn"]) for step, m in log.records if "fiited/churn" in m]
+        assert len(churn) == cb.num_events == 20  # one record per event, whatever log_every_n_steps is
+        return cb, [c for step, c in churn if step + 1 >= 32]  # stable: four events after the schedule's end
+
+    cb, stable = run(margin=0.25)  # the default
+    _, plain_ranking = run(margin=0.0)  # what FIITED did before the hysteresis
+    assert max(stable) < 0.02 and sum(stable) < sum(plain_ranking) / 3
+    assert all((t.pool[1:] != 0).any(1).all() for t in cb.tables.values())  # no kept chunk is all zero
 
 
 @pytest.mark.parametrize("kind", ["row", "prefix", "bytes", "per_table"])
@@ -264,6 +316,8 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     for n in st_s["utility"]:
         assert torch.equal(st_s["utility"][n], st_r["utility"][n])
         assert torch.equal(st_s["grad_norm_acc"][n], st_r["grad_norm_acc"][n])
+        assert torch.equal(st_s["layout"][n], st_r["layout"][n])
+        assert torch.equal(cb_s.tables[n].pool, cb_r.tables[n].pool)  # the compact pools themselves
     o_s, o_r = tr_s.optimizers[0].state_dict()["state"], tr_r.optimizers[0].state_dict()["state"]
     for i in o_s:
         for k in o_s[i]:
@@ -303,6 +357,12 @@ def test_bad_arguments_raise_clear_errors():
         FIITED(granularity="column")
     with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\]"):
         FIITED(gamma=0)
+    with pytest.raises(ValueError, match="readmit_margin must be >= 0"):
+        FIITED(readmit_margin=-0.1)
+    with pytest.raises(ValueError, match="readmit_scale must be > 0"):
+        FIITED(readmit_scale=0)
+    with pytest.raises(ValueError, match=r"readmit_init must be one of \('scaled', 'normal', 'zeros'\)"):
+        FIITED(readmit_init="ones")
     loader = DataLoader(_data(16), batch_size=8)
     with pytest.raises(ValueError, match="chunk_size=3 does not divide embedding_dim=8"):
         _trainer([FIITED(chunk_size=3)], max_steps=1).fit(Plain(), loader)
@@ -325,7 +385,8 @@ def _ddp_worker(rank: int, world_size: int, out: str) -> None:
     )  # fmt: skip
     shard = TensorDataset(*(t[rank::world_size] for t in _data(64, seed=3 + rank).tensors))  # different data per rank
     trainer.fit(module, DataLoader(shard, batch_size=8))
-    torch.save({"state": module.state_dict(), "utility": cb.utility, "events": cb.num_events}, Path(out) / f"rank{rank}.pt")
+    pools = {n: t.pool.detach() for n, t in cb.tables.items()}
+    torch.save({"state": module.state_dict(), "pools": pools, "utility": cb.utility, "events": cb.num_events}, Path(out) / f"rank{rank}.pt")
 
 
 @pytest.mark.timeout(180)
@@ -337,4 +398,5 @@ def test_ddp_two_ranks_identical_tables(tmp_path):
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     for n in r0["utility"]:
         assert torch.equal(r0["utility"][n], r1["utility"][n])
-    assert r0["state"]["user.pool"].shape[0] - 1 + r0["state"]["items.pool"].shape[0] - 1 == int(0.4 * 2 * ROWS * 4)
+        assert torch.equal(r0["pools"][n], r1["pools"][n])
+    assert r0["pools"]["user"].shape[0] - 1 + r0["pools"]["items"].shape[0] - 1 == int(0.4 * 2 * ROWS * 4)

@@ -127,15 +127,6 @@ def test_grad_norm_tracking_per_access():
     torch.testing.assert_close(table.grad_norm_acc, expected)
 
 
-def test_load_state_dict_accepts_pruned_pool_shape():
-    a = ChunkedEmbeddingBag(50, 8, chunk_size=2, mode="sum")
-    a.set_kept(torch.rand(50, 4) < 0.2)
-    b = ChunkedEmbeddingBag(50, 8, chunk_size=2, mode="sum")
-    b.load_state_dict(a.state_dict())
-    ids, off = torch.randint(0, 50, (30,)), torch.tensor([0, 10, 20])
-    assert b.pool.shape == a.pool.shape and torch.equal(b(ids, off), a(ids, off))
-
-
 def test_export_dense_and_compact():
     model = nn.ModuleDict({"user": nn.Embedding(20, 8), "item": nn.EmbeddingBag(30, 8, mode="max"), "lin": nn.Linear(8, 1)})
     tables = chunk_modules(model, chunk_size=4)
