@@ -17,6 +17,8 @@ Exit status: 0 on success; 2 on bad input (a usage error, a missing file, an inv
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import warnings
@@ -71,8 +73,12 @@ def _quiet_known_warnings() -> None:
     """Silence two warnings that Lightning 2.6 prints on every run and that no user can act on: the
     note that TensorBoard is not installed (the CSV logger is used) and a torch pytree deprecation
     inside Lightning. Only the ``lrs`` process is affected, never a program importing the package."""
-    warnings.filterwarnings("ignore", message=r".*`tensorboardX` has been removed as a dependency")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    known = ("Starting from v1.9.0", "`isinstance(treespec")  # starts of the messages (no comma: PYTHONWARNINGS splits on it)
+    for text in known:
+        warnings.filterwarnings("ignore", message=re.escape(text))
+    # the same for the processes a run starts (DDP / DCT workers)
+    extra = ",".join(f"ignore:{text}" for text in known)
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), extra]))
 
 
 def main(argv: list[str] | None = None) -> int:
