@@ -21,7 +21,7 @@ __all__ = ["train_reference"]
 def train_reference(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     """Train the reference DLRM into ``out_dir``; return test metrics, planted AUCs, the checkpoint
     path, the CSV log path and the data module."""
-    n = 60_000 if quick else 1_000_000
+    n = 60_000 if quick else 2_000_000
     dm = SyntheticCTRDataModule(
         num_train=n, num_val=40_960, num_test=n // 5, batch_size=1024, max_rows=2_000 if quick else 20_000, seed=0,
         num_workers=0 if quick else 1,  # one core generates batches while the other trains
