@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,8 @@ from torch import Tensor, nn
 from ..data.batch import RecsysBatch, SparseFeature
 from .example_rows import infer_roles, other_rows, recsys_rows, select_rows
 from .graph_rewrite import quantize_before_concat
-from .input_spec import Call, CallFromFlat, bind_example, dynamic_shapes_for, flatten_call, graph_inputs, rebuild_call, resolve_call, tree_feeds
+from .input_spec import (Call, CallFromFlat, bind_example, dynamic_shapes_for, flatten_call, graph_inputs, rebuild_call,
+                         resolve_call, tree_feeds)  # fmt: skip
 from .linear import Int8Linear
 from .lowering import StackedColumn, lower_tables
 from .onnx_translations import onnx_translations as _onnx_translations
@@ -180,32 +181,52 @@ def _grow(batch: RecsysBatch) -> RecsysBatch:
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter prints progress, warns, and logs that torchvision's ops are not registered."""
-    log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    """The exporter prints progress, warns, and logs that torchvision's ops are not registered (and
+    torch.export logs every failed guard at ERROR level before raising)."""
+    logs = {name: logging.getLogger(name) for name in ("torch.onnx._internal.exporter._registration", "torch._guards",
+                                                      "onnx_ir._convenience")}
+    levels = {name: log.level for name, log in logs.items()}
+    for log in logs.values():
+        log.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        log.setLevel(level)
+        for name, log in logs.items():
+            log.setLevel(levels[name])
 
 
-def _export_program(wrapper: nn.Module, args: tuple, names: list[str], dynamic_shapes: tuple) -> Any:
+def _root_cause(e: BaseException) -> BaseException:
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _export_program(wrapper: nn.Module, args: tuple, names: list[str], dynamic_shapes: tuple, what: str = "the model") -> Any:
     with _quiet_exporter():
-        return torch.onnx.export(
-            wrapper, args, dynamo=True, input_names=names, output_names=["logits"], dynamic_shapes=dynamic_shapes,
-            custom_translation_table=_onnx_translations(), verbose=False, optimize=True,
-        )  # fmt: skip
+        try:
+            return torch.onnx.export(
+                wrapper, args, dynamo=True, input_names=names, output_names=["logits"], dynamic_shapes=dynamic_shapes,
+                custom_translation_table=_onnx_translations(), verbose=False, optimize=True,
+            )  # fmt: skip
+        except Exception as e:  # torch.onnx wraps the cause (an unsupported op, our own ValueError, ...) in its report
+            cause = _root_cause(e)
+            msg = f"torch.onnx.export could not export {what}: {type(cause).__name__}: {str(cause).strip()[:1500]}"
+            if type(cause).__name__ == "DispatchError":  # an op without ONNX translation
+                msg += (" (a model's own pooling exports when written with index_add / scatter_add / scatter_reduce / "
+                        "index_put(accumulate=True), segment ids from searchsorted / bucketize / repeat_interleave, or "
+                        "sums over a padded dim; or use nn.EmbeddingBag)")  # fmt: skip
+            raise (type(cause)(msg) if isinstance(cause, (ValueError, TypeError)) else RuntimeError(msg)) from e
 
 
 def export_onnx(
     model: nn.Module,
     path: str | Path,
-    example_batch: RecsysBatch | Tensor | tuple[Tensor, ...],
+    example_batch: Any,
     *,
     verify: bool = True,
+    verify_batches: Sequence[Any] = (),
     single_hot: str | list[str] = "auto",
     atol: float = 1e-3,
     rtol: float = 1e-3,
@@ -214,9 +235,17 @@ def export_onnx(
     """Export ``model`` (float or ``quantize_``-d) to ``path``; returns the metadata written with it
     (input layout, tasks, parity check). Refuses to overwrite an existing file.
 
-    ``single_hot``: features fed as one id per bag (``[B]`` ids, -1 = empty bag, no reduction in the
-    graph); ``"auto"`` picks those whose bags in ``example_batch`` all hold exactly one id. Such a
-    feature refuses multi-id bags at inference (clear error); pass ``[]`` to keep all multi-hot.
+    ``example_batch``: a :class:`~lightning_recsys.data.RecsysBatch`, or the model's own inputs: a
+    tuple / list of its positional arguments (unless ``forward`` takes exactly one: then it is that
+    argument), a dict (its one argument, or its keyword arguments), a tensor; any of them nested
+    (:mod:`.input_spec`). ``verify_batches``: more batches in the same form, checked against ONNX
+    Runtime like the example (give some of other sizes and bag lengths when the automatic check on
+    another size is skipped, see the module doc).
+
+    ``single_hot`` (RecsysBatch only): features fed as one id per bag (``[B]`` ids, -1 = empty bag, no
+    reduction in the graph); ``"auto"`` picks those whose bags in ``example_batch`` all hold exactly
+    one id. Such a feature refuses multi-id bags at inference (clear error); pass ``[]`` to keep all
+    multi-hot.
     """
     path = Path(path)
     if path.exists():
@@ -224,7 +253,6 @@ def export_onnx(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     model.eval()
-    lowered = lower_tables(model).eval()
     meta: dict[str, Any] = {"format": "onnx", "version": 1}
     if isinstance(example_batch, RecsysBatch):
         features = list(example_batch.sparse)
@@ -245,32 +273,51 @@ def export_onnx(
                 continue
             length = torch.export.Dim(f"len_{len(shapes)}") if n.endswith("ids") else shapes[-1][1]
             shapes.append({0: batch_dim, 1: length})
-        wrapper = _FlatRecsysModel(lowered, features, weighted, stacked)
+        wrapper: nn.Module = _FlatRecsysModel(lower_tables(model).eval(), features, weighted, stacked)
         meta["inputs"] = {"kind": "recsys", "features": features, "weighted": weighted, "single_hot": single_hot,
                           "stacked": stacked, "num_dense": int(example.dense.shape[1])}  # fmt: skip
+        dyn: tuple = (shapes[0], tuple(shapes[1:]))
     else:
-        tensors = (example_batch,) if isinstance(example_batch, Tensor) else tuple(example_batch)
-        if not tensors or not all(isinstance(t, Tensor) for t in tensors):
-            raise TypeError("example_batch must be a RecsysBatch, a Tensor or a tuple of Tensors")
-        if any(t.dim() == 0 or t.shape[0] < 2 for t in tensors):
-            tensors = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() else t for t in tensors)
-        args = tensors
-        names = [f"input_{i}" for i in range(len(args))]
-        batch_dim = torch.export.Dim("batch")
-        shapes = [{0: batch_dim} for _ in args]
-        wrapper = lowered
-        meta["inputs"] = {"kind": "tensors", "names": names}
-    dyn = (shapes[0], tuple(shapes[1:])) if meta["inputs"]["kind"] == "recsys" else tuple(shapes)
-    program = _export_program(wrapper, args, names, dyn)
+        if single_hot != "auto":
+            raise ValueError("single_hot applies to RecsysBatch examples only; a model taking its own inputs gets the ids "
+                             f"it is given, got single_hot={single_hot!r}")  # fmt: skip
+        call = Call(*bind_example(model, example_batch))
+        spec, names, leaves = flatten_call(model, call.args, call.kwargs)
+        if not leaves:
+            raise TypeError("example_batch holds no tensor: the exported graph would have no input")
+        args = tuple(t.detach() for t in leaves)
+        wrapper = CallFromFlat(lower_tables(model, native=True).eval(), spec, (call.args, call.kwargs))
+        meta["inputs"] = {"kind": "tree", "spec": spec, "names": names}
+        dyn = dynamic_shapes_for(leaves)
+    program = _export_program(wrapper, args, names, dyn, type(model).__name__)
     import onnx
 
     proto = program.model_proto
     quantize_before_concat(proto)
+    if meta["inputs"]["kind"] == "tree":
+        meta["inputs"]["tensors"] = graph_inputs(proto, program, names)
     onnx.checker.check_model(proto, full_check=True)
     meta.update(extra_metadata or {})
     meta["parity"] = {"atol": atol, "rtol": rtol}
     if verify:
-        meta["parity"].update(_verify(model, proto, example_batch, meta, atol, rtol))
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        meta["parity"].update(_verify(model, sess, example_batch, meta, atol, rtol))
+        other, why = _other_size_batch(model, example_batch, meta)
+        checks = [("a batch of another size made from the example", other)] if other is not None else []
+        if other is None and not verify_batches:
+            warnings.warn(f"export_onnx checked the graph on the example only, not on a batch of another size: {why}; "
+                          "pass batches of other sizes as verify_batches=[...]", stacklevel=2)  # fmt: skip
+        if other is None:
+            meta["parity"]["other_size"] = {"skipped": why}
+        checks += [(f"verify_batches[{i}]", b) for i, b in enumerate(verify_batches)]
+        for i, (label, batch) in enumerate(checks):
+            report = _verify_other(model, sess, batch, meta, atol, rtol, label)
+            if i == 0 and other is not None:
+                meta["parity"]["other_size"] = report
+            else:
+                meta["parity"].setdefault("verify_batches", []).append(report)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     # written under a temporary name and renamed once complete: never a half-written or unverified file
@@ -283,8 +330,42 @@ def export_onnx(
     return meta
 
 
+def _other_size_batch(model: nn.Module, example: Any, meta: dict) -> tuple[Any, str | None]:
+    """A batch of another size from ``example`` (:mod:`.example_rows`), or ``None`` and why not."""
+    if isinstance(example, RecsysBatch):
+        return recsys_rows(example, other_rows(example.batch_size)), None
+    call = Call(*bind_example(model, example))
+    spec, names, leaves = flatten_call(model, call.args, call.kwargs)
+    read = {t["name"] for t in meta["inputs"]["tensors"]}
+    found = infer_roles(model, call.args, call.kwargs, names, leaves, [n in read for n in names])
+    if isinstance(found, str):
+        return None, found
+    b, roles = found
+    args, kwargs = rebuild_call(spec, select_rows(leaves, roles, other_rows(b)), (call.args, call.kwargs))
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as e:  # the roles were guessed wrong: the model refuses the batch
+        return None, f"the model refuses the batch made of the example's rows {other_rows(b)[:4]}... ({type(e).__name__}: {e})"
+    return Call(args, kwargs), None
+
+
+def _verify_other(model: nn.Module, sess: Any, batch: Any, meta: dict, atol: float, rtol: float, label: str) -> dict:
+    """:func:`_verify` on another batch; ONNX Runtime failing on it (a size fixed at export) names the batch."""
+    try:
+        return _verify(model, sess, batch, meta, atol, rtol)
+    except ValueError as e:
+        raise ValueError(f"the exported graph cannot take {label}: {e}") from e
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise RuntimeError(f"ONNX Runtime fails on {label} with the exported graph (a size of the example was fixed "
+                           f"in the graph, or an op's dynamic shape is wrong): {str(e)[:1000]}") from e  # fmt: skip
+
+
 def _verify(model: nn.Module, proto: Any, example: Any, meta: dict, atol: float, rtol: float) -> dict[str, Any]:
-    """ONNX Runtime against the PyTorch model on ``example``; raises naming the cause when they disagree.
+    """ONNX Runtime (``proto``: the model or a session of it) against the PyTorch model on ``example``
+    (in ``example_batch``'s form); raises naming the cause when they disagree.
 
     Both run the same integer arithmetic, but float sums in another order can move an int8 activation
     that sits on a rounding tie (``x / scale`` within float error of ``k + 0.5``) by one code; the
@@ -294,15 +375,20 @@ def _verify(model: nn.Module, proto: Any, example: Any, meta: dict, atol: float,
     """
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = proto if isinstance(proto, ort.InferenceSession) else \
+        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])  # fmt: skip
+    kwargs: dict = {}
     if meta["inputs"]["kind"] == "recsys":
         feeds = layout_feeds(example, meta["inputs"])
         args: tuple = (example,)
+    elif meta["inputs"]["kind"] == "tree":
+        args, kwargs, _ = resolve_call(meta["inputs"], (example,))
+        feeds = tree_feeds(meta["inputs"], args, kwargs)
     else:
         args = (example,) if isinstance(example, Tensor) else tuple(example)
         feeds = {n: t.detach().cpu().numpy() for n, t in zip(meta["inputs"]["names"], args)}
     with torch.no_grad():
-        ref = _as_logits(model(*args))
+        ref = _as_logits(model(*args, **kwargs))
     got = torch.from_numpy(sess.run(None, feeds)[0])
     if got.shape != ref.shape:
         raise RuntimeError(f"ONNX Runtime returns shape {tuple(got.shape)}, the PyTorch model {tuple(ref.shape)}: the "
@@ -317,7 +403,7 @@ def _verify(model: nn.Module, proto: Any, example: Any, meta: dict, atol: float,
     }  # fmt: skip
     if not bool(off.any()):
         return report
-    lo, hi, jittered = _tie_envelope(model, args, ref)
+    lo, hi, jittered = _tie_envelope(model, args, ref, kwargs)
     inside = (got >= lo - bound) & (got <= hi + bound)
     unexplained = ~inside.reshape(len(ref), -1).all(1) & off if ref.dim() else ~inside.reshape(1)
     report["rounding_ties"] = int((off & ~unexplained).sum())
@@ -347,7 +433,7 @@ _TIE_DRAWS = 16
 
 
 @torch.no_grad()
-def _tie_envelope(model: nn.Module, args: tuple, ref: Tensor) -> tuple[Tensor, Tensor, bool]:
+def _tie_envelope(model: nn.Module, args: tuple, ref: Tensor, kwargs: dict | None = None) -> tuple[Tensor, Tensor, bool]:
     """Element-wise min / max of the model's output over runs whose int8 linears see inputs scaled by
     ``1 + u * _TIE_JITTER``: ``u = +1`` everywhere (every tie rounds up), ``u = -1`` (down), then
     ``_TIE_DRAWS`` draws of ``u`` uniform in [-1, 1] (mixed): the values reachable when activations on
@@ -367,7 +453,7 @@ def _tie_envelope(model: nn.Module, args: tuple, ref: Tensor) -> tuple[Tensor, T
     lo, hi = ref.clone(), ref.clone()
     try:
         for sign[0] in (1.0, -1.0, *[None] * _TIE_DRAWS):
-            out = _as_logits(model(*args))
+            out = _as_logits(model(*args, **(kwargs or {})))
             lo, hi = torch.minimum(lo, out), torch.maximum(hi, out)
     finally:
         for h in handles:

@@ -4,6 +4,8 @@
 export, every table is swapped for a module that takes **padded** ids ``[B, L]`` (``-1`` = padding;
 an empty bag is a row of ``-1``) and gathers from a table with one extra all-zero row at the end (ONNX
 ``Gather`` reads index ``-1`` as the last row), so padding and empty bags add nothing without any mask.
+Models exported with their own inputs keep ``nn.EmbeddingBag``'s contract instead (1-D ids + offsets
+pooled by a scatter into the bags, 2-D ids, sum / mean / max: :class:`LoweredTable` ``native``).
 Row-wise int8/int4 tables stay row-wise in the graph: ``Gather`` on the uint8 codes and one on the
 per-row ``[scale, bias]`` pairs, then ``q * scale + bias``. int8 rows quantized with integer zero points
 (:func:`~lightning_recsys.quant.pack_rowwise`) gather ``[scale, zero point]`` and dequantize with one
@@ -98,20 +100,27 @@ def _with_zero_row(t: Tensor) -> Tensor:
 
 
 class LoweredTable(nn.Module):
-    """A table for export: ``forward(ids [B, L], offsets=None, per_sample_weights=None)``, or
-    ``ids [B]`` for a single-hot feature (one id per bag, ``-1`` for an empty bag, no reduction).
+    """A table for export: ``forward(input, offsets=None, per_sample_weights=None)``; ``bag=False``
+    returns rows ``[*input.shape, D]`` like ``nn.Embedding``, ``bag=True`` pools (sum / mean / max):
 
-    ``bag=True`` pools over ``L`` (``mode`` ``"sum"`` or ``"mean"``) like a fixed-length
-    ``nn.EmbeddingBag``; ``bag=False`` returns rows ``[*ids.shape, D]`` like ``nn.Embedding``.
-    ``offsets`` is ignored (the padded layout carries the bags). int4 codes ``q`` come in the split
-    nibble layout that :func:`lower_table` builds (byte ``k``: columns ``k`` and ``k + ceil(D/2)``).
+    * ``native=False`` (the RecsysBatch export layout): padded ids ``[B, L]`` (``-1`` = padding) or
+      single-hot ids ``[B]`` (``-1`` = empty bag, no reduction); ``offsets`` is ignored.
+    * ``native=True``: ``nn.EmbeddingBag``'s contract (1-D ids with ``offsets``, ``include_last_offset``
+      as the module had it, or 2-D ids; ``padding_idx`` ids left out), 1-D ids pooled by a scatter into
+      the bags (:meth:`_pool_segments`: the number of ids and bag lengths stay dynamic).
+
+    int4 codes ``q``: the split nibble layout of :func:`lower_table` (byte ``k``: columns ``k``, ``k + ceil(D/2)``).
     """
 
-    def __init__(self, kind: str, tensors: dict[str, Tensor], dim: int, bag: bool, mode: str = "sum") -> None:
+    def __init__(self, kind: str, tensors: dict[str, Tensor], dim: int, bag: bool, mode: str = "sum", *,
+                 native: bool = False, include_last_offset: bool = False, padding_idx: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if kind not in ("float", "fp16", "int8", "int4"):
             raise ValueError(f"kind must be float, fp16, int8 or int4, got {kind!r}")
+        if mode not in ("sum", "mean", "max"):
+            raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
         self.kind, self.dim, self.bag, self.mode = kind, int(dim), bag, mode
+        self.native, self.include_last_offset, self.padding_idx = native, include_last_offset, padding_idx
         tensors = {k: v.detach() for k, v in tensors.items()}
         if "scale" in tensors:  # one [N, 2] table: a single Gather reads a row's scale and bias / zero point
             scale, bias = tensors.pop("scale").float(), tensors.pop("bias").float()
@@ -146,43 +155,89 @@ class LoweredTable(nn.Module):
     def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
         if not self.bag:
             return self.rows(input)
-        if input.dim() == 1:  # single-hot export: one id per bag, -1 = empty bag
+        if per_sample_weights is not None and self.mode != "sum":
+            raise ValueError(f"per_sample_weights needs mode='sum' (this bag's mode is {self.mode!r}), as in nn.EmbeddingBag")
+        if self.native and input.dim() == 1:
+            if offsets is None or offsets.dim() != 1:
+                raise ValueError("offsets (1-D) is required when input is 1-D, as in nn.EmbeddingBag")
+            return self._pool_segments(input, offsets, per_sample_weights)
+        if self.native and offsets is not None:
+            raise ValueError("offsets must be None when input is 2-D (fixed-length bags), as in nn.EmbeddingBag")
+        if not self.native and input.dim() == 1:  # single-hot export: one id per bag, -1 = empty bag
             rows = self.rows(input)
             return rows if per_sample_weights is None else rows * per_sample_weights.unsqueeze(-1)
         if input.dim() != 2:
-            raise ValueError(
-                f"an exported bag table needs padded 2-D ids [batch, max_bag] (-1 = padding), got shape {tuple(input.shape)}"
-            )
+            raise ValueError(f"an exported bag table needs 2-D ids [batch, bag] (or 1-D ids with offsets), got shape "
+                             f"{tuple(input.shape)}")  # fmt: skip
         rows = self.rows(input)
         if per_sample_weights is not None:
             rows = rows * per_sample_weights.unsqueeze(-1)
+        pad = self.native and self.padding_idx is not None  # (padded layout: -1 reads the zero row)
+        valid = (input != self.padding_idx) if pad else (input >= 0) if not self.native and self.mode != "sum" else None
+        if self.mode == "max":
+            if valid is None:
+                return rows.amax(1)
+            out = rows.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
+            return torch.where(valid.any(1, keepdim=True), out, torch.zeros_like(out))  # an empty bag gives zeros
+        if pad:
+            rows = rows * valid.unsqueeze(-1).to(rows.dtype)
         out = rows.sum(1)
         if self.mode == "mean":
-            out = out / (input >= 0).sum(1, keepdim=True).clamp(min=1).to(out.dtype)
+            count = valid.sum(1, keepdim=True) if valid is not None else torch.full_like(out[:, :1], input.shape[1])
+            out = out / count.clamp(min=1).to(out.dtype)
+        return out
+
+    def _pool_segments(self, ids: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:
+        """``nn.EmbeddingBag(ids, offsets)`` without a ``Loop``: id ``p``'s bag is the number of offsets ``<= p``
+        minus one (a scatter-add of ones at the offsets, then a cumsum); rows are scattered into their bags.
+        Ids past an ``include_last_offset`` end and ``padding_idx`` ids go to an extra bag, dropped."""
+        n, slots, offsets = ids.shape[0], offsets.shape[0], offsets.long()
+        marks = torch.zeros(n + 1, dtype=torch.long, device=ids.device).index_add(0, offsets, torch.ones_like(offsets))
+        seg = marks.cumsum(0)[:n] - 1
+        if self.padding_idx is not None:
+            seg = torch.where(ids == self.padding_idx, torch.full_like(seg, slots), seg)
+        rows = self.rows(ids)
+        if weights is not None:
+            rows = rows * weights.unsqueeze(-1).to(rows.dtype)
+        bags = slots - 1 if self.include_last_offset else slots
+        zeros = rows.new_zeros(slots + 1, rows.shape[-1])
+        if self.mode == "max":  # empty bags keep the zeros (include_self=False), as in nn.EmbeddingBag
+            return zeros.scatter_reduce(0, seg.unsqueeze(-1).expand_as(rows), rows, "amax", include_self=False)[:bags]
+        out = zeros.index_add(0, seg, rows)[:bags]
+        if self.mode == "mean":
+            count = rows.new_zeros(slots + 1).index_add(0, seg, torch.ones_like(rows[:, 0]))[:bags]
+            out = out / count.clamp(min=1).unsqueeze(-1)
         return out
 
 
-def lower_table(m: nn.Module) -> LoweredTable:
-    """The export version of a float or quantized embedding table."""
+def lower_table(m: nn.Module, native: bool = False) -> LoweredTable:
+    """The export version of a float or quantized embedding table (``native``: see :class:`LoweredTable`)."""
+    if getattr(m, "max_norm", None) is not None:
+        raise TypeError(f"{type(m).__name__} with max_norm renormalises rows in forward; it cannot be exported (set "
+                        "max_norm=None and renormalise the weights once)")  # fmt: skip
     if isinstance(m, (QuantizedEmbedding, QuantizedEmbeddingBag)):
         bag = isinstance(m, QuantizedEmbeddingBag)
         kind = "fp16" if m.precision == "fp16" else m.precision
         tensors = m.lowering_tensors()
         if kind == "int4":  # byte k: column k in the low nibble, column k + ceil(D/2) in the high one
             tensors["q"] = _split_nibbles(tensors["q"], m.embedding_dim)
-        return LoweredTable(kind, tensors, m.embedding_dim, bag, m.mode if bag else "sum")
+        return LoweredTable(kind, tensors, m.embedding_dim, bag, m.mode if bag else "sum", native=native,
+                            include_last_offset=bag and m.include_last_offset)  # fmt: skip
     if callable(getattr(m, "to_dense", None)) and not isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
         m = m.to_dense()  # chunked / pruned tables export their dense table
     if isinstance(m, nn.EmbeddingBag):
-        if m.mode not in ("sum", "mean"):
-            raise TypeError(f"nn.EmbeddingBag mode {m.mode!r} cannot be exported; supported: 'sum', 'mean'")
         weight = m.weight.detach().clone()
-        if m.padding_idx is not None:
-            weight[m.padding_idx] = 0.0
-        return LoweredTable("float", {"weight": weight}, m.embedding_dim, True, m.mode)
+        pad = m.padding_idx
+        if pad is not None and not native:
+            if m.mode != "sum":
+                raise TypeError(f"nn.EmbeddingBag mode {m.mode!r} with padding_idx cannot be exported from a RecsysBatch "
+                                "model; supported: mode 'sum' with padding_idx, or no padding_idx")  # fmt: skip
+            weight[pad] = 0.0
+        return LoweredTable("float", {"weight": weight}, m.embedding_dim, True, m.mode, native=native,
+                            include_last_offset=m.include_last_offset, padding_idx=pad if native else None)  # fmt: skip
     if isinstance(m, nn.Embedding):
-        return LoweredTable("float", {"weight": m.weight.detach()}, m.embedding_dim, False)
-    raise TypeError(f"cannot lower {type(m).__name__} for export")
+        return LoweredTable("float", {"weight": m.weight.detach()}, m.embedding_dim, False, native=native)
+    raise TypeError(f"cannot lower {type(m).__name__} for export; supported: nn.Embedding(Bag), Quantized*, dense exporters")
 
 
 @dataclass
@@ -419,11 +474,15 @@ def _fuse_collections(model: nn.Module) -> None:
         setattr(parent, child, FusedCollection(list(m.tables.keys()), tables))
 
 
-def lower_tables(model: nn.Module) -> nn.Module:
+def lower_tables(model: nn.Module, native: bool = False) -> nn.Module:
     """A deep copy of ``model`` with every embedding table replaced by its :class:`LoweredTable`
     (the project's ``EmbeddingBagCollection`` fused into a :class:`FusedCollection` when its tables
     share one precision and width, its ``DotInteraction`` swapped for :class:`LoweredDotInteraction` or
-    folded, and ReLUs before static int8 linears with zero point 0 dropped)."""
+    folded, and ReLUs before static int8 linears with zero point 0 dropped).
+
+    ``native=False``: the tables read the :class:`~lightning_recsys.data.RecsysBatch` export layout
+    (padded / single-hot ids); ``native=True``: they keep ``nn.EmbeddingBag``'s input contract (1-D ids
+    with offsets, or 2-D ids), for models exported with their own tensor inputs (no fusion then)."""
     from .api import _DENSE_EXPORTERS
 
     model = copy.deepcopy(model)
@@ -435,8 +494,9 @@ def lower_tables(model: nn.Module) -> nn.Module:
     for fqn, m in targets:
         parent_name, _, child = fqn.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, lower_table(m))
-    _fuse_collections(model)
+        setattr(parent, child, lower_table(m, native))
+    if not native:
+        _fuse_collections(model)
     _fold_interactions(model)
     _lower_interactions(model)
     _drop_relus_before_static_int8(model)

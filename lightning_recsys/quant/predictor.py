@@ -1,9 +1,16 @@
-"""``load(path)``: a predictor for a quantized artifact that takes a :class:`RecsysBatch`.
+"""``load(path)``: a predictor for a quantized artifact that takes the batches the model takes.
 
 ``path`` is an ``.onnx`` file written by :func:`export_onnx`, or an artifact directory written by
 :func:`quantize_checkpoint` (``model.onnx`` or ``model.pt`` + ``meta.json``), or a TensorRT artifact
 directory written by :func:`~lightning_recsys.quant.tensorrt.export_tensorrt` (needs CUDA). The predictor returns
 logits ``[B, num_tasks]`` as a float32 tensor (``predict_proba`` applies the sigmoid).
+
+An ONNX predictor takes a batch in the form the export took it: a :class:`RecsysBatch`, or the model's
+own inputs, either as the model would be called (``predictor(dense, ids, offsets)``,
+``predictor(batch_dict)``, ``predictor(dense=..., ids=...)``) or as ``example_batch`` was given
+(``predictor((dense, ids, offsets))``); tensors or numpy arrays, nested as at export (the structure is
+in the file's metadata, see :mod:`.input_spec`). Another structure, a missing dict key, a dtype of
+another kind or a size the graph fixed raise ``ValueError`` naming the input.
 
 Example:
     >>> from lightning_recsys.quant import load   # doctest: +SKIP
@@ -22,6 +29,7 @@ from torch import Tensor, nn
 
 from ..data.batch import RecsysBatch
 from .export import METADATA_KEY, layout_feeds
+from .input_spec import tree_feeds
 
 __all__ = ["load", "OnnxPredictor", "TorchPredictor"]
 
@@ -46,18 +54,26 @@ class OnnxPredictor:
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self.tasks = self.meta.get("tasks")
 
-    def feeds(self, batch: Any) -> dict:
+    def feeds(self, *args: Any, **kwargs: Any) -> dict:
+        """The ONNX Runtime inputs for a batch (see the module doc for the forms it takes)."""
         inputs = self.meta["inputs"]
+        if inputs["kind"] == "tree":
+            return tree_feeds(inputs, args, kwargs)
+        if len(args) != 1 or kwargs:
+            kind = "RecsysBatch" if inputs["kind"] == "recsys" else "tuple of tensors"
+            raise TypeError(f"this model was exported from a {kind} example; call the predictor with one batch, got "
+                            f"{len(args)} arguments and keywords {sorted(kwargs)}")  # fmt: skip
+        (batch,) = args
         if inputs["kind"] == "recsys":
             return layout_feeds(batch, inputs)
-        tensors = (batch,) if isinstance(batch, Tensor) else tuple(batch)
+        tensors = (batch,) if isinstance(batch, Tensor) else tuple(batch)  # files written before the "tree" kind
         return {n: t.detach().cpu().numpy() for n, t in zip(inputs["names"], tensors)}
 
-    def __call__(self, batch: Any) -> Tensor:
-        return torch.from_numpy(self.session.run(None, self.feeds(batch))[0])
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.from_numpy(self.session.run(None, self.feeds(*args, **kwargs))[0])
 
-    def predict_proba(self, batch: Any) -> Tensor:
-        return torch.sigmoid(self(batch))
+    def predict_proba(self, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.sigmoid(self(*args, **kwargs))
 
 
 class TorchPredictor:
