@@ -1,6 +1,8 @@
-"""Data: the recsys batch type and data modules (synthetic Criteo-like, MovieLens-100K)."""
+"""Data: the recsys batch type, the model contract (how to call a model on a batch, where its labels
+are) and data modules (synthetic Criteo-like, MovieLens-100K)."""
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature, collate_samples
+from .contract import ModelContract
 from .movielens import MovieLens100KDataModule
 from .resumable import ResumableDataLoader
 from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCTRDataModule, SyntheticCTRDataset
@@ -8,6 +10,7 @@ from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCT
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
     "FeatureSpec",
+    "ModelContract",
     "MovieLens100KDataModule",
     "PlantedCTRModel",
     "RecsysBatch",

@@ -18,12 +18,15 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data.contract import ModelContract
 from .linear import Int8Linear
 
 __all__ = ["calibrate", "static_layers"]
@@ -34,8 +37,18 @@ def static_layers(model: nn.Module) -> dict[str, Int8Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, Int8Linear) and m.activation == "static"}
 
 
-def _default_forward(model: nn.Module, batch: Any) -> Any:
-    return model(batch)
+def _derived_call(model: nn.Module, batch: Any, layers: dict[str, Int8Linear]) -> Callable[[nn.Module, Any], Any]:
+    """The model contract's call, probed with the layers observing (uncalibrated static layers refuse
+    to run otherwise); the observers are put back as they were, so the probe is not counted."""
+    saved = {name: copy.deepcopy(m.observer) for name, m in layers.items()}
+    for m in layers.values():
+        m.calibrating = True
+    try:
+        return ModelContract.infer(model, batch).call
+    finally:
+        for name, m in layers.items():
+            m.calibrating = False
+            m.observer = saved[name]
 
 
 @torch.no_grad()
@@ -48,7 +61,9 @@ def calibrate(
 ) -> dict[str, dict[str, Any]]:
     """Observe up to ``num_batches`` batches and set every static int8 layer's activation range.
 
-    ``forward_fn(model, batch)`` runs one batch (default ``model(batch)``). Returns, per layer, the
+    ``forward_fn(model, batch)`` runs one batch (default: the call :class:`~lightning_recsys.data.ModelContract`
+    derives from the model and the first batch: ``model(batch)`` for a RecsysBatch, ``model(*inputs)``
+    for an ``(inputs..., labels)`` tuple, ``model(features)`` for a dict with a label key). Returns, per layer, the
     observer's name, observed min/max, chosen range, scale and zero point (JSON-able; saved with
     artifacts by ``quantize_checkpoint``). Each call starts fresh observers (recalibration) unless
     ``reset=False``, which keeps accumulating into the existing ones.
@@ -61,14 +76,19 @@ def calibrate(
     for m in layers.values():
         if reset or m.observer is None:
             m.reset_observer()
-    forward_fn = forward_fn or _default_forward
+    batches = iter(dataloader)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("the calibration dataloader produced no batches")
+    if forward_fn is None:
+        forward_fn = _derived_call(model, first, layers)
     was_training = model.training
     model.eval()
     seen = 0
     try:
         for m in layers.values():
             m.calibrating = True
-        for batch in dataloader:
+        for batch in itertools.chain([first], batches):
             if seen >= num_batches:
                 break
             forward_fn(model, batch)
@@ -77,8 +97,6 @@ def calibrate(
         for m in layers.values():
             m.calibrating = False
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("the calibration dataloader produced no batches")
     results = {}
     for name, m in layers.items():
         info = m.observer.to_dict()

@@ -12,10 +12,10 @@ SQNR (dB) of the module's own output. Work done once, not per trial:
   is bit-identical to the cached one returns its cached output (everything upstream of the quantized
   module is replayed, not recomputed), and the module's SQNR comes from the cached inputs alone.
 
-Forward convention (as :func:`~lightning_recsys.quant.calibrate`): ``forward_fn(model, batch)``
-(default ``model(batch)``) returns logits ``[B]`` or ``[B, T]``; ``label_fn(batch)`` returns the 0/1
-labels of the same shape (default: a :class:`RecsysBatch`'s labels in the model's ``tasks`` order,
-or the second item of an ``(inputs, labels)`` pair). Multi-task models: ``task="mean"`` (default)
+Forward convention: :class:`~lightning_recsys.data.ModelContract`, derived from the model and the
+first held-out batch (``model(batch)`` for a RecsysBatch, ``model(*inputs)`` for an
+``(inputs..., labels)`` tuple, ``model(features)`` for a dict with a label key; labels from the batch
+in the model's ``tasks`` order); ``forward_fn(model, batch)`` and ``label_fn(batch)`` replace its parts. Multi-task models: ``task="mean"`` (default)
 averages the per-task relative NE change and AUC change, ``"worst"`` takes the worst task, a task
 name or column index picks one.
 

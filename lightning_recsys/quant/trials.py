@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.batch import RecsysBatch
+from ..data.contract import ModelContract, as_logits
 from .api import _apply, _is_linear, _is_table, _set_submodule, is_quantized_module
 from .config import FP16Config, Int8LinearConfig, QuantConfig, RowwiseEmbeddingConfig
 from .observers import Observer, make_observer
@@ -155,23 +155,6 @@ def _recorder(rec: list[list[tuple]]) -> Callable:
     return lambda mod, args, kwargs, out: rec[-1].append((_detach(args), _detach(kwargs), _detach(out)))
 
 
-def _default_forward(model: nn.Module, batch: Any) -> Any:
-    return model(batch)
-
-
-def _labels_for(batch: Any, tasks: list[str]) -> Tensor:
-    if isinstance(batch, RecsysBatch):
-        missing = [t for t in tasks if t not in batch.labels]
-        if missing:
-            raise ValueError(f"the batch has no labels for tasks {missing}; it has {sorted(batch.labels)}")
-        return torch.stack([batch.labels[t].float() for t in tasks], dim=1)
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Tensor):
-        return batch[1].float()
-    raise TypeError(
-        f"cannot find labels in a batch of type {type(batch).__name__}: pass label_fn(batch) -> labels [B] or [B, T]"
-    )
-
-
 def _as_2d(x: Any, what: str) -> Tensor:
     if isinstance(x, (tuple, list)):
         x = x[0]
@@ -229,16 +212,19 @@ class TrialRunner:
             linear_ladder = tuple(p for p in linear_ladder if p != "int8_static") or linear_ladder
         self.ladders = {"embedding": _check_ladder(table_precisions, TABLE_LADDER, "table_precisions"), "linear": linear_ladder}
         t0 = time.perf_counter()
-        self.forward_fn = forward_fn or _default_forward
         self.model = model  # the caller's float model: read, never modified
         self.work = copy.deepcopy(model).eval()
         self.fp32_bytes = state_bytes(self.work)
         self.kinds = self._find_candidates()
         self.float_modules = {n: self.work.get_submodule(n) for n in self.kinds}
-        tasks = getattr(model, "tasks", None)
-        self.tasks: list[str] = list(tasks) if isinstance(tasks, (list, tuple)) and all(isinstance(t, str) for t in tasks) else []
-        self._default_labels = label_fn is None
-        self.label_fn = label_fn or (lambda b: _labels_for(b, self.tasks))
+        self.batches: dict[str, list] = {"search": [], "confirm": []}
+        rest = self._take(eval_loader, eval_batches, self.batches["search"], "eval_loader")
+        if confirm_loader is not None and confirm_batches:
+            self._take(iter(confirm_loader), confirm_batches, self.batches["confirm"], "confirm_loader")
+        elif confirm_batches:
+            self._take(rest, confirm_batches, self.batches["confirm"], None)  # the next, disjoint batches
+        contract = ModelContract.infer(self.work, self.batches["search"][0], forward_fn=forward_fn, label_key=label_fn)
+        self.forward_fn, self.label_fn, self.tasks = contract.call, contract.labels, list(contract.tasks)
         self.observers: dict[str, Observer] = {}
         self.calibration_batches = 0
         static = self.linear_config.activation == "static" or "int8_static" in self.ladders["linear"]
@@ -246,15 +232,6 @@ class TrialRunner:
             if calib_loader is None:
                 raise ValueError("static int8 activations need calibration data: pass calib_loader")
             self._calibrate(calib_loader, calib_batches)
-        self.batches: dict[str, list] = {"search": [], "confirm": []}
-        rest = self._take(eval_loader, eval_batches, self.batches["search"], "eval_loader")
-        if confirm_loader is not None and confirm_batches:
-            self._take(iter(confirm_loader), confirm_batches, self.batches["confirm"], "confirm_loader")
-        elif confirm_batches:
-            self._take(rest, confirm_batches, self.batches["confirm"], None)  # the next, disjoint batches
-        first = self.batches["search"][0]
-        if label_fn is None and not self.tasks and isinstance(first, RecsysBatch):
-            self.tasks = list(first.labels)  # a model without ``tasks``: the batch's label order
         self.labels = {s: torch.cat([_as_2d(self.label_fn(b), "label_fn(batch)") for b in bs]) if bs else None
                        for s, bs in self.batches.items()}  # fmt: skip
         self.records: dict[str, list[list[tuple]]] = {n: [] for n in self.kinds}
@@ -325,14 +302,11 @@ class TrialRunner:
             for batch in self.batches["search"]:
                 for rec in self.records.values():
                     rec.append([])
-                outs.append(_as_2d(self.forward_fn(self.work, batch), "forward_fn(model, batch)"))
+                outs.append(as_logits(self.forward_fn(self.work, batch), self.tasks))
         finally:
             for h in handles:
                 h.remove()
         logits = torch.cat(outs)
-        if self._default_labels and len(self.tasks) > logits.shape[1]:
-            self.tasks = self.tasks[: logits.shape[1]]  # a single-logit model on multi-label batches: the first task(s)
-            self.labels = {s: None if y is None else y[:, : logits.shape[1]] for s, y in self.labels.items()}
         if logits.shape != self.labels["search"].shape:
             raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(self.labels['search'].shape)} differ in shape")
         return logits
@@ -360,7 +334,7 @@ class TrialRunner:
         for i, batch in enumerate(self.batches[split]):
             self.state.batch = i if split == "search" else None
             self.state.calls.clear()
-            outs.append(_as_2d(self.forward_fn(self.work, batch), "forward_fn(model, batch)"))
+            outs.append(as_logits(self.forward_fn(self.work, batch), self.tasks))
             intact = self.state.intact() and intact
         self.state.batch = None
         return torch.cat(outs), intact

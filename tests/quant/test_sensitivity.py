@@ -55,7 +55,7 @@ def test_fragile_table_ranked_first_plain_module():
     assert bag_a.trials["int8"]["ne_rel_delta"] > 0.05 and abs(bag_a.trials["fp16"]["ne_rel_delta"]) < 1e-3
     # int4 stores scale/bias in fp16: a table holding 1e4 cannot be int4, and the result says why
     assert "int4" not in bag_a.trials and "2047" in bag_a.unavailable["int4"]
-    assert res.tasks == [] and list(res.baseline) == ["0"]
+    assert res.tasks == ["task0"] and list(res.baseline) == ["task0"]  # the model contract names the one logit column
 
 
 @pytest.mark.parametrize("name", ["model.top_mlp.2", "model.backbone.embeddings.tables.C3", "model.backbone.bottom_mlp.0"])
@@ -110,8 +110,9 @@ def test_clear_errors(dlrm):
         sensitivity_analysis(module, None, dm.val_dataloader(), linear_config=Int8LinearConfig(activation="static"))
     with pytest.raises(ValueError, match="eval_batches must be an integer >= 1"):
         sensitivity_analysis(module, None, dm.val_dataloader(), eval_batches=0)
-    with pytest.raises(TypeError, match="cannot find labels.*label_fn"):
-        sensitivity_analysis(fragile_bag_model(), None, bag_batches(1, seed=1), eval_batches=1)
+    unnamed = [{("click" if k == "label" else k): v for k, v in b.items()} for b in bag_batches(1, seed=1)]
+    with pytest.raises(ValueError, match="cannot find the labels in a dict batch.*label_fn="):
+        sensitivity_analysis(fragile_bag_model(), None, unnamed, eval_batches=1)
     one_class = [{**b, "label": torch.zeros_like(b["label"])} for b in bag_batches(1, seed=1)]
     with pytest.raises(ValueError, match="single class"):
         sensitivity_analysis(fragile_bag_model(), None, one_class, label_fn=bag_labels, eval_batches=1)
