@@ -1,8 +1,9 @@
 """``RecsysModule``: a LightningModule that trains any recsys model on :class:`RecsysBatch` data.
 
-It builds a reference model from a :class:`FeatureSpec` (``arch="dlrm"`` or ``"multitask"``) or
-wraps a model you pass (any ``nn.Module`` with ``forward(batch) -> logits [B, num_tasks]``), sums
-per-task binary cross-entropies, and logs loss, AUC (torchmetrics) and normalized entropy.
+It builds a reference model from a :class:`FeatureSpec` (``arch="dlrm"``, ``"multitask"``, ``"dhen"``,
+``"dcn"`` or ``"semantic_id"``) or wraps a model you pass (any ``nn.Module`` with
+``forward(batch) -> logits [B, num_tasks]``), sums per-task binary cross-entropies, and logs loss,
+AUC (torchmetrics) and normalized entropy.
 
 Example:
     >>> import lightning.pytorch as pl
@@ -20,6 +21,7 @@ representation submodule in ``shared_representation`` (``"model.shared"`` for ``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
@@ -34,10 +36,50 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC
 
 from ..data.batch import FeatureSpec, RecsysBatch
+from ..embeddings.semantic_id import SemanticIdEmbedding, fit_semantic_ids
 from ..metrics.ne import NormalizedEntropy
+from .dcn import DCNv2
+from .dhen import DHEN
 from .dlrm import DLRM, MultiTaskDLRM
 
 __all__ = ["RecsysModule"]
+
+ARCHS = ("dlrm", "multitask", "dhen", "dcn", "semantic_id")
+
+
+def _arch_kwargs(arch: str, options: Mapping[str, Any], allowed: Iterable[str], **base: Any) -> dict[str, Any]:
+    """``base`` plus ``options``, which may only name ``allowed`` keys (a ``ValueError`` names the rest)."""
+    allowed = sorted(set(allowed) - set(base))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"arch_options has unknown keys {unknown} for arch={arch!r}; valid: {allowed} (set "
+                         f"{sorted(base)} with RecsysModule's own arguments)")  # fmt: skip
+    return {**base, **options}
+
+
+def _init_args(cls: type, *skip: str) -> list[str]:
+    return [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", *skip)]
+
+
+def _build_arch(arch: str, spec: FeatureSpec, options: Mapping[str, Any], embedding_dim: int, bottom_mlp: Sequence[int],
+                top_mlp: Sequence[int]) -> nn.Module:  # fmt: skip
+    """The ``"dhen"``, ``"dcn"`` or ``"semantic_id"`` (DLRM with a Semantic-ID table) model of ``spec``."""
+    fixed = ("num_dense", "cardinalities", "num_tasks")
+    if arch == "dhen":
+        allowed = _init_args(DHEN, *fixed)
+        return DHEN.from_spec(spec, **_arch_kwargs(arch, options, allowed, embedding_dim=embedding_dim,
+                                                   bottom_mlp=bottom_mlp, top_mlp=top_mlp))  # fmt: skip
+    if arch == "dcn":
+        allowed = _init_args(DCNv2, *fixed)
+        return DCNv2.from_spec(spec, **_arch_kwargs(arch, options, allowed, embedding_dim=embedding_dim, deep_mlp=top_mlp))
+    kwargs = _arch_kwargs(arch, options, ["feature", *_init_args(SemanticIdEmbedding, "num_embeddings", "embedding_dim", "codes")])
+    feature = kwargs.pop("feature", "item")
+    if feature not in spec.cardinalities:
+        raise ValueError(f"arch_options['feature'] must name a sparse feature {spec.sparse_names}, got {feature!r}")
+    model = DLRM.from_spec(spec, embedding_dim=embedding_dim, bottom_mlp=bottom_mlp, top_mlp=top_mlp)
+    model.embeddings.tables[feature] = SemanticIdEmbedding(spec.cardinalities[feature], embedding_dim, **kwargs)
+    return model
+
 
 def _default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
@@ -51,8 +93,12 @@ class RecsysModule(pl.LightningModule):
             ``feature_spec`` and the ``arch`` arguments.
         feature_spec: table sizes, dense width and task names (``datamodule.feature_spec``); a dict
             with the same fields is accepted (that is how it is stored in checkpoints).
-        arch: ``"dlrm"`` (one top MLP with a logit per task) or ``"multitask"`` (shared bottom and a
-            tower per task).
+        arch: ``"dlrm"`` (one top MLP with a logit per task), ``"multitask"`` (shared bottom and a
+            tower per task), ``"dhen"`` (:class:`~lightning_recsys.models.DHEN`; ``top_mlp`` is its head),
+            ``"dcn"`` (:class:`~lightning_recsys.models.DCNv2`; ``top_mlp`` is its deep MLP) or
+            ``"semantic_id"`` (DLRM whose ``arch_options["feature"]`` table, default ``"item"``, is a
+            :class:`~lightning_recsys.embeddings.SemanticIdEmbedding`; its codes are fitted in
+            :meth:`setup` from the data module's ``content_vectors(feature)`` unless already set).
         embedding_dim, bottom_mlp, top_mlp, shared_mlp, tower_mlp: sizes of the built model.
         tasks: task names in the order of the model's logits (default: ``feature_spec.tasks``).
         task_weights: loss weight per task (default 1 each).
@@ -60,13 +106,16 @@ class RecsysModule(pl.LightningModule):
             default ``Adam(lr=1e-3)``.
         lr_scheduler: optional callable ``optimizer -> LRScheduler``.
         validate_batches: check every training batch against ``feature_spec`` (ids in range, no NaN).
+        arch_options: further keyword arguments of the ``"dhen"``, ``"dcn"`` or ``"semantic_id"`` model,
+            e.g. ``{"modules": ["dot", "attention"], "num_layers": 2}`` (DHEN), ``{"cross_rank": 32}``
+            (DCNv2), ``{"feature": "item", "num_levels": 3, "codebook_size": 32}`` (Semantic-ID table).
     """
 
     def __init__(
         self,
         model: nn.Module | None = None,
         feature_spec: FeatureSpec | dict | None = None,
-        arch: Literal["dlrm", "multitask"] = "dlrm",
+        arch: Literal["dlrm", "multitask", "dhen", "dcn", "semantic_id"] = "dlrm",
         embedding_dim: int = 16,
         bottom_mlp: Sequence[int] = (64,),
         top_mlp: Sequence[int] = (64, 32),
@@ -77,14 +126,19 @@ class RecsysModule(pl.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         validate_batches: bool = False,
+        arch_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(feature_spec, Mapping):
             feature_spec = FeatureSpec(**feature_spec)
         if feature_spec is not None and not isinstance(feature_spec, FeatureSpec):
             raise TypeError(f"feature_spec must be a FeatureSpec or dict, got {type(feature_spec).__name__}")
-        if arch not in ("dlrm", "multitask"):
-            raise ValueError(f"arch must be 'dlrm' or 'multitask', got {arch!r}")
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be 'dlrm' or 'multitask', or one of 'dhen', 'dcn', 'semantic_id'; got {arch!r}")
+        if arch_options is not None and not isinstance(arch_options, Mapping):
+            raise TypeError(f"arch_options must be a mapping of keyword arguments, got {type(arch_options).__name__}")
+        if arch_options and arch in ("dlrm", "multitask"):
+            raise ValueError(f"arch_options apply to arch 'dhen', 'dcn' and 'semantic_id', not {arch!r}; got {sorted(arch_options)}")
         self.feature_spec = feature_spec
         if model is None:
             if feature_spec is None:
@@ -93,6 +147,8 @@ class RecsysModule(pl.LightningModule):
                 model = DLRM.from_spec(
                     feature_spec, embedding_dim=embedding_dim, bottom_mlp=bottom_mlp, top_mlp=top_mlp
                 )
+            elif arch != "multitask":
+                model = _build_arch(arch, feature_spec, dict(arch_options or {}), embedding_dim, bottom_mlp, top_mlp)
             else:
                 model = MultiTaskDLRM.from_spec(
                     feature_spec,
@@ -149,6 +205,11 @@ class RecsysModule(pl.LightningModule):
                 for t in self.tasks
             }
         )
+
+    def setup(self, stage: str) -> None:
+        """Fit the codes of Semantic-ID tables that have none from the data module's ``content_vectors``."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        fit_semantic_ids(self.model, getattr(datamodule, "content_vectors", None))
 
     def forward(self, batch: RecsysBatch) -> Tensor:
         """Logits ``[B, num_tasks]``."""
