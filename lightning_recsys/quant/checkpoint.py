@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from ..data.batch import FeatureSpec, RecsysBatch
+from ..data.contract import ModelContract
 from .api import quantize_
 from .calibrate import calibrate
 from .config import (
@@ -235,15 +236,16 @@ def _as_recipe(config: QuantConfig | dict | str | Path | None) -> QuantConfig:
 
 
 @torch.no_grad()
-def _evaluate(ref: nn.Module, quant: nn.Module, loader, num_batches: int, tasks: list[str]) -> dict[str, Any]:
+def _evaluate(ref: nn.Module, quant: nn.Module, loader, num_batches: int, contract: ModelContract) -> dict[str, Any]:
+    """Logit errors of ``quant`` against ``ref`` and AUC / NE of the first task before and after."""
     outs_r, outs_q, labels = [], [], []
     for i, batch in enumerate(loader):
         if i >= num_batches:
             break
-        outs_r.append(ref(batch))
-        outs_q.append(quant(batch))
-        if isinstance(batch, RecsysBatch) and tasks and tasks[0] in batch.labels:
-            labels.append(batch.labels[tasks[0]])
+        outs_r.append(contract.logits(ref, batch))
+        outs_q.append(contract.logits(quant, batch))
+        with contextlib.suppress(ValueError, TypeError):  # no labels: the report gives the logit errors only
+            labels.append(contract.labels(batch)[:, 0])
     if not outs_r:
         return {}
     r, q = torch.cat(outs_r), torch.cat(outs_q)
@@ -251,9 +253,21 @@ def _evaluate(ref: nn.Module, quant: nn.Module, loader, num_batches: int, tasks:
     if labels and len(labels) == len(outs_r):
         y = torch.cat(labels)
         fp, qm = eval_metrics(r[:, 0], y), eval_metrics(q[:, 0], y)
-        out.update(task=tasks[0], auc_fp32=fp["auc"], auc_quant=qm["auc"], ne_fp32=fp["ne"], ne_quant=qm["ne"],
+        out.update(task=contract.tasks[0], auc_fp32=fp["auc"], auc_quant=qm["auc"], ne_fp32=fp["ne"], ne_quant=qm["ne"],
                    ne_delta=qm["ne"] - fp["ne"], auc_delta=qm["auc"] - fp["auc"])  # fmt: skip
     return out
+
+
+def _export_example(contract: ModelContract, batch: Any) -> Any:
+    """What ``export_onnx`` takes for the model's call on ``batch``: the one argument, the positional
+    arguments as a tuple, or the keyword arguments as a dict."""
+    if contract.inputs is None:
+        raise ValueError("a model called through forward_fn cannot be exported: export the module whose forward "
+                         "computes the logits")  # fmt: skip
+    args, kwargs = contract.inputs(batch)
+    if kwargs:
+        return kwargs
+    return args[0] if len(args) == 1 else args
 
 
 def quantize_checkpoint(
@@ -303,6 +317,7 @@ def quantize_checkpoint(
     module = _build_module(ckpt, ckpt_path, module_class)
     dm = _datamodule(datamodule, ckpt, module, batch_size)
     eval_batches = eval_batches or _batches_for(EVAL_ROWS, dm, budget is not None)
+    contract = ModelContract.infer(module, next(iter(dm.val_dataloader())))
     reference = copy.deepcopy(module).eval()
     with _staged(out_dir) as stage:
         plan_summary = None
@@ -312,8 +327,8 @@ def quantize_checkpoint(
         else:
             module, recipe, calibration, plan_summary = _budgeted(module, recipe, budget, dm, stage, out_dir, calib_batches,
                                                                   eval_batches, budget_task, max_size_ratio, objective)  # fmt: skip
-        tasks = list(getattr(module, "tasks", []))
-        evaluation = _evaluate(reference, module, dm.val_dataloader(), eval_batches, tasks)
+        tasks = list(contract.tasks)
+        evaluation = _evaluate(reference, module, dm.val_dataloader(), eval_batches, contract)
         meta: dict[str, Any] = {
             "format": format, "tasks": tasks, "checkpoint": str(ckpt_path),
             "module_class": f"{type(module).__module__}.{type(module).__qualname__}",
@@ -322,7 +337,7 @@ def quantize_checkpoint(
         if plan_summary is not None:
             meta["budget_plan"] = plan_summary
         if format == "onnx":
-            example = next(iter(dm.val_dataloader()))
+            example = _export_example(contract, next(iter(dm.val_dataloader())))
             meta["onnx"] = export_onnx(module, stage / "model.onnx", example, extra_metadata={"tasks": tasks})
         else:
             torch.save(module.state_dict(), stage / "model.pt")
@@ -349,14 +364,23 @@ def _batches_for(rows: int, dm: pl.LightningDataModule, two_sets: bool) -> int:
     """Batches of ``dm.val_dataloader()`` holding ``rows`` rows; with ``two_sets`` (search and
     confirmation) at most half of the validation batches, so the two sets never overlap."""
     loader = dm.val_dataloader()
-    first = next(iter(loader))
-    size = first.batch_size if isinstance(first, RecsysBatch) else len(first[0] if isinstance(first, (tuple, list)) else first)
+    size = _rows(next(iter(loader)))
     want = max(1, math.ceil(rows / max(size, 1)))
     try:
         available = len(loader)
     except TypeError:  # an iterable without a length: take what it gives
         return want
     return max(1, min(want, available // 2 if two_sets else available))
+
+
+def _rows(batch: Any) -> int:
+    """Rows of a batch: a RecsysBatch's size, else the first dimension of its first tensor."""
+    if isinstance(batch, RecsysBatch):
+        return batch.batch_size
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    values = list(batch.values()) if isinstance(batch, dict) else list(batch) if isinstance(batch, (tuple, list)) else []
+    return _rows(values[0]) if values else 1
 
 
 def _datamodule(given: pl.LightningDataModule | str | None, ckpt: dict, module: nn.Module,
