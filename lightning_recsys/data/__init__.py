@@ -4,6 +4,7 @@ are) and data modules (synthetic Criteo-like, MovieLens-100K)."""
 from .batch import FeatureSpec, RecsysBatch, SparseFeature, collate_samples
 from .contract import ModelContract
 from .movielens import MovieLens100KDataModule
+from .movielens_items import MovieLens100KItemsDataModule
 from .resumable import ResumableDataLoader
 from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCTRDataModule, SyntheticCTRDataset
 
@@ -12,6 +13,7 @@ __all__ = [
     "FeatureSpec",
     "ModelContract",
     "MovieLens100KDataModule",
+    "MovieLens100KItemsDataModule",
     "PlantedCTRModel",
     "RecsysBatch",
     "ResumableDataLoader",

@@ -68,12 +68,12 @@ class CTR(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         dense, ids, offsets, click = batch
         loss = F.binary_cross_entropy_with_logits(self(dense, ids, offsets), click)
-        self.log("train_loss", loss)
+        self.log("train_loss", loss, batch_size=len(click))
         return loss
 
     def validation_step(self, batch, batch_idx):
         dense, ids, offsets, click = batch
-        self.log("val_loss", F.binary_cross_entropy_with_logits(self(dense, ids, offsets), click))
+        self.log("val_loss", F.binary_cross_entropy_with_logits(self(dense, ids, offsets), click), batch_size=len(click))
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
