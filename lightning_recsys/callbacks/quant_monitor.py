@@ -47,7 +47,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
+from ..data.contract import ModelContract
 from ..metrics.ne import NormalizedEntropy
 from ..quant.api import quantize_
 from ..quant.calibrate import calibrate, static_layers
@@ -103,7 +104,9 @@ class QuantizationMonitor(Callback):
         calib_batches: batches per calibration.
         max_batches: validation batches (of the first validation dataloader) measured per run and rank.
         every_n_val_epochs: monitor every n-th validation run (sanity checks are skipped).
-        forward_fn: name of a LightningModule method ``fn(batch) -> outputs`` (default: ``module(batch)``).
+        forward_fn: name of a LightningModule method ``fn(batch) -> outputs`` (default: the call form of
+            :class:`~lightning_recsys.data.ModelContract`: ``module(batch)`` for a RecsysBatch,
+            ``module(*inputs)`` for an ``(inputs..., labels)`` tuple, ``module(features)`` for a dict).
         task: which output to monitor: an index (column of a ``[B, T]`` tensor, item of a tuple/list or
             of a dict's values) or a name (dict key, or an entry of the module's ``tasks`` list).
         label_key: where the labels are: ``None`` (``batch.labels[task name]`` for ``RecsysBatch``,
@@ -163,6 +166,7 @@ class QuantizationMonitor(Callback):
         self.on_violation, self.calibrate_on, self.outputs = on_violation, calibrate_on, outputs
         self.calib_batches, self.max_batches, self.every_n_val_epochs = calib_batches, max_batches, every_n_val_epochs
         self.forward_fn, self.task, self.label_key = forward_fn, task, label_key
+        self._call: Callable[[nn.Module, Any], Any] | None = None  # derived from the model and a batch on first use
         self.log_prefix = log_prefix
         self.history: list[dict[str, Any]] = []
         self.ranges: dict[str, list[float]] | None = None
@@ -183,6 +187,7 @@ class QuantizationMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.forward_fn is not None and not callable(getattr(pl_module, self.forward_fn, None)):
             raise ValueError(f"forward_fn={self.forward_fn!r}: {type(pl_module).__name__} has no such method")
+        self._call = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.calibrate_on == "train":
@@ -370,7 +375,11 @@ class QuantizationMonitor(Callback):
 
     # ------------------------------------------------------------------ model outputs and labels
     def _forward(self, module: nn.Module, batch: Any) -> Any:
-        return getattr(module, self.forward_fn)(batch) if self.forward_fn is not None else module(batch)
+        if self.forward_fn is not None:
+            return getattr(module, self.forward_fn)(batch)
+        if self._call is None:  # the model contract's call form: model(batch), model(*inputs), model(features)
+            self._call = ModelContract.infer(module, batch, label_key=self.label_key).call
+        return self._call(module, batch)
 
     def _predict(self, module: nn.Module, batch: Any) -> Tensor:
         out = self._forward(module, batch)
@@ -431,6 +440,10 @@ class QuantizationMonitor(Callback):
         y = y.detach().float().reshape(-1)
         if y.numel() != n:
             raise ValueError(f"labels hold {y.numel()} values for {n} predictions; check task= / label_key=")
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError(f"QuantizationMonitor found labels that are not 0/1 in a {type(batch).__name__} batch "
+                             f"(e.g. {y[(y != 0) & (y != 1)][:3].tolist()}; label_key={self.label_key!r}): point label_key= "
+                             "at the binary labels")  # fmt: skip
         return y
 
     def _violations(self, m: dict[str, Any]) -> list[str]:

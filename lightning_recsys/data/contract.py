@@ -5,7 +5,8 @@ analysis and plan search, and the quantization pipeline. ``ModelContract.infer(m
 it from the model and one batch; an option fixes what cannot be derived.
 
 * **inputs**: a :class:`~lightning_recsys.data.RecsysBatch` is passed whole (``model(batch)``). A tuple
-  / list batch is ``(inputs..., labels)``: ``model(*inputs)``. A dict batch with a label key
+  / list batch is ``(inputs..., labels)``: ``model(*inputs)`` (or its first items, as many as
+  ``forward`` takes). A dict batch with a label key
   (``labels``, ``label``, ``y``, ``target``, or ``label_key``) is ``model(features)`` or, when that
   fails, ``model(**features)``. Any other batch is passed whole. ``forward_fn`` (a callable
   ``fn(model, batch) -> outputs`` or the name of a model method) replaces all of this.
@@ -29,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -192,7 +194,19 @@ def _as_2d(y: Any, what: str) -> Tensor:
     return y[:, None] if y.dim() == 1 else y.reshape(y.shape[0], -1)
 
 
-def _candidates(batch: Any, label_key: Any) -> list[Callable[[Any], Inputs]]:
+def _positional_arity(model: nn.Module) -> int | None:
+    """How many positional arguments ``model.forward`` takes (``None`` with ``*args`` or no signature)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return None
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
+def _candidates(model: nn.Module, batch: Any, label_key: Any) -> list[Callable[[Any], Inputs]]:
     """Call forms to try, most likely first."""
     if isinstance(batch, RecsysBatch):
         return [lambda b: ((b,), {})]
@@ -203,7 +217,11 @@ def _candidates(batch: Any, label_key: Any) -> list[Callable[[Any], Inputs]]:
         def rest(b: Any) -> tuple:
             return tuple(v for i, v in enumerate(b) if i != index % n)
 
-        return [lambda b: (rest(b), {}), lambda b: ((rest(b),), {}), lambda b: ((b,), {})]
+        forms = [lambda b: (rest(b), {}), lambda b: ((rest(b),), {})]
+        arity = _positional_arity(model)
+        if arity is not None and 1 <= arity < n:  # forward(a, b, c) on (a, b, c, labels, extra...)
+            forms.append(lambda b: (tuple(b[:arity]), {}))
+        return [*forms, lambda b: ((b,), {})]
     if isinstance(batch, Mapping):
         key = label_key if isinstance(label_key, str) else next((k for k in LABEL_KEYS if k in batch), None)
 
@@ -220,7 +238,7 @@ def _pick_inputs(model: nn.Module, batch: Any, label_key: Any) -> Callable[[Any]
     model.eval()
     errors = []
     try:
-        for inputs in _candidates(batch, label_key):
+        for inputs in _candidates(model, batch, label_key):
             args, kwargs = inputs(batch)
             try:
                 as_logits(model(*args, **kwargs))
