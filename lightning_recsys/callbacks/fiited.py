@@ -65,6 +65,7 @@ _CHOICES = {
     "readmit_init": ("scaled", "normal", "zeros"),
     "granularity": ("chunk", "row"),
     "threshold": ("global", "per_table"),
+    "utility_norm": ("none", "sqrt", "mean"),
 }
 
 
@@ -130,7 +131,15 @@ class FIITED(Callback):
             partners read zero, yet small next to the row), ``"normal"`` (std ``readmit_std``) or ``"zeros"``.
         readmit_scale: relative std of ``"scaled"`` re-admission.
         readmit_std: std of ``"normal"`` re-admission.
-        prefix: keep chunk ``c`` of a row only if chunk ``c - 1`` is kept (each row's dimension shrinks).
+        prefix: keep chunk ``c`` of a row only if chunk ``c - 1`` is kept: every row keeps its first ``k_r``
+            chunks (its dimension), ``k_r`` by utility, so a uniformly smaller dimension is a special case.
+            The tables then use the prefix index (:meth:`~ChunkedEmbeddingBase.use_prefix_index`: ``1 + 4 /
+            index_block`` bytes per row, whatever ``K``), which makes ``chunk_size=1`` affordable.
+        index_block: rows per stored base slot of the prefix index.
+        min_chunks: with ``prefix``, every row accessed since the start keeps at least its first
+            ``min_chunks`` chunks before any row gets more (as far as the budget allows).
+        utility_norm: divide a row's utilities by its (decayed) access count: ``"none"`` (frequency times
+            gradient norm), ``"sqrt"`` (by its square root) or ``"mean"`` (per-access gradient norm).
         granularity: ``"chunk"`` (FIITED) or ``"row"`` (whole rows by summed utility: the ITEP/AdaEmbed
             row-pruning baseline at the same byte budget).
         threshold: ``"global"`` (one utility threshold over all tables) or ``"per_table"`` (every table
@@ -157,6 +166,9 @@ class FIITED(Callback):
         readmit_scale: float = 0.1,
         readmit_std: float = 0.01,
         prefix: bool = False,
+        index_block: int = 16,
+        min_chunks: int = 0,
+        utility_norm: Literal["none", "sqrt", "mean"] = "none",
         granularity: Literal["chunk", "row"] = "chunk",
         threshold: Literal["global", "per_table"] = "global",
         pattern: str | None = None,
@@ -183,7 +195,12 @@ class FIITED(Callback):
         for arg, val in (("readmit_scale", readmit_scale), ("readmit_std", readmit_std)):
             if not val > 0:
                 raise ValueError(f"{arg} must be > 0, got {val!r}")
-        for arg, val in (("schedule", schedule), ("readmit_init", readmit_init), ("granularity", granularity), ("threshold", threshold)):
+        for arg, val, lo in (("index_block", index_block, 1), ("min_chunks", min_chunks, 0)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
+        if min_chunks and not prefix:
+            raise ValueError("min_chunks needs prefix=True")
+        for arg, val in (("schedule", schedule), ("readmit_init", readmit_init), ("granularity", granularity), ("threshold", threshold), ("utility_norm", utility_norm)):
             if val not in _CHOICES[arg]:
                 raise ValueError(f"{arg} must be one of {_CHOICES[arg]}, got {val!r}")
         self.chunk_size = chunk_size
@@ -195,6 +212,8 @@ class FIITED(Callback):
         self.readmit, self.readmit_margin, self.readmit_init = readmit, float(readmit_margin), readmit_init
         self.readmit_scale, self.readmit_std = float(readmit_scale), float(readmit_std)
         self.prefix, self.granularity, self.threshold = prefix, granularity, threshold
+        self.index_block, self.min_chunks, self.utility_norm = index_block, min_chunks, utility_norm
+        self.access: dict[str, Tensor] = {}
         self.pattern = pattern
         self.seed = seed
         self.verbose = verbose
@@ -216,10 +235,15 @@ class FIITED(Callback):
             with trainer.strategy.tensor_init_context():
                 pl_module.configure_model()
         self.tables = chunk_modules(pl_module, self.chunk_size, self.pattern)
+        if self.prefix and self.granularity == "chunk":
+            for table in self.tables.values():
+                if not table.prefix_block:
+                    table.use_prefix_index(self.index_block)
         if stage == "fit":
             for name, table in self.tables.items():
                 table.track_grad_norms(True)
                 self.utility[name] = torch.zeros_like(table.grad_norm_acc)
+                self.access[name] = torch.zeros_like(table.access_acc)
             self._target_pool_bytes()  # validate the budget early
             if trainer.world_size > 1:
                 # pools change shape: keep them out of DDP's reducer, their gradients are averaged in on_before_optimizer_step
@@ -312,6 +336,8 @@ class FIITED(Callback):
         return {
             "utility": {n: u.clone() for n, u in self.utility.items()},
             "grad_norm_acc": {n: t.grad_norm_acc.clone() for n, t in self.tables.items() if t.grad_norm_acc is not None},
+            "access": {n: a.clone() for n, a in self.access.items()},
+            "access_acc": {n: t.access_acc.clone() for n, t in self.tables.items() if t.access_acc is not None},
             "layout": {n: t.mask.clone() for n, t in self.tables.items()},
             "last_event_step": self.last_event_step,
             "num_events": self.num_events,
@@ -341,6 +367,9 @@ class FIITED(Callback):
             self.utility[name] = state["utility"][name].to(table.pool.device).clone()
             if name in state["grad_norm_acc"]:
                 table.grad_norm_acc.copy_(state["grad_norm_acc"][name])
+            if name in state.get("access", {}):
+                self.access[name] = state["access"][name].to(table.pool.device).clone()
+                table.access_acc.copy_(state["access_acc"][name])
         self._pending = None
 
     # ------------------------------------------------------------------ accounting
@@ -350,8 +379,8 @@ class FIITED(Callback):
 
     def training_overhead_bytes(self) -> int:
         """Bytes FIITED adds during training: utilities and gradient-norm accumulators."""
-        accs = [t.grad_norm_acc for t in self.tables.values() if t.grad_norm_acc is not None]
-        return sum(x.numel() * x.element_size() for x in [*self.utility.values(), *accs])
+        accs = [a for t in self.tables.values() for a in (t.grad_norm_acc, t.access_acc) if a is not None]
+        return sum(x.numel() * x.element_size() for x in [*self.utility.values(), *self.access.values(), *accs])
 
     def _chunk_bytes(self, table: ChunkedEmbeddingBase) -> int:
         return table.chunk_size * table.pool.element_size()
@@ -388,6 +417,11 @@ class FIITED(Callback):
                 acc = trainer.strategy.reduce(acc.clone(), reduce_op="sum")
             self.utility[name].mul_(self.gamma).add_(acc)
             table.grad_norm_acc.zero_()
+            count = table.access_acc
+            if trainer.world_size > 1:
+                count = trainer.strategy.reduce(count.clone(), reduce_op="sum")
+            self.access[name].mul_(self.gamma).add_(count)
+            table.access_acc.zero_()
         full = sum(t.num_embeddings * t.num_chunks * self._chunk_bytes(t) for t in self.tables.values())
         budget = int(math.floor((1 - self.sparsity_at(step)) * full + 0.5))
         keeps = self._decide(budget)
@@ -422,23 +456,28 @@ class FIITED(Callback):
     def _decide(self, budget: int) -> dict[str, Tensor]:
         """Keep masks ``[rows, K]`` per table: highest utility first (see :meth:`_greedy`) until the pool byte
         ``budget`` is spent."""
-        items = []  # per table: (score [n], cost bytes per item, currently kept [n])
+        items = []  # per table: (score [n], cost bytes per item, currently kept [n], kept first [n])
         for name, table in self.tables.items():
             score = self.utility[name].clone()
+            if self.utility_norm != "none":
+                count = self.access[name].clamp_min(1e-12).unsqueeze(1)
+                score = score / (count.sqrt() if self.utility_norm == "sqrt" else count)
             kept = table.kept_mask()
+            must = torch.zeros_like(kept)
             if self.prefix and self.granularity == "chunk":
                 score = torch.cummin(score, dim=1).values
+                must[:, : self.min_chunks] = (self.access[name] > 0).unsqueeze(1)
             if not self.readmit:
                 score[~kept] = -math.inf
             cost = self._chunk_bytes(table)
             if self.granularity == "row":
-                score, kept, cost = score.sum(1), kept.any(1), cost * table.num_chunks
-            items.append((score.flatten(), cost, kept.flatten()))
+                score, kept, must, cost = score.sum(1), kept.any(1), must.any(1), cost * table.num_chunks
+            items.append((score.flatten(), cost, kept.flatten(), must.flatten()))
         if self.threshold == "global":
-            chosen = self._greedy([s for s, _, _ in items], [c for _, c, _ in items], [k for _, _, k in items], budget)
+            chosen = self._greedy(*[[it[i] for it in items] for i in (0, 1, 2, 3)], budget)
         else:
-            full = sum(s.numel() * c for s, c, _ in items)
-            chosen = [self._greedy([s], [c], [k], budget * s.numel() * c // max(full, 1))[0] for s, c, k in items]
+            full = sum(s.numel() * c for s, c, _, _ in items)
+            chosen = [self._greedy([s], [c], [k], [m], budget * s.numel() * c // max(full, 1))[0] for s, c, k, m in items]
         out = {}
         for (name, table), sel in zip(self.tables.items(), chosen):
             if self.granularity == "row":
@@ -450,13 +489,15 @@ class FIITED(Callback):
             out[name] = keep
         return out
 
-    def _greedy(self, scores: list[Tensor], costs: list[int], kept: list[Tensor], budget: int) -> list[Tensor]:
-        """Select items by score, kept ones raised by ``readmit_margin`` times their mean score (ties: kept
-        first, then by position), until ``budget`` bytes are spent."""
+    def _greedy(self, scores: list[Tensor], costs: list[int], kept: list[Tensor], must: list[Tensor], budget: int) -> list[Tensor]:
+        """Select items by score, ``must`` ones first, kept ones raised by ``readmit_margin`` times their mean
+        score (ties: kept first, then by position), until ``budget`` bytes are spent."""
         score = torch.cat([s.to(torch.float64) for s in scores])
-        was_kept = torch.cat(kept)
-        if self.readmit_margin and was_kept.any():
-            score = torch.where(was_kept, score + self.readmit_margin * score[was_kept].mean(), score)
+        was_kept, first = torch.cat(kept), torch.cat(must)
+        ranked = was_kept & ~first & (score > -math.inf)
+        if self.readmit_margin and ranked.any():
+            score = torch.where(was_kept, score + self.readmit_margin * score[ranked].mean(), score)
+        score = torch.where(first & (score > -math.inf), math.inf, score)
         cost = torch.cat([torch.full((s.numel(),), c, dtype=torch.int64, device=s.device) for s, c in zip(scores, costs)])
         order = torch.argsort((~was_kept).to(torch.int8), stable=True)  # already kept first among ties
         order = order[torch.argsort(score[order], descending=True, stable=True)]

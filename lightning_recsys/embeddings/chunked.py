@@ -125,6 +125,7 @@ class ChunkedEmbeddingBase(nn.Module):
         self.chunk_size = chunk_size
         self.num_chunks = embedding_dim // chunk_size
         self.padding_idx = padding_idx
+        self.prefix_block = 0  # > 0: prefix index (see :meth:`use_prefix_index`)
         if _weight is None:
             _weight = torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype)
             nn.init.normal_(_weight)
@@ -138,22 +139,55 @@ class ChunkedEmbeddingBase(nn.Module):
         self.register_buffer("mask", self._pack(torch.ones(num_embeddings, k, dtype=torch.bool, device=pool.device)), False)
         self.register_buffer("base", (torch.arange(num_embeddings, device=pool.device) * k + 1).to(torch.int32), False)
         self.grad_norm_acc: Tensor | None = None
+        self.access_acc: Tensor | None = None
 
     # ---------------------------------------------------------------- index
+    @torch.no_grad()
+    def use_prefix_index(self, block: int = 16) -> None:
+        """Switch to the prefix index: every row keeps its first ``k_r`` chunks (:meth:`set_kept` refuses other
+        layouts); ``mask [num_rows]`` (uint8) holds ``k_r`` and ``base`` (int32) the pool slot of the first chunk
+        of every ``block`` rows only, a row's slot being its block's plus the counts before it in the block. The
+        index then costs ``1 + 4 / block`` bytes per row, whatever ``K``; so ``chunk_size=1`` (a per-row
+        dimension) is affordable."""
+        if not isinstance(block, int) or block < 1 or self.num_chunks > 255:
+            raise ValueError(f"block must be a positive integer and K <= 255, got block={block!r}, K={self.num_chunks}")
+        keep = self.kept_mask()
+        if not torch.equal(keep, torch.cumprod(keep.to(torch.uint8), 1).bool()):
+            raise ValueError("the table's layout is not a prefix of every row; call use_prefix_index before pruning")
+        self.prefix_block = block
+        self.mask = keep.sum(1).to(torch.uint8)
+        self.base = torch.zeros(-(-self.num_embeddings // block), dtype=torch.int32, device=self.mask.device)
+        self._set_base(keep.sum(1))
+
     def _pack(self, keep: Tensor) -> Tensor:
-        """Bool ``[rows, K]`` -> bitmask ``[rows]`` in the mask dtype."""
+        """Bool ``[rows, K]`` -> bitmask ``[rows]`` in the mask dtype (prefix index: the counts)."""
+        if self.prefix_block:
+            return keep.sum(1).to(torch.uint8)
         v = (keep.long() << torch.arange(self.num_chunks, device=keep.device)).sum(1)
         return v.to(mask_dtype_for(self.num_chunks))  # the sign bit is never used
 
     def kept_mask(self, mask: Tensor | None = None) -> Tensor:
         """Bool ``[num_rows, K]``: which chunks are stored (or kept by the bitmask ``mask``, default the table's)."""
         mask = self.mask if mask is None else mask
+        if self.prefix_block:
+            return _shifts(self.num_chunks, mask.device) < mask.long().unsqueeze(1)
         return (mask.long().unsqueeze(1) >> _shifts(self.num_chunks, mask.device)) & 1 == 1
 
     def _slots(self, flat_ids: Tensor, chunk_major: bool = False) -> Tensor:
         """Pool slot of every chunk of the given rows, ``[N, K]`` (``[K, N]`` if ``chunk_major``; 0 = pruned,
         reads zeros)."""
         k, device = self.num_chunks, self.mask.device
+        if self.prefix_block:
+            b, cols = self.prefix_block, _shifts(self.num_chunks, device)
+            start = torch.div(flat_ids, b, rounding_mode="floor")
+            offs = flat_ids - start * b
+            near = _shifts(b, device)
+            before = self.mask.index_select(0, (start.unsqueeze(1) * b + near).clamp_max_(self.num_embeddings - 1).flatten())
+            before = (before.view(-1, b).long() * (near < offs.unsqueeze(1))).sum(1)
+            first = self.base.index_select(0, start).long() + before
+            count = self.mask.index_select(0, flat_ids).long()
+            slots = torch.where(cols < count.unsqueeze(1), first.unsqueeze(1) + cols, 0)
+            return slots.t().contiguous() if chunk_major else slots
         base = self.base.index_select(0, flat_ids).long()
         mask = self.mask.index_select(0, flat_ids).long()
         if k <= 8:  # one gather in a shared 2^K x K table of prefix popcounts
@@ -166,18 +200,14 @@ class ChunkedEmbeddingBase(nn.Module):
 
     def _gather(self, flat_ids: Tensor) -> Tensor:
         """Rows ``[N, d]`` (pruned chunks as zeros), recording gradient norms when tracking."""
-        chunks = F.embedding(self._slots(flat_ids), self.pool, padding_idx=0)  # [N, K, C]
-        if self.padding_idx is not None:
-            pad = (flat_ids == self.padding_idx).view(-1, 1, 1)
-            chunks = torch.where(pad, chunks.detach(), chunks)
-        if self.grad_norm_acc is not None and chunks.requires_grad:
-            acc = self.grad_norm_acc
+        return _PrunedLookup.apply(self.pool, self, flat_ids, True)
 
-            def record(grad: Tensor) -> None:
-                acc.index_add_(0, flat_ids, grad.detach().float().square().sum(2).sqrt())
-
-            chunks.register_hook(record)
-        return chunks.reshape(flat_ids.numel(), self.embedding_dim)
+    def _small(self, input: Tensor) -> Tensor | None:
+        """A table with at most 4 rows per id of the batch: its dense ``[num_rows, d]`` form (at most 4x the
+        lookup's own output) for the dense lookup path, else ``None``."""
+        if self.num_embeddings > 4 * input.numel():
+            return None
+        return _PrunedLookup.apply(self.pool, self, torch.arange(self.num_embeddings, device=input.device), False)
 
     def _check_ids(self, ids: Tensor) -> None:
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
@@ -209,6 +239,7 @@ class ChunkedEmbeddingBase(nn.Module):
         self.grad_norm_acc = (
             torch.zeros(self.num_embeddings, self.num_chunks, device=self.pool.device) if enabled else None
         )
+        self.access_acc = torch.zeros(self.num_embeddings, device=self.pool.device) if enabled else None
 
     @torch.no_grad()
     def set_kept(self, keep: Tensor, fresh_init: Tensor | None = None) -> Tensor:
@@ -225,6 +256,8 @@ class ChunkedEmbeddingBase(nn.Module):
                 f"{keep.dtype} {tuple(keep.shape)}"
             )
         keep = keep.to(self.pool.device)
+        if self.prefix_block and not torch.equal(keep, torch.cumprod(keep.to(torch.uint8), 1).bool()):
+            raise ValueError("this table has a prefix index: keep must hold the first k_r chunks of every row")
         all_rows = torch.arange(self.num_embeddings, device=keep.device)
         old_slots = self._slots(all_rows)  # [rows, K]
         src = torch.cat([old_slots.new_zeros(1), old_slots[keep]])
@@ -238,8 +271,13 @@ class ChunkedEmbeddingBase(nn.Module):
             new_pool[fresh] = fresh_init.to(new_pool)
         self.pool = nn.Parameter(new_pool, requires_grad=self.pool.requires_grad)
         self.mask.copy_(self._pack(keep))
-        self.base.copy_(base.to(torch.int32))
+        self._set_base(counts) if self.prefix_block else self.base.copy_(base.to(torch.int32))
         return src
+
+    def _set_base(self, counts: Tensor) -> None:
+        """Prefix index: pool slot of the first chunk of every block of rows."""
+        base = torch.cumsum(counts, 0) - counts + 1
+        self.base.copy_(base[:: self.prefix_block].to(torch.int32))
 
     # ---------------------------------------------------------------- accounting / export
     @property
@@ -312,6 +350,9 @@ class ChunkedEmbedding(ChunkedEmbeddingBase):
         self._check_ids(input)
         if self.all_kept:  # exactly nn.Embedding on the pool seen as the dense table
             return _AllKeptLookup.apply(self.pool, None, self, input, None)
+        small = self._small(input)
+        if small is not None:
+            return _AllKeptLookup.apply(small, None, self, input, None, True)
         return self._gather(input.reshape(-1)).view(*input.shape, self.embedding_dim)
 
     def to_dense(self) -> nn.Embedding:
@@ -367,6 +408,9 @@ class ChunkedEmbeddingBag(ChunkedEmbeddingBase):
             raise ValueError("offsets must be given when input is 1-D")
         if self.all_kept and self.mode != "max":  # exactly nn.EmbeddingBag on the pool seen as the dense table
             return _AllKeptLookup.apply(self.pool, per_sample_weights, self, input, offsets)
+        small = None if self.mode == "max" else self._small(input)
+        if small is not None:
+            return _AllKeptLookup.apply(small, per_sample_weights, self, input, offsets, True)
         if self.mode == "sum" and self.padding_idx is None:
             return self._sum_bags(input, offsets, per_sample_weights)
         flat = input.reshape(-1)
@@ -457,8 +501,8 @@ class _AllKeptLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pool: Tensor, weights: Tensor | None, table: ChunkedEmbeddingBase, input: Tensor, offsets: Tensor | None) -> Tensor:
-        weight = table._dense_view(pool)
+    def forward(ctx, pool: Tensor, weights: Tensor | None, table: ChunkedEmbeddingBase, input: Tensor, offsets: Tensor | None, dense: bool = False) -> Tensor:
+        weight = pool if dense else table._dense_view(pool)  # dense: ``pool`` is a [num_rows, d] table
         if isinstance(table, ChunkedEmbeddingBag):
             out = F.embedding_bag(
                 input, weight, offsets, mode=table.mode, per_sample_weights=weights,
@@ -466,7 +510,7 @@ class _AllKeptLookup(torch.autograd.Function):
             )  # fmt: skip
         else:
             out = F.embedding(input, weight, table.padding_idx)
-        ctx.table, ctx.input, ctx.offsets, ctx.acc = table, input, offsets, table.grad_norm_acc
+        ctx.table, ctx.input, ctx.offsets, ctx.acc, ctx.dense = table, input, offsets, table.grad_norm_acc, dense
         ctx.save_for_backward(pool, weights)
         return out
 
@@ -474,6 +518,7 @@ class _AllKeptLookup(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         pool, weights = ctx.saved_tensors
         table, input, offsets = ctx.table, ctx.input, ctx.offsets
+        view = (lambda t: t) if ctx.dense else table._dense_view
         grad = grad.reshape(-1, table.embedding_dim)
         ids, bag_of, factor = table._accesses(input, offsets, weights)
         per_access = grad if bag_of is None else grad.index_select(0, bag_of)
@@ -481,18 +526,46 @@ class _AllKeptLookup(torch.autograd.Function):
             norms = table._chunk_norms(grad)
             norms = norms if bag_of is None else norms.index_select(0, bag_of)
             ctx.acc.index_add_(0, ids, norms if factor is None else norms * factor.abs().unsqueeze(1))
+            if table.access_acc is not None:
+                table.access_acc.index_add_(0, ids, norms.new_ones(ids.numel()))
         grad_pool = grad_weights = None
         if ctx.needs_input_grad[0]:
             g = per_access if factor is None else per_access * factor.unsqueeze(1).to(grad.dtype)
             if table.padding_idx is not None and not isinstance(table, ChunkedEmbeddingBag):
                 g = g.masked_fill((ids == table.padding_idx).unsqueeze(1), 0)  # the padding row gets no gradient
             grad_pool = pool.new_zeros(pool.shape)
-            table._dense_view(grad_pool).index_add_(0, ids, g.to(pool.dtype))
+            view(grad_pool).index_add_(0, ids, g.to(pool.dtype))
         if weights is not None and ctx.needs_input_grad[1]:
-            gw = (per_access * table._dense_view(pool).index_select(0, ids)).sum(1)
+            gw = (per_access * view(pool).index_select(0, ids)).sum(1)
             if table.padding_idx is not None:
                 gw = gw * (ids != table.padding_idx).to(gw.dtype)
             grad_weights = weights.new_zeros(weights.numel())
             grad_weights[: gw.numel()] = gw
             grad_weights = grad_weights.view(weights.shape)
-        return grad_pool, grad_weights, None, None, None
+        return grad_pool, grad_weights, None, None, None, None
+
+
+class _PrunedLookup(torch.autograd.Function):
+    """Lookup once chunks are pruned: ``pool[slots]`` as ``[N, d]``; backward adds every access's gradient
+    into a pool-shaped gradient with one ``index_add_`` (slot 0 and padded ids get none) and records the
+    per-chunk norms (and access counts) when tracking: no autograd hook, no sort."""
+
+    @staticmethod
+    def forward(ctx, pool: Tensor, table: ChunkedEmbeddingBase, ids: Tensor, track: bool) -> Tensor:
+        slots = table._slots(ids)
+        ctx.table, ctx.ids, ctx.slots, ctx.track = table, ids, slots, track
+        ctx.shape = pool.shape
+        return pool.index_select(0, slots.flatten()).view(ids.numel(), table.embedding_dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        table, ids = ctx.table, ctx.ids
+        if ctx.track and table.grad_norm_acc is not None:
+            table.grad_norm_acc.index_add_(0, ids, table._chunk_norms(grad))
+            if table.access_acc is not None:
+                table.access_acc.index_add_(0, ids, grad.new_ones(ids.numel(), dtype=torch.float32))
+        if table.padding_idx is not None:
+            grad = grad.masked_fill((ids == table.padding_idx).unsqueeze(1), 0)
+        grad_pool = grad.new_zeros(ctx.shape).index_add_(0, ctx.slots.flatten(), grad.reshape(-1, table.chunk_size))
+        grad_pool[0] = 0
+        return grad_pool, None, None, None

@@ -291,11 +291,14 @@ def _state(module, cb):
 
 
 @pytest.mark.timeout(120)
-def test_resume_from_checkpoint_continues_exactly(tmp_path):
+@pytest.mark.parametrize("variant", ["chunk", "prefix_floor"])
+def test_resume_from_checkpoint_continues_exactly(tmp_path, variant):
+    extra = {"chunk": {}, "prefix_floor": {"prefix": True, "min_chunks": 1, "utility_norm": "mean", "index_block": 4}}[variant]
+
     def run(epochs, ckpt=None, save=None):
         pl.seed_everything(0)
         module = Plain()
-        cb = FIITED(chunk_size=2, target_sparsity=0.7, start_step=2, end_step=10, interval=2, readmit_init="normal")
+        cb = FIITED(chunk_size=2, target_sparsity=0.7, start_step=2, end_step=10, interval=2, readmit_init="normal", **extra)
         trainer = _trainer([cb], max_steps=-1, max_epochs=epochs)
         trainer.fit(module, DataLoader(_data(48), batch_size=8), ckpt_path=ckpt)  # 6 steps per epoch
         if save is not None:
@@ -322,6 +325,27 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     for i in o_s:
         for k in o_s[i]:
             assert torch.equal(o_s[i][k], o_r[i][k])
+
+
+@pytest.mark.parametrize("norm", ["none", "sqrt", "mean"])
+def test_prefix_floor_keeps_a_first_chunk_for_every_accessed_row(norm):
+    module = Plain()
+    cb = FIITED(chunk_size=1, target_sparsity=0.8, start_step=1, end_step=4, interval=1, prefix=True, min_chunks=1, utility_norm=norm)
+    data = _data(48)
+    _trainer([cb], max_steps=6).fit(module, DataLoader(data, batch_size=8))
+    for name, t in cb.tables.items():
+        assert t.prefix_block == 16 and t.mask.dtype == torch.uint8 and t.base.numel() == -(-ROWS // 16)
+        keep = t.kept_mask()
+        assert torch.equal(keep, torch.cumprod(keep.int(), 1).bool())
+        ids = data.tensors[0] if name == "user" else data.tensors[1].flatten()
+        assert keep[ids.unique(), 0].all()  # the floor
+        assert (keep.sum(1) > 1).any()  # longer rows where useful
+    assert sum(t.num_kept for t in cb.tables.values()) <= 0.2 * 2 * ROWS * DIM  # the budget
+    assert cb.training_overhead_bytes() == 2 * (ROWS * DIM * 4 + ROWS * 4)  # after fit: utilities + access counts
+    with pytest.raises(ValueError, match="min_chunks needs prefix"):
+        FIITED(min_chunks=1)
+    with pytest.raises(ValueError, match="utility_norm"):
+        FIITED(utility_norm="log")
 
 
 class LazyModel(Plain):

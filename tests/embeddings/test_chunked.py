@@ -293,3 +293,35 @@ def test_embedding_paths_gradients_and_norms(pruned):
     torch.testing.assert_close(_dense_grad(table).view(30, 2, 4), expected, rtol=0, atol=1e-6)
     norms = torch.zeros(30, 2).index_add_(0, x.flatten(), g.view(-1, 2, 4).norm(dim=2))  # every access recorded
     torch.testing.assert_close(table.grad_norm_acc, norms)
+
+
+@pytest.mark.parametrize("bag", [False, True])
+@pytest.mark.parametrize("rows", [12, 200])  # small (dense lookup path) and large (gather path)
+def test_prefix_index_lookup_and_bytes(bag, rows):
+    import torch.nn.functional as F
+    from torch import nn
+
+    from lightning_recsys.embeddings.chunked import ChunkedEmbedding, ChunkedEmbeddingBag
+
+    torch.manual_seed(0)
+    dense = nn.EmbeddingBag(rows, 8, mode="sum") if bag else nn.Embedding(rows, 8)
+    table = (ChunkedEmbeddingBag if bag else ChunkedEmbedding).from_dense(dense, chunk_size=2)
+    table.use_prefix_index(block=4)
+    k = torch.randint(0, 5, (rows,))
+    keep = torch.arange(4) < k.unsqueeze(1)
+    table.set_kept(keep)
+    assert table.storage_bytes()["index"] == rows + 4 * (-(-rows // 4))
+    assert table.num_kept == int(k.sum())
+    ref = (dense.weight.detach().view(rows, 4, 2) * keep.unsqueeze(2)).view(rows, 8).requires_grad_()
+    ids = torch.randint(0, rows, (10, 3))
+    out = table(ids) if bag else table(ids)
+    want = F.embedding_bag(ids, ref, mode="sum") if bag else F.embedding(ids, ref)
+    assert torch.allclose(out, want)
+    g = torch.randn_like(out)
+    out.backward(g)
+    want.backward(g)
+    grad = F.embedding(table._slots(torch.arange(rows)), table.pool.grad).reshape(rows, 8)
+    assert torch.allclose(grad, ref.grad * keep.repeat_interleave(2, 1))
+    assert table.pool.grad[0].abs().sum() == 0
+    with pytest.raises(ValueError, match="prefix"):
+        table.set_kept(torch.arange(4).flip(0).unsqueeze(0).expand(rows, 4) < 2)
