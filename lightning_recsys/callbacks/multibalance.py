@@ -39,6 +39,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
+from typing_extensions import override
 
 __all__ = ["MultiBalance"]
 
@@ -170,14 +171,17 @@ class MultiBalance(Callback):
         return {t: float(v) for t, v in zip(self.tasks, self._last_weights)}
 
     @property
+    @override
     def state_key(self) -> str:
         return self._state_key  # cached: Lightning reads it on every hook call
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._attach(pl_module)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._handle is not None:
             self._handle.remove()
@@ -185,6 +189,7 @@ class MultiBalance(Callback):
         self._captured.clear()
         self._pending.clear()
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wrapped = trainer.strategy.model
         if isinstance(wrapped, nn.parallel.DistributedDataParallel) and wrapped.find_unused_parameters:
@@ -194,19 +199,23 @@ class MultiBalance(Callback):
                 "their gradients). Use strategy='ddp' (find_unused_parameters=False, the default)."
             )
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._captured.clear()
         self._pending.clear()
         self._capturing = True
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._captured.clear()
         self._pending.clear()
         self._capturing = False
 
+    @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         self._balance(trainer, pl_module)
 
+    @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a loss that does not reach the representation still trains the shared bottom with the balanced gradient
         missed = [(z, slot.grad) for z, slot in self._pending if not slot.used]
@@ -214,6 +223,7 @@ class MultiBalance(Callback):
         if missed:
             torch.autograd.backward([z for z, _ in missed], [g for _, g in missed])
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "tasks": None if self.tasks is None else list(self.tasks),
@@ -221,6 +231,7 @@ class MultiBalance(Callback):
             "steps": self.steps,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tasks = None if state_dict["tasks"] is None else list(state_dict["tasks"])
         self.norms = state_dict["norms"]

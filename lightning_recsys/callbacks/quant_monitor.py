@@ -56,6 +56,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
@@ -180,29 +181,35 @@ class QuantizationMonitor(Callback):
         self._active = False
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(recipe=config_to_dict(self.recipe), task=self.task, on_violation=self.on_violation)
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.forward_fn is not None and not callable(getattr(pl_module, self.forward_fn, None)):
             raise ValueError(f"forward_fn={self.forward_fn!r}: {type(pl_module).__name__} has no such method")
         self._call = None
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.calibrate_on == "train":
             self._recent.append(batch)
 
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_batches = []
         self._active = not trainer.sanity_checking and (self.num_val_runs + 1) % self.every_n_val_epochs == 0
 
+    @override
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if self._active and dataloader_idx == 0 and len(self._val_batches) < self.max_batches:
             self._val_batches.append(batch)
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -213,6 +220,7 @@ class QuantizationMonitor(Callback):
         self._val_batches = []
 
     # ------------------------------------------------------------------ state
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "history": copy.deepcopy(self.history),
@@ -223,6 +231,7 @@ class QuantizationMonitor(Callback):
             "num_violations": self.num_violations,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = copy.deepcopy(list(state_dict["history"]))
         self.ranges = copy.deepcopy(state_dict["ranges"])

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import AttributeDict
 from torch import Tensor, nn
+from typing_extensions import override
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC
 
@@ -189,6 +190,7 @@ class RecsysModule(pl.LightningModule):
         self.test_metrics = self._make_metrics("test")
 
     @property
+    @override
     def hparams_initial(self) -> AttributeDict:
         """The hyperparameters loggers record, with the model's task list as ``model_tasks``: the data
         module's ``tasks`` (the labels it serves) may be more, and loggers refuse a key that the module
@@ -206,11 +208,13 @@ class RecsysModule(pl.LightningModule):
             }
         )
 
+    @override
     def setup(self, stage: str) -> None:
         """Fit the codes of Semantic-ID tables that have none from the data module's ``content_vectors``."""
         datamodule = getattr(self._trainer, "datamodule", None)
         fit_semantic_ids(self.model, getattr(datamodule, "content_vectors", None))
 
+    @override
     def forward(self, batch: RecsysBatch) -> Tensor:
         """Logits ``[B, num_tasks]``."""
         return self.model(batch)
@@ -228,6 +232,7 @@ class RecsysModule(pl.LightningModule):
             t: F.binary_cross_entropy_with_logits(logits[:, i], batch.labels[t]) for i, t in enumerate(self.tasks)
         }
 
+    @override
     def training_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
         if self.validate_batches:
             batch.validate(self.feature_spec)
@@ -267,22 +272,28 @@ class RecsysModule(pl.LightningModule):
                 self.log(f"{stage}_auc", values[f"{stage}_auc_{t}"], sync_dist=True)
                 self.log(f"{stage}_ne", values[f"{stage}_ne_{t}"], sync_dist=True)
 
+    @override
     def validation_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "val")
 
+    @override
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
+    @override
     def test_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
         return self._eval_step(batch, "test")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
+    @override
     def predict_step(self, batch: RecsysBatch, batch_idx: int) -> Tensor:
         """Probabilities ``[B, num_tasks]``."""
         return torch.sigmoid(self(batch))
 
+    @override
     def configure_optimizers(self) -> Any:
         # a plain list of self.parameters() that also carries the module: every torch optimizer takes
         # it as is, and those that route by module type (lightning_recsys.optim.Muon, MLorcAdamW,
