@@ -52,9 +52,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import interleaved_times, parse_args, write_results  # noqa: E402
 from lightning_recsys.data import SyntheticCTRDataModule  # noqa: E402
-from lightning_recsys.embeddings.sharded import ignore_sharded_parameters, shard_embeddings  # noqa: E402
+from lightning_recsys.distributed import ignore_sharded_parameters, shard_embeddings  # noqa: E402
 from lightning_recsys.models import DLRM  # noqa: E402
-from lightning_recsys.strategies import DCTCommState, dct_comm_hook  # noqa: E402
+from lightning_recsys.distributed import DCTCommState, dct_comm_hook  # noqa: E402
 
 DP_METHODS = ("ddp", "fp16", "powersgd_r1", "powersgd_r4", "dct")
 MP_CODECS: dict[str, dict] = {  # part B: shard_embeddings options per method; the first is the reference

@@ -6,14 +6,14 @@ Example:
     >>> module = lrs.RecsysModule(feature_spec=dm.feature_spec)
 """
 
-from . import quant, strategies  # importing strategies registers "dct" and "dct_spawn"
+from . import distributed, quant, strategies  # importing distributed registers "dct" and "dct_spawn"
 from .callbacks import FIITED, MultiBalance, QuantizationMonitor
 from .data import FeatureSpec, MovieLens100KDataModule, RecsysBatch, SparseFeature, SyntheticCTRDataModule
 from .embeddings import ChunkedEmbedding, ChunkedEmbeddingBag
 from .metrics import NormalizedEntropy
 from .models import DLRM, MultiTaskDLRM, RecsysModule
 from .optim import CounterSGD, MLorcAdamW, MLorcLion, Muon, module_parameters
-from .strategies import DCTStrategy
+from .distributed import DCTStrategy
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "SparseFeature",
     "SyntheticCTRDataModule",
     "__version__",
+    "distributed",
     "module_parameters",
     "quant",
     "strategies",

@@ -4,7 +4,7 @@ import lightning.pytorch as pl
 
 import lightning_recsys as lrs
 import lightning_recsys                      # registers "dct" and "dct_spawn"
-from lightning_recsys.strategies import DCTStrategy
+from lightning_recsys.distributed import DCTStrategy
 
 if __name__ == "__main__":  # the 2 training processes re-import this file
     pl.Trainer(strategy="dct", accelerator="cpu", devices=2)      # 1% density, threshold refreshed every 100 steps

@@ -19,7 +19,7 @@ import torch
 
 from ..data import SyntheticCTRDataModule
 from ..models import RecsysModule
-from ..strategies import DCTStrategy
+from ..distributed import DCTStrategy
 
 __all__ = ["main"]
 

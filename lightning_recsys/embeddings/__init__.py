@@ -1,6 +1,9 @@
-"""Embedding storage: chunked (FIITED) tables, the table-wise sharded collection (DCT), Semantic-ID tables."""
+"""Plain embedding modules: the embedding-bag collection, chunked (FIITED) tables, Semantic-ID tables.
+
+The table-wise sharded collection lives in :mod:`lightning_recsys.distributed`."""
 
 from .chunked import ChunkedEmbedding, ChunkedEmbeddingBag, ChunkedEmbeddingBase
+from .collection import EmbeddingBagCollection
 from .convert import chunk_modules, chunked_modules, export_compact, to_dense_modules
 from .semantic_codes import kmeans, residual_kmeans
 from .semantic_id import (
@@ -11,15 +14,14 @@ from .semantic_id import (
     prefix_ranges,
     prefix_tokens,
 )
-from .sharded import ShardedEmbeddingBagCollection, shard_embeddings, unshard_embeddings
 
 __all__ = [
     "ChunkedEmbedding",
     "ChunkedEmbeddingBag",
     "ChunkedEmbeddingBase",
+    "EmbeddingBagCollection",
     "HashedEmbeddingBag",
     "SemanticIdEmbedding",
-    "ShardedEmbeddingBagCollection",
     "TokenizedEmbeddingBag",
     "chunk_modules",
     "chunked_modules",
@@ -29,7 +31,5 @@ __all__ = [
     "prefix_ranges",
     "prefix_tokens",
     "residual_kmeans",
-    "shard_embeddings",
     "to_dense_modules",
-    "unshard_embeddings",
 ]

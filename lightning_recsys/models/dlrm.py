@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..data.batch import FeatureSpec, RecsysBatch, SparseFeature
+from ..data.batch import FeatureSpec, RecsysBatch
+from ..embeddings.collection import EmbeddingBagCollection
 
 __all__ = ["MLP", "EmbeddingBagCollection", "DotInteraction", "DLRMBackbone", "DLRM", "MultiTaskDLRM"]
 
@@ -35,40 +36,6 @@ class MLP(nn.Sequential):
             in_features = int(out)
         super().__init__(*layers)
         self.out_features = in_features
-
-
-class EmbeddingBagCollection(nn.Module):
-    """One sum-pooled ``nn.EmbeddingBag`` per sparse feature; output ``[B, num_features, dim]``.
-
-    ``tables`` is an ``nn.ModuleDict`` keyed by feature name, so FIITED, quantization and sharding
-    can swap single tables. Any module with ``EmbeddingBag``'s ``forward(input, offsets,
-    per_sample_weights)`` signature works as a table.
-    """
-
-    def __init__(self, cardinalities: Mapping[str, int], embedding_dim: int) -> None:
-        super().__init__()
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
-        self.embedding_dim = embedding_dim
-        self.tables = nn.ModuleDict(
-            {name: nn.EmbeddingBag(int(n), embedding_dim, mode="sum") for name, n in cardinalities.items()}
-        )
-        for t in self.tables.values():
-            # DLRM's initialisation: uniform(+-1/sqrt(n)) keeps the initial dot products small
-            nn.init.uniform_(t.weight, -(t.num_embeddings**-0.5), t.num_embeddings**-0.5)
-
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self.tables.keys())
-
-    def forward(self, sparse: Mapping[str, SparseFeature]) -> Tensor:
-        pooled = []
-        for name, table in self.tables.items():
-            if name not in sparse:
-                raise KeyError(f"batch has no sparse feature {name!r}; it has {sorted(sparse)}")
-            f = sparse[name]
-            pooled.append(table(f.values, f.offsets[:-1], per_sample_weights=f.weights))
-        return torch.stack(pooled, dim=1)
 
 
 class DotInteraction(nn.Module):

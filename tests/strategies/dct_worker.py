@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_recsys  # noqa: F401  (registers "dct")
 from lightning_recsys.data import SparseFeature, SyntheticCTRDataModule
-from lightning_recsys.embeddings.sharded import ShardedEmbeddingBagCollection
+from lightning_recsys.distributed import ShardedEmbeddingBagCollection
 from lightning_recsys.models import RecsysModule
 from lightning_recsys.models.dlrm import EmbeddingBagCollection
 from lightning_recsys.strategies import DCTStrategy

@@ -190,7 +190,7 @@ def test_codecs_handle_one_and_zero_rows(rows, name, group):
 
 def test_touched_only_update_equals_full_scan():
     # between refreshes the hook adds and compares only where g is nonzero (plus what the cap left over)
-    from lightning_recsys.strategies.dp_hook import _compress_touched, _threshold_compress
+    from lightning_recsys.distributed.dp_hook import _compress_touched, _threshold_compress
 
     g = torch.Generator().manual_seed(3)
     n, cap, tau = 4000, 30, 1.5

@@ -321,7 +321,7 @@ def _per_owner(t: torch.Tensor, owned: list[list[str]], feats: list[str], backwa
 
 def _boundary_worker(rank: int, world: int, out: str) -> None:
     from lightning_recsys.data import SparseFeature
-    from lightning_recsys.embeddings.sharded import ShardedEmbeddingBagCollection
+    from lightning_recsys.distributed import ShardedEmbeddingBagCollection
 
     cards = {"a": 50, "b": 40, "c": 30}  # placement: a -> rank 0, b and c -> rank 1
     dim, batch = 8, 5 + rank  # ranks hold different batch sizes

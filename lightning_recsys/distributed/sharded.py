@@ -4,13 +4,13 @@ Each rank holds some of the tables. ``forward(sparse)`` takes this rank's batch 
 each feature's ids to the table's owner (``all_to_all_single``), pools them there for the samples of all
 ranks, and sends the pooled embeddings back through a (optionally compressed) all-to-all: the result is
 ``[B, num_features, dim]`` for this rank's samples, as from
-:class:`~lightning_recsys.models.dlrm.EmbeddingBagCollection`, so a DLRM can use it unchanged.
+:class:`~lightning_recsys.embeddings.EmbeddingBagCollection`, so a DLRM can use it unchanged.
 The tables' gradients stay on their owner; DDP must ignore these parameters (``DCTStrategy`` does that,
 or call :func:`ignore_sharded_parameters` on the module you wrap).
 
 Example (inside an initialised process group)::
 
-    from lightning_recsys.embeddings.sharded import shard_embeddings
+    from lightning_recsys.distributed import shard_embeddings
     model = DLRM.from_spec(spec)
     shard_embeddings(model)                      # swaps model's EmbeddingBagCollection; boundary codec "quant"
     shard_embeddings(model, codec="topk", keep_ratio=0.05)   # or DCT's per-sample top-k
@@ -25,9 +25,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .._compat import ddp_ignore_parameters
 from ..data.batch import SparseFeature
-from ..models.dlrm import EmbeddingBagCollection
-from ..strategies.mp_boundary import BoundaryCodec, Codec, Levels, Rounding, Scales, boundary_all_to_all
+from ..embeddings.collection import EmbeddingBagCollection
+from .codecs import BoundaryCodec, Codec, Levels, Rounding, Scales, boundary_all_to_all
 
 __all__ = [
     "ShardedEmbeddingBagCollection",
@@ -43,7 +44,7 @@ def make_codec(codec: Codec, keep_ratio: float, per_table: bool, embedding_dim: 
     """The boundary codec of a collection: groups of ``embedding_dim`` (one per table) when ``per_table``."""
     if not isinstance(per_table, bool):
         raise TypeError(f"per_table must be True or False, got {per_table!r}")
-    return BoundaryCodec(codec, keep_ratio, group=embedding_dim if per_table else None, **options)
+    return BoundaryCodec(codec, keep_ratio=keep_ratio, group=embedding_dim if per_table else None, **options)
 
 
 def plan_placement(sizes: Mapping[str, int], world_size: int) -> dict[str, int]:
@@ -71,7 +72,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
             values: one scale per table vector); ``False``: per sample's whole row on each owner.
         bits, grad_bits, grad_rounding, levels, scales, start_step, refresh_interval, sample_size: the codec's
             value precision and scale layout forward and backward, warm-up and threshold refresh (see
-            :class:`~lightning_recsys.strategies.mp_boundary.BoundaryCodec`).
+            :class:`~lightning_recsys.distributed.codecs.BoundaryCodec`).
         placement: feature -> owner rank (default :func:`plan_placement`).
         weights: initial full tables (feature -> [rows, dim]); default DLRM's uniform(+-1/sqrt(rows)),
             drawn per table from ``seed`` so every rank agrees.
@@ -144,6 +145,7 @@ class ShardedEmbeddingBagCollection(nn.Module):
             "_perm", torch.tensor([out_order.index(n) for n in self._feature_names], dtype=torch.long), persistent=False
         )
         self.stats = {k: 0 for k in ("forward_bytes", "backward_bytes", "dense_forward_bytes", "dense_backward_bytes", "id_bytes")}
+        self.register_load_state_dict_pre_hook(_keep_own_tables)
 
     @classmethod
     def from_collection(cls, ebc: EmbeddingBagCollection, **kwargs: Any) -> ShardedEmbeddingBagCollection:
@@ -218,12 +220,12 @@ class ShardedEmbeddingBagCollection(nn.Module):
         dist.all_gather_object(parts, mine, group=self.process_group)
         return {k: v for p in parts for k, v in p.items()}
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # a full (gathered) state dict holds every table: keep only this rank's
-        for name in self._feature_names:
-            if name not in self.tables:
-                state_dict.pop(f"{prefix}tables.{name}.weight", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+def _keep_own_tables(module: ShardedEmbeddingBagCollection, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: a full (gathered) state dict holds every table; keep only this rank's."""
+    for name in module.feature_names:
+        if name not in module.tables:
+            state_dict.pop(f"{prefix}tables.{name}.weight", None)
 
 
 def shard_embeddings(
@@ -269,13 +271,11 @@ def unshard_embeddings(module: nn.Module) -> int:
 
 def ignore_sharded_parameters(module: nn.Module) -> list[str]:
     """Tell DDP not to all-reduce the sharded tables of ``module`` (call before wrapping it); returns the names."""
-    from torch.nn.parallel import DistributedDataParallel
-
     names = [
         f"{prefix}.{name}" if prefix else name
         for prefix, sub in module.named_modules()
         if isinstance(sub, ShardedEmbeddingBagCollection)
         for name, _ in sub.named_parameters()
     ]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
+    ddp_ignore_parameters(module, names)
     return names
