@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import dense_layout, load_dense
+from .chunked_lookup import AllKeptLookup, PrunedLookup
 
 __all__ = ["ChunkedEmbedding", "ChunkedEmbeddingBag", "ChunkedEmbeddingBase", "mask_dtype_for"]
 
@@ -200,14 +201,14 @@ class ChunkedEmbeddingBase(nn.Module):
 
     def _gather(self, flat_ids: Tensor) -> Tensor:
         """Rows ``[N, d]`` (pruned chunks as zeros), recording gradient norms when tracking."""
-        return _PrunedLookup.apply(self.pool, self, flat_ids, True)
+        return PrunedLookup.apply(self.pool, self, flat_ids, True)
 
     def _small(self, input: Tensor) -> Tensor | None:
         """A table with at most 4 rows per id of the batch: its dense ``[num_rows, d]`` form (at most 4x the
         lookup's own output) for the dense lookup path, else ``None``."""
         if self.num_embeddings > 4 * input.numel():
             return None
-        return _PrunedLookup.apply(self.pool, self, torch.arange(self.num_embeddings, device=input.device), False)
+        return PrunedLookup.apply(self.pool, self, torch.arange(self.num_embeddings, device=input.device), False)
 
     def _check_ids(self, ids: Tensor) -> None:
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
@@ -349,10 +350,10 @@ class ChunkedEmbedding(ChunkedEmbeddingBase):
     def forward(self, input: Tensor) -> Tensor:
         self._check_ids(input)
         if self.all_kept:  # exactly nn.Embedding on the pool seen as the dense table
-            return _AllKeptLookup.apply(self.pool, None, self, input, None)
+            return AllKeptLookup.apply(self.pool, None, self, input, None)
         small = self._small(input)
         if small is not None:
-            return _AllKeptLookup.apply(small, None, self, input, None, True)
+            return AllKeptLookup.apply(small, None, self, input, None, True)
         return self._gather(input.reshape(-1)).view(*input.shape, self.embedding_dim)
 
     def to_dense(self) -> nn.Embedding:
@@ -407,10 +408,10 @@ class ChunkedEmbeddingBag(ChunkedEmbeddingBase):
         elif offsets is None:
             raise ValueError("offsets must be given when input is 1-D")
         if self.all_kept and self.mode != "max":  # exactly nn.EmbeddingBag on the pool seen as the dense table
-            return _AllKeptLookup.apply(self.pool, per_sample_weights, self, input, offsets)
+            return AllKeptLookup.apply(self.pool, per_sample_weights, self, input, offsets)
         small = None if self.mode == "max" else self._small(input)
         if small is not None:
-            return _AllKeptLookup.apply(small, per_sample_weights, self, input, offsets, True)
+            return AllKeptLookup.apply(small, per_sample_weights, self, input, offsets, True)
         if self.mode == "sum" and self.padding_idx is None:
             return self._sum_bags(input, offsets, per_sample_weights)
         flat = input.reshape(-1)
@@ -489,83 +490,3 @@ class ChunkedEmbeddingBag(ChunkedEmbeddingBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", mode={self.mode!r}"
-
-
-class _AllKeptLookup(torch.autograd.Function):
-    """Lookup while every chunk is kept (``sum``/``mean`` bags and plain embeddings).
-
-    Forward: ``F.embedding`` / ``F.embedding_bag`` on ``pool[1:]`` seen as the dense ``[num_rows, d]`` table
-    (bit-exact with the dense modules). Backward: the gradient of every access (its bag's, times its weight
-    or 1 over the bag size) is added straight into a pool-shaped gradient (``index_add_``: no slice round
-    trip, no sort), and when tracking, its per-chunk L2 norms go to ``grad_norm_acc``.
-    """
-
-    @staticmethod
-    def forward(ctx, pool: Tensor, weights: Tensor | None, table: ChunkedEmbeddingBase, input: Tensor, offsets: Tensor | None, dense: bool = False) -> Tensor:
-        weight = pool if dense else table._dense_view(pool)  # dense: ``pool`` is a [num_rows, d] table
-        if isinstance(table, ChunkedEmbeddingBag):
-            out = F.embedding_bag(
-                input, weight, offsets, mode=table.mode, per_sample_weights=weights,
-                include_last_offset=table.include_last_offset, padding_idx=table.padding_idx,
-            )  # fmt: skip
-        else:
-            out = F.embedding(input, weight, table.padding_idx)
-        ctx.table, ctx.input, ctx.offsets, ctx.acc, ctx.dense = table, input, offsets, table.grad_norm_acc, dense
-        ctx.save_for_backward(pool, weights)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        pool, weights = ctx.saved_tensors
-        table, input, offsets = ctx.table, ctx.input, ctx.offsets
-        view = (lambda t: t) if ctx.dense else table._dense_view
-        grad = grad.reshape(-1, table.embedding_dim)
-        ids, bag_of, factor = table._accesses(input, offsets, weights)
-        per_access = grad if bag_of is None else grad.index_select(0, bag_of)
-        if ctx.acc is not None:  # per-chunk norms of every access's gradient: the bag's norms times |factor|
-            norms = table._chunk_norms(grad)
-            norms = norms if bag_of is None else norms.index_select(0, bag_of)
-            ctx.acc.index_add_(0, ids, norms if factor is None else norms * factor.abs().unsqueeze(1))
-            if table.access_acc is not None:
-                table.access_acc.index_add_(0, ids, norms.new_ones(ids.numel()))
-        grad_pool = grad_weights = None
-        if ctx.needs_input_grad[0]:
-            g = per_access if factor is None else per_access * factor.unsqueeze(1).to(grad.dtype)
-            if table.padding_idx is not None and not isinstance(table, ChunkedEmbeddingBag):
-                g = g.masked_fill((ids == table.padding_idx).unsqueeze(1), 0)  # the padding row gets no gradient
-            grad_pool = pool.new_zeros(pool.shape)
-            view(grad_pool).index_add_(0, ids, g.to(pool.dtype))
-        if weights is not None and ctx.needs_input_grad[1]:
-            gw = (per_access * view(pool).index_select(0, ids)).sum(1)
-            if table.padding_idx is not None:
-                gw = gw * (ids != table.padding_idx).to(gw.dtype)
-            grad_weights = weights.new_zeros(weights.numel())
-            grad_weights[: gw.numel()] = gw
-            grad_weights = grad_weights.view(weights.shape)
-        return grad_pool, grad_weights, None, None, None, None
-
-
-class _PrunedLookup(torch.autograd.Function):
-    """Lookup once chunks are pruned: ``pool[slots]`` as ``[N, d]``; backward adds every access's gradient
-    into a pool-shaped gradient with one ``index_add_`` (slot 0 and padded ids get none) and records the
-    per-chunk norms (and access counts) when tracking: no autograd hook, no sort."""
-
-    @staticmethod
-    def forward(ctx, pool: Tensor, table: ChunkedEmbeddingBase, ids: Tensor, track: bool) -> Tensor:
-        slots = table._slots(ids)
-        ctx.table, ctx.ids, ctx.slots, ctx.track = table, ids, slots, track
-        ctx.shape = pool.shape
-        return pool.index_select(0, slots.flatten()).view(ids.numel(), table.embedding_dim)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        table, ids = ctx.table, ctx.ids
-        if ctx.track and table.grad_norm_acc is not None:
-            table.grad_norm_acc.index_add_(0, ids, table._chunk_norms(grad))
-            if table.access_acc is not None:
-                table.access_acc.index_add_(0, ids, grad.new_ones(ids.numel(), dtype=torch.float32))
-        if table.padding_idx is not None:
-            grad = grad.masked_fill((ids == table.padding_idx).unsqueeze(1), 0)
-        grad_pool = grad.new_zeros(ctx.shape).index_add_(0, ctx.slots.flatten(), grad.reshape(-1, table.chunk_size))
-        grad_pool[0] = 0
-        return grad_pool, None, None, None
