@@ -67,11 +67,11 @@ from benchmarks._common import CpuSteal, blocked_times, interleaved_times, parse
 from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
 from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, quantize_  # noqa: E402
-from lightning_recsys.quant.checkpoint import LATENCY_TABLE_LADDER  # noqa: E402
-from lightning_recsys.quant.report import eval_metrics, state_bytes  # noqa: E402
-from lightning_recsys.quant.search import plan_search  # noqa: E402
-from lightning_recsys.quant.sensitivity import run_sensitivity  # noqa: E402
-from lightning_recsys.quant.trials import TrialRunner  # noqa: E402
+from lightning_recsys.quant.core.precisions import LATENCY_TABLE_LADDER  # noqa: E402
+from lightning_recsys.quant.search.report import eval_metrics, state_bytes  # noqa: E402
+from lightning_recsys.quant.search.search import search_plan_with_runner as plan_search  # noqa: E402
+from lightning_recsys.quant.search.sensitivity import sensitivity_with_runner as run_sensitivity  # noqa: E402
+from lightning_recsys.quant.search.trials import TrialRunner  # noqa: E402
 
 BATCH_SIZES = (1, 64, 512)
 TIMING_BATCHES = 8  # timed calls cycle through this many distinct test batches

@@ -62,9 +62,9 @@ from torchmetrics.classification import BinaryAUROC
 
 from ..data.contract import ModelContract
 from ..metrics.ne import NormalizedEntropy
-from ..quant.api import quantize_
-from ..quant.calibrate import calibrate, static_layers
-from ..quant.config import QuantConfig, config_to_dict, load_recipe, recipe_from_dict
+from ..quant.core.api import quantize_
+from ..quant.calibration.calibrate import calibrate, static_layers
+from ..quant.core.config import QuantConfig, config_to_dict, load_recipe, recipe_from_dict
 
 __all__ = ["QuantizationMonitor", "QuantizationBudgetError", "DEFAULT_MONITOR_RECIPE"]
 

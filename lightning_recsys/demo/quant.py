@@ -18,7 +18,7 @@ import torch
 from ..data import SyntheticCTRDataModule
 from ..models import RecsysModule
 from ..quant import BudgetNotMetError, load, quantize_checkpoint, recipe_from_dict
-from ..quant.report import eval_metrics
+from ..quant.search.report import eval_metrics
 
 __all__ = ["main", "RECIPE"]
 

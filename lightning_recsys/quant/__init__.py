@@ -3,6 +3,12 @@ int8 (dynamic or calibrated static) and fp16 linears, calibration observers, per
 and a search for the smallest plan within an accuracy budget, fast ONNX export (and Torch-TensorRT),
 and checkpoint quantization (``lrs quantize``).
 
+Layout: ``core/`` (configs, the handler registry and ``quantize_``, row-wise packing, quantized
+tables and linears, the precision names), ``calibration/`` (observers, ``calibrate``), ``search/``
+(trial runs, sensitivity, plan search, accuracy and plan reports), ``export/`` (lowering with
+model-specific plug-ins in ``export/lowerings/``, ONNX, graph rewrites, TensorRT, predictors),
+``pipeline.py`` (checkpoint -> artifact) and ``cli.py`` (``lrs quantize``) on top.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -13,10 +19,10 @@ Example:
     ['QuantizedEmbeddingBag', 'Int8Linear']
 """
 
-from .api import is_quantized_module, quantize_, register_dense_exporter, register_quant_handler
-from .calibrate import calibrate
-from .checkpoint import load_checkpoint, quantize_checkpoint
-from .config import (
+from .calibration.calibrate import calibrate
+from .calibration.observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver, make_observer
+from .core.api import is_quantized_module, quantize_, register_dense_exporter, register_quant_handler
+from .core.config import (
     FP16Config,
     FP32Config,
     Int8LinearConfig,
@@ -26,17 +32,17 @@ from .config import (
     load_recipe,
     recipe_from_dict,
 )
-from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
+from .core.embedding import QuantizedEmbedding, QuantizedEmbeddingBag
+from .core.linear import FP16Linear, Int8Linear
+from .core.rowwise import dequantize_rowwise, pack_rowwise, unpack_rowwise
 from .export import export_onnx, flatten_batch, layout_feeds
-from .linear import FP16Linear, Int8Linear
-from .observers import EntropyObserver, MinMaxObserver, MSEObserver, PercentileObserver, make_observer
-from .predictor import OnnxPredictor, TorchPredictor, load
-from .report import module_report
-from .plan_report import write_plan_report
-from .rowwise import dequantize_rowwise, pack_rowwise, unpack_rowwise
-from .search import Budget, BudgetNotMetError, SearchResult, plan_search, plan_to_recipe, search_plan
-from .sensitivity import ModuleSensitivity, SensitivityResult, run_sensitivity, sensitivity_analysis
-from .tensorrt import TensorRTPredictor, TensorRTProgram, export_tensorrt, prepare_tensorrt_program, tensorrt_inputs
+from .export.predictor import OnnxPredictor, TorchPredictor, load
+from .export.tensorrt import TensorRTPredictor, TensorRTProgram, export_tensorrt, prepare_tensorrt_program, tensorrt_inputs
+from .pipeline import load_checkpoint, quantize_checkpoint
+from .search.plan_report import write_plan_report
+from .search.report import module_report
+from .search.search import Budget, BudgetNotMetError, SearchResult, plan_to_recipe, search_plan
+from .search.sensitivity import ModuleSensitivity, SensitivityResult, sensitivity_analysis
 
 __all__ = [
     "Budget",
@@ -75,7 +81,6 @@ __all__ = [
     "make_observer",
     "module_report",
     "pack_rowwise",
-    "plan_search",
     "plan_to_recipe",
     "prepare_tensorrt_program",
     "quantize_",
@@ -83,7 +88,6 @@ __all__ = [
     "recipe_from_dict",
     "register_dense_exporter",
     "register_quant_handler",
-    "run_sensitivity",
     "search_plan",
     "sensitivity_analysis",
     "tensorrt_inputs",

@@ -95,7 +95,7 @@ def datamodule_from_yaml(path: Path) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Run ``lrs quantize``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import BudgetNotMetError, quantize_checkpoint
+    from .pipeline import BudgetNotMetError, quantize_checkpoint
 
     if args.budget_ne is not None and not 0.0 <= args.budget_ne < 100.0:
         print(f"lrs quantize: error: --budget-ne is a percentage in [0, 100), got {args.budget_ne}", file=sys.stderr)

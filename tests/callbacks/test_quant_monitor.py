@@ -20,7 +20,7 @@ from lightning_recsys.callbacks.quant_monitor import DEFAULT_MONITOR_RECIPE, Qua
 from lightning_recsys.data import SyntheticCTRDataModule
 from lightning_recsys.models import RecsysModule
 from lightning_recsys.quant import calibrate, quantize_, recipe_from_dict
-from lightning_recsys.quant.calibrate import static_layers
+from lightning_recsys.quant.calibration.calibrate import static_layers
 from tests._dist import run_distributed
 
 

@@ -8,7 +8,7 @@ from torch import nn
 from lightning_recsys.data import RecsysBatch, SparseFeature
 from lightning_recsys.models import DLRM
 from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, load, quantize_
-from lightning_recsys.quant.lowering import lower_tables
+from lightning_recsys.quant.export.lowering import lower_tables
 
 from .test_api_config import UserModel
 
@@ -178,7 +178,7 @@ def test_folded_interaction_matches_quantized_model_exactly(kind):
     more than 1e-2 here)."""
     from lightning_recsys.models import MultiTaskDLRM
     from lightning_recsys.models.dlrm import DLRMBackbone
-    from lightning_recsys.quant.lowering import FoldedDotInteraction
+    from lightning_recsys.quant.export.lowerings.dlrm import FoldedDotInteraction
 
     torch.manual_seed(5)
     if kind.startswith("multitask"):
@@ -210,7 +210,7 @@ def test_folded_interaction_matches_quantized_model_exactly(kind):
 def test_float_consumers_and_custom_forwards_keep_the_selection():
     """Only int8 consumers are widened (a widened float matmul costs more than the selection), and only in
     the project's own model classes, whose forward is known."""
-    from lightning_recsys.quant.lowering import LoweredDotInteraction
+    from lightning_recsys.quant.export.lowerings.dlrm import LoweredDotInteraction
 
     class MyDLRM(DLRM):
         def forward(self, batch):

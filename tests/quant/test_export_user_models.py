@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from lightning_recsys.quant import FP32Config, RecipeConfig, export_onnx, load, quantize_
-from lightning_recsys.quant.export import _verify
-from lightning_recsys.quant.input_spec import tree_feeds
+from lightning_recsys.quant.export.onnx import _verify
+from lightning_recsys.quant.export.input_spec import tree_feeds
 
 pytestmark = pytest.mark.timeout(240)
 

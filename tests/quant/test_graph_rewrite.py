@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lightning_recsys.models import DLRM
 from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, quantize_
-from lightning_recsys.quant.graph_rewrite import quantize_before_concat
+from lightning_recsys.quant.export.graph_rewrite import quantize_before_concat
 
 from .test_export import CARDS, _batch
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lightning_recsys.quant import FP16Linear, Int8Linear, Int8LinearConfig, calibrate, make_observer, quantize_
-from lightning_recsys.quant.linear import quantize_activation_params
+from lightning_recsys.quant.core.linear import quantize_activation_params
 
 
 def _reference(x, lin, scale, zp):

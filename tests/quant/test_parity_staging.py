@@ -10,8 +10,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from lightning_recsys.quant import Int8Linear, export_onnx, quantize_checkpoint
-from lightning_recsys.quant import checkpoint as pipeline
-from lightning_recsys.quant.export import _tie_envelope, _verify
+from lightning_recsys.quant import pipeline
+from lightning_recsys.quant.export.onnx import _tie_envelope, _verify
 
 SCALE = 1.0 / 16  # exact in float32, and so is every (k + 0.5) * SCALE below
 
@@ -64,7 +64,7 @@ def test_rounding_ties_are_accepted_and_counted_other_differences_are_not(tmp_pa
 
 def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
     model, x = _tie_model()
-    monkeypatch.setattr("lightning_recsys.quant.export._verify", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr("lightning_recsys.quant.export.onnx._verify", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         export_onnx(model, tmp_path / "m.onnx", x)
     assert list(tmp_path.iterdir()) == []

@@ -16,11 +16,12 @@ from lightning_recsys.cli import main as lrs_main
 from lightning_recsys.data import SyntheticCTRDataModule
 from lightning_recsys.models import RecsysModule
 from lightning_recsys.quant import Int8LinearConfig, load, quantize_, quantize_checkpoint
-from lightning_recsys.quant.checkpoint import BudgetNotMetError
-from lightning_recsys.quant.plan_report import PLAN_REPORT_FILES, write_plan_report
-from lightning_recsys.quant.search import Budget, plan_search, search_plan
-from lightning_recsys.quant.sensitivity import run_sensitivity
-from lightning_recsys.quant.trials import LINEAR_LADDER, TABLE_LADDER, TrialRunner
+from lightning_recsys.quant.pipeline import BudgetNotMetError
+from lightning_recsys.quant.search.plan_report import PLAN_REPORT_FILES, write_plan_report
+from lightning_recsys.quant.search.search import Budget, search_plan, search_plan_with_runner
+from lightning_recsys.quant.search.sensitivity import sensitivity_with_runner
+from lightning_recsys.quant.core.precisions import LINEAR_LADDER, TABLE_LADDER
+from lightning_recsys.quant.search.trials import TrialRunner
 
 from .budget_models import bag_batches, bag_labels, dlrm_data, fragile_bag_model, fragile_dlrm
 
@@ -65,12 +66,12 @@ def test_greedy_fallback_rechecks_whole_model():
     the most sensitive module up one precision at a time until the WHOLE model fits."""
     model = fragile_bag_model(hidden_a=1e3, hidden_b=1e3)
     runner = TrialRunner(model, None, bag_batches(16, seed=1), label_fn=bag_labels, eval_batches=8, confirm_batches=8)
-    sens = run_sensitivity(runner)
+    sens = sensitivity_with_runner(runner)
     solo = max(sens.module(n).trials["int8"]["ne_rel_delta"] for n in ("bag_a", "bag_b"))
     together = runner.evaluate({n: "int8" for n in runner.kinds})["ne_rel_delta"]
     budget = (solo + together) / 2  # each table fits alone at int8, both together do not
     assert solo < budget < together < min(sens.module(n).trials["int4"]["ne_rel_delta"] for n in ("bag_a", "bag_b"))
-    res = plan_search(runner, sens, budget_ne=budget)
+    res = search_plan_with_runner(runner, sens, budget_ne=budget)
     trail = res.trail
     assert len(trail) >= 2 and not trail[0].meets_budget and trail[-1].meets_budget and res.met, res.message
     assert trail[0].plan == {n: "int8" for n in runner.kinds}
@@ -87,7 +88,7 @@ def test_greedy_fallback_rechecks_whole_model():
     assert "fallback step 1" in res.reasons[trail[1].change.split(":")[0]]
     assert res.search["ne_rel_delta"] == pytest.approx(trail[-1].ne_rel_delta)
     # a second search on the same analysis: a narrower ladder (no int4) reuses the sensitivities
-    no_int4 = plan_search(runner, sens, budget_ne=budget, table_precisions=["int8", "fp16", "fp32"])
+    no_int4 = search_plan_with_runner(runner, sens, budget_ne=budget, table_precisions=["int8", "fp16", "fp32"])
     assert "int4" not in no_int4.plan.values() and no_int4.sensitivity is sens
 
 

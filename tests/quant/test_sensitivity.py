@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lightning_recsys.quant import RecipeConfig, calibrate, quantize_
-from lightning_recsys.quant.config import FP32Config, Int8LinearConfig
-from lightning_recsys.quant.report import eval_metrics
-from lightning_recsys.quant.sensitivity import sensitivity_analysis
-from lightning_recsys.quant.trials import TrialRunner
+from lightning_recsys.quant.core.config import FP32Config, Int8LinearConfig
+from lightning_recsys.quant.search.report import eval_metrics
+from lightning_recsys.quant.search.sensitivity import sensitivity_analysis
+from lightning_recsys.quant.search.trials import TrialRunner
 
 from .budget_models import bag_batches, bag_labels, dlrm_data, fragile_bag_model, fragile_dlrm
 

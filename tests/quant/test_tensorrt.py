@@ -14,7 +14,7 @@ from torch import nn
 from lightning_recsys.data import RecsysBatch, SparseFeature
 from lightning_recsys.models import DLRM
 from lightning_recsys.quant import FP32Config, RecipeConfig, quantize_
-from lightning_recsys.quant.tensorrt import (
+from lightning_recsys.quant.export.tensorrt import (
     TensorRTPredictor,
     export_tensorrt,
     import_torch_tensorrt,

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .api import _is_linear, _is_table, is_quantized_module
-from .embedding import weight_sqnr_db
+from ..core.api import is_linear, is_table, is_quantized_module
+from ..core.embedding import weight_sqnr_db
 
 __all__ = ["module_report", "state_bytes", "output_errors"]
 
@@ -56,7 +56,7 @@ def module_report(model: nn.Module, reference: nn.Module | None = None) -> dict[
                 "activation": getattr(m, "activation", None),
                 "float_bytes": _float_bytes(m), "bytes": state_bytes(m), "weight_sqnr_db": _finite(m.sqnr_db),
             })  # fmt: skip
-        elif (_is_table(m) or _is_linear(m)) and not any(name.startswith(r["name"] + ".") for r in rows):
+        elif (is_table(m) or is_linear(m)) and not any(name.startswith(r["name"] + ".") for r in rows):
             rows.append({
                 "name": name, "type": type(m).__name__, "precision": "fp32", "activation": None,
                 "float_bytes": state_bytes(m), "bytes": state_bytes(m), "weight_sqnr_db": "inf",
@@ -83,7 +83,7 @@ def eval_metrics(logits: Tensor, labels: Tensor) -> dict[str, float]:
     """AUC and normalized entropy of logits ``[N]`` against labels ``[N]``."""
     from torchmetrics.functional.classification import binary_auroc
 
-    from ..metrics.ne import NormalizedEntropy
+    from ...metrics.ne import NormalizedEntropy
 
     ne = NormalizedEntropy()
     ne.update(logits.float(), labels.float())

@@ -31,7 +31,7 @@ Two steps, so everything before the GPU is needed runs (and is tested) on CPU:
 program's inputs from that metadata; :class:`TensorRTPredictor` loads an exported directory and feeds it.
 
 Example:
-    >>> from lightning_recsys.quant.tensorrt import export_tensorrt, prepare_tensorrt_program  # doctest: +SKIP
+    >>> from lightning_recsys.quant.export.tensorrt import export_tensorrt, prepare_tensorrt_program  # doctest: +SKIP
     >>> prepared = prepare_tensorrt_program(model, batch, "fp16")  # CPU is enough  # doctest: +SKIP
     >>> logits = prepared.program.module()(*tensorrt_inputs(batch, prepared.meta))  # doctest: +SKIP
     >>> meta = export_tensorrt(model, "artifacts/trt", batch, "fp16")  # needs CUDA  # doctest: +SKIP
@@ -49,18 +49,18 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..data.batch import RecsysBatch
-from .export import _SEP, _FlatRecsysModel, _grow, flatten_batch
-from .linear import Int8Linear
+from ...data.batch import RecsysBatch
+from ..core.linear import Int8Linear
+from ..core.precisions import TENSORRT_PRECISIONS, TensorRTPrecision
 from .lowering import LoweredTable, lower_tables
+from .onnx import SEP, FlatRecsysModel, grow_batch, flatten_batch
 
 __all__ = [
-    "PRECISIONS",
     "OUTPUT_FORMATS",
     "TensorRTProgram",
     "prepare_tensorrt_program",
@@ -70,8 +70,6 @@ __all__ = [
     "TensorRTPredictor",
 ]
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS = ("fp32", "fp16", "int8")
 #: ``torch_tensorrt.save`` output formats and the artifact file each one writes
 OUTPUT_FORMATS = {"exported_program": "model.ep", "torchscript": "model.ts", "aot_inductor": "model.pt2"}
 MIN_TORCH_TENSORRT = (2, 9)  # as the tensorrt extra in pyproject.toml
@@ -157,8 +155,8 @@ class TensorRTProgram:
 
 
 def _validate(precision: str, max_batch: int, opt_batch: int | None, max_bag_len: int, calibration_batches: Any) -> int:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in TENSORRT_PRECISIONS:
+        raise ValueError(f"precision must be one of {TENSORRT_PRECISIONS}, got {precision!r}")
     for name, value in (("max_batch", max_batch), ("max_bag_len", max_bag_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
@@ -182,7 +180,7 @@ def _layout(example_batch: Any, single_hot: str | list[str], min_len: int) -> tu
         unknown = sorted(set(single_hot) - set(features))
         if unknown:
             raise ValueError(f"single_hot names features {unknown} that example_batch does not have ({features})")
-        example = _grow(example_batch)
+        example = grow_batch(example_batch)
         flat = flatten_batch(example, features, weighted, min_len=min_len, single_hot=list(single_hot))
         layout = {"kind": "recsys", "features": features, "weighted": weighted, "single_hot": list(single_hot),
                   "num_dense": int(example.dense.shape[1])}  # fmt: skip
@@ -203,7 +201,7 @@ def _dynamic(names: list[str], layout: dict, max_batch: int, max_bag_len: int) -
     dims, labels = [], {}
     for n in names:
         spec, label = {0: batch}, {0: "batch"}
-        feature, _, part = n.rpartition(_SEP)
+        feature, _, part = n.rpartition(SEP)
         if layout["kind"] == "recsys" and part in ("ids", "weights") and feature not in layout["single_hot"]:
             name = f"len_{feature}"  # a feature's weights share its ids' length
             if name not in lengths:
@@ -263,7 +261,7 @@ def _modelopt_calibrate(mtq: Any, wrapper: nn.Module, calibration_batches: Itera
 def prepare_tensorrt_program(
     model: nn.Module,
     example_batch: RecsysBatch | Tensor | tuple[Tensor, ...],
-    precision: Precision = "fp16",
+    precision: TensorRTPrecision = "fp16",
     *,
     calibration_batches: Iterable | None = None,
     single_hot: str | list[str] = "auto",
@@ -299,7 +297,7 @@ def prepare_tensorrt_program(
     _make_padding_safe(lowered, dtype)
     layout, names, args = _layout(example_batch, single_hot, min_len=2)
     if layout["kind"] == "recsys":
-        wrapper: nn.Module = _FlatRecsysModel(lowered, layout["features"], layout["weighted"])
+        wrapper: nn.Module = FlatRecsysModel(lowered, layout["features"], layout["weighted"])
     else:
         wrapper = lowered
     if precision == "fp16":
@@ -367,7 +365,7 @@ def export_tensorrt(
     model: nn.Module,
     out_dir: str | Path,
     example_batch: RecsysBatch | Tensor | tuple[Tensor, ...],
-    precision: Precision = "fp16",
+    precision: TensorRTPrecision = "fp16",
     *,
     calibration_batches: Iterable | None = None,
     single_hot: str | list[str] = "auto",

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.contract import ModelContract
-from .linear import Int8Linear
+from ...data.contract import ModelContract
+from ..core.linear import Int8Linear
 
 __all__ = ["calibrate", "static_layers"]
 

@@ -1,6 +1,6 @@
 """Quantization configs (dataclasses validated in ``__post_init__``, torchao style) and the YAML recipe.
 
-One config per conversion; :func:`~lightning_recsys.quant.api.quantize_` looks its handler up in a
+One config per conversion; :func:`~lightning_recsys.quant.quantize_` looks its handler up in a
 registry. :class:`RecipeConfig` combines a default per module kind with per-module overrides by
 regular expression (``re.fullmatch`` on the module's qualified name), and is what a YAML file holds:
 
@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .observers import OBSERVERS
+from ..calibration.observers import OBSERVERS
+from .precisions import PRECISION_OPTIONS
 
 __all__ = [
     "QuantConfig",
@@ -147,20 +148,14 @@ class RecipeConfig(QuantConfig):
         return (self.embeddings if kind == "embedding" else self.linears), None
 
 
-_PRECISION_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "embedding": {"int8": (), "int4": ("int4_clip",), "fp16": (), "fp32": ()},
-    "linear": {"int8": ("activation", "observer", "percentile", "bins"), "fp16": (), "fp32": ()},
-}
-
-
 def _check_override_dict(d: Mapping[str, Any], pattern: str) -> None:
     where = f"overrides[{pattern!r}]"
     if "precision" not in d:
         raise ValueError(f"{where} needs a 'precision' key (int8, int4, fp16 or fp32), got keys {sorted(d)}")
     allowed = {"precision"}
-    for kind in _PRECISION_OPTIONS.values():
+    for kind in PRECISION_OPTIONS.values():
         allowed.update(kind.get(d["precision"], ()))
-    if not any(d["precision"] in kind for kind in _PRECISION_OPTIONS.values()):
+    if not any(d["precision"] in kind for kind in PRECISION_OPTIONS.values()):
         raise ValueError(f"{where}: unknown precision {d['precision']!r}; expected one of int8, int4, fp16, fp32")
     unknown = sorted(set(d) - allowed)
     if unknown:
@@ -169,7 +164,7 @@ def _check_override_dict(d: Mapping[str, Any], pattern: str) -> None:
 
 def _from_precision_dict(d: Mapping[str, Any], where: str, kind: str) -> QuantConfig:
     """Turn ``{"precision": ..., options...}`` into the config for a module ``kind``."""
-    options = _PRECISION_OPTIONS[kind]
+    options = PRECISION_OPTIONS[kind]
     precision = d.get("precision")
     if precision not in options:
         raise ValueError(f"{where}: precision for {kind} modules must be one of {sorted(options)}, got {precision!r}")

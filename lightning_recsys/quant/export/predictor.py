@@ -2,7 +2,7 @@
 
 ``path`` is an ``.onnx`` file written by :func:`export_onnx`, or an artifact directory written by
 :func:`quantize_checkpoint` (``model.onnx`` or ``model.pt`` + ``meta.json``), or a TensorRT artifact
-directory written by :func:`~lightning_recsys.quant.tensorrt.export_tensorrt` (needs CUDA). The predictor returns
+directory written by :func:`~lightning_recsys.quant.export.tensorrt.export_tensorrt` (needs CUDA). The predictor returns
 logits ``[B, num_tasks]`` as a float32 tensor (``predict_proba`` applies the sigmoid).
 
 An ONNX predictor takes a batch in the form the export took it: a :class:`RecsysBatch`, or the model's
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.batch import RecsysBatch
-from .export import METADATA_KEY, layout_feeds
+from ...data.batch import RecsysBatch
 from .input_spec import tree_feeds
+from .onnx import METADATA_KEY, layout_feeds
 
 __all__ = ["load", "OnnxPredictor", "TorchPredictor"]
 
@@ -106,7 +106,7 @@ def load(path: str | Path, threads: int | None = None) -> Any:
     if meta.get("format") == "onnx":
         return OnnxPredictor(path / "model.onnx", threads)
     if meta.get("format") == "torch":
-        from .checkpoint import rebuild_quantized_module
+        from ..pipeline import rebuild_quantized_module
 
         if threads is not None:
             torch.set_num_threads(int(threads))

@@ -17,18 +17,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rowwise import dequantize_rowwise, pack_rowwise, unpack_rowwise
+from .precisions import TABLE_BITS, TablePrecision
+from .rowwise import dequantize_rowwise, pack_rowwise, packed_row_bytes, unpack_rowwise
 
-__all__ = ["QuantizedEmbedding", "QuantizedEmbeddingBag", "TablePrecision", "weight_sqnr_db"]
-
-TablePrecision = Literal["int8", "int4", "fp16"]
-_BITS = {"int8": 8, "int4": 4}
+__all__ = ["QuantizedEmbedding", "QuantizedEmbeddingBag", "weight_sqnr_db"]
 
 
 def weight_sqnr_db(reference: Tensor, approx: Tensor) -> float:
@@ -58,9 +54,7 @@ class _QuantizedTable(nn.Module):
         if precision == "fp16":
             self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.float16))
         else:
-            from .rowwise import packed_row_bytes
-
-            nbytes = packed_row_bytes(_BITS[precision], embedding_dim)
+            nbytes = packed_row_bytes(TABLE_BITS[precision], embedding_dim)
             self.register_buffer("packed", torch.zeros(num_embeddings, nbytes, dtype=torch.uint8))
 
     def _set_from_float(self, weight: Tensor, clip: str = "minmax") -> None:
@@ -70,20 +64,20 @@ class _QuantizedTable(nn.Module):
                 raise ValueError(f"table values exceed the fp16 range (max |w| = {float(w.abs().max()):g}); use int8")
             self.weight.copy_(w.half())
         else:
-            self.packed.copy_(pack_rowwise(w, _BITS[self.precision], clip=clip))
+            self.packed.copy_(pack_rowwise(w, TABLE_BITS[self.precision], clip=clip))
         self.sqnr_db = weight_sqnr_db(w, self.dequantized_weight())
 
     def dequantized_weight(self) -> Tensor:
         """The float32 table this module computes with (``[num_embeddings, embedding_dim]``)."""
         if self.precision == "fp16":
             return self.weight.float()
-        return dequantize_rowwise(self.packed, _BITS[self.precision], self.embedding_dim)
+        return dequantize_rowwise(self.packed, TABLE_BITS[self.precision], self.embedding_dim)
 
     def lowering_tensors(self) -> dict[str, Tensor]:
         """Separate ``q``/``scale``/``bias`` (or ``weight``) tensors for graph export."""
         if self.precision == "fp16":
             return {"weight": self.weight}
-        bits = _BITS[self.precision]
+        bits = TABLE_BITS[self.precision]
         if bits == 8:
             q, scale, bias = unpack_rowwise(self.packed, 8, self.embedding_dim)
         else:
@@ -110,7 +104,7 @@ class QuantizedEmbedding(_QuantizedTable):
     def forward(self, input: Tensor) -> Tensor:
         if self.precision == "fp16":
             return F.embedding(input, self.weight).float()
-        bits = _BITS[self.precision]
+        bits = TABLE_BITS[self.precision]
         rows = F.embedding(input, self.packed)
         return dequantize_rowwise(rows, bits, self.embedding_dim)
 

@@ -13,16 +13,12 @@ per-axis ``DequantizeLinear``; int4 bytes are re-packed at export so that a bitw
 ``BitShift`` and a ``Concat`` recover the uint8 codes. ORT 1.31's fused
 ``com.microsoft.GatherBlockQuantized`` (bits=8, block_size=D) measured slower than this on CPU (8.1 vs 3.2 ms for 512 x 26 rows of 64 on 2 threads), so it is not used.
 
-The project's ``DotInteraction`` is swapped for :class:`LoweredDotInteraction` (same function): the
-pairwise dot products without the ``[B, F+1, D]`` concat, and the lower triangle read with one
-``Gather`` of rows of the transposed, flattened products instead of ``GatherND`` on ``[F, F, B]``.
-When every layer reading it is an ``Int8Linear`` (a quantized DLRM), it becomes a
-:class:`FoldedDotInteraction` instead: the consumers are widened (zero weights) to read all products
-``[x, E x, E E^T]``, so no selection runs at all. A :class:`FusedCollection` puts one zero row before
-each table's block, so an empty bag (id ``-1``) needs no ``Where``, and reads the export's stacked
-``[B, F]`` id matrix directly (:class:`StackedColumn`). Together about 10% off the int8 DLRM graph at
-batch 512 and 40% at batch 1 (2 threads). A ``ReLU`` right before a calibrated static ``Int8Linear``
-with zero point 0 is dropped (its quantization already clamps negatives to 0).
+Model-specific blocks get their export versions from lowerings registered with
+:func:`register_lowering` (the project's DLRM ones: :mod:`lightning_recsys.quant.export.lowerings.dlrm`,
+which fuses an ``EmbeddingBagCollection`` into one :class:`FusedCollection` reading the export's stacked
+``[B, F]`` id matrix (:class:`StackedColumn`) and lowers or folds its ``DotInteraction``). A ``ReLU``
+right before a calibrated static ``Int8Linear`` with zero point 0 is dropped (its quantization already
+clamps negatives to 0).
 
 Example:
     >>> import torch
@@ -37,17 +33,23 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.batch import SparseFeature
-from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
+from ...data.batch import SparseFeature
+from ..core.api import DENSE_EXPORTERS, set_submodule
+from ..core.embedding import QuantizedEmbedding, QuantizedEmbeddingBag
+from ..core.linear import Int8Linear
 
-__all__ = ["LoweredTable", "FusedCollection", "LoweredDotInteraction", "FoldedDotInteraction", "StackedColumn",
-           "lower_table", "lower_tables"]  # fmt: skip
+__all__ = ["LoweredTable", "FusedCollection", "StackedColumn", "Lowering", "lower_table", "lower_tables", "register_lowering"]
+
+#: ``fn(model, module, native) -> replacement | None``: a model-specific export lowering (:func:`register_lowering`)
+Lowering = Callable[[nn.Module, nn.Module, bool], "nn.Module | None"]
+_LOWERINGS: dict[type[nn.Module], Lowering] = {}
 
 
 @torch.library.custom_op("lrs_quant::dequantize_rows", mutates_args=())
@@ -302,135 +304,37 @@ class FusedCollection(nn.Module):
         return first.matrix if whole else first.matrix[:, first.column : first.column + len(feats)]
 
 
-class LoweredDotInteraction(nn.Module):
-    """Export version of the project's ``DotInteraction`` (same output, same order).
+def register_lowering(module_type: type[nn.Module], fn: Lowering) -> None:
+    """Have :func:`lower_tables` call ``fn(model, module, native)`` on every instance of ``module_type``
+    in the copy it lowers (after the tables are lowered), to swap in an export version of a model's own
+    block.
 
-    ``cat([x, lower-triangle of T T^T])`` with ``T = [x; E]`` is computed as ``E E^T`` and ``E x``
-    (no ``[B, F+1, D]`` concat), then ``[x, E x, flat(E E^T)]`` is concatenated once and the wanted
-    entries are read with one ``Gather`` (on the transposed products: ORT gathers whole rows fast).
+    ``fn`` returns the replacement for ``module`` (``None``: keep it, e.g. after changing it in place; the
+    root module is never replaced); ``native`` is ``lower_tables``' flag (the model keeps its own tensor
+    inputs). Lowerings run in registration order; registering a type again replaces its function in place.
+    The project's DLRM lowerings (:mod:`lightning_recsys.quant.export.lowerings.dlrm`) register on import.
     """
-
-    def __init__(self, num_vectors: int, rows: Tensor, cols: Tensor, include_dense: bool) -> None:
-        super().__init__()
-        self.include_dense = include_dense
-        self.num_vectors = int(num_vectors)
-        self.register_buffer("rows", rows.clone(), persistent=False)
-        self.register_buffer("cols", cols.clone(), persistent=False)
-
-    def _index(self, dim: int | None) -> Tensor:
-        """Positions in ``[x (dim), E x (F), flat(E E^T) (F*F)]`` (``flat(E E^T)`` alone without ``x``)."""
-        if dim is None:
-            return self.rows * self.num_vectors + self.cols
-        f = self.num_vectors - 1
-        r, c = self.rows - 1, self.cols - 1  # embedding indices; c == -1 is the dense vector
-        pair = torch.where(c < 0, dim + r, dim + f + r * f + c.clamp(min=0))
-        head = torch.arange(dim) if self.include_dense else torch.empty(0, dtype=torch.long)
-        return torch.cat([head, pair])
-
-    def forward(self, dense_vec: Tensor | None, embeddings: Tensor) -> Tensor:
-        ee = torch.bmm(embeddings, embeddings.transpose(1, 2)).flatten(1)  # [B, F*F]
-        if dense_vec is None:
-            return self._select(ee, self._index(None))
-        ex = torch.bmm(embeddings, dense_vec.unsqueeze(2)).flatten(1)  # [B, F]
-        return self._select(torch.cat([dense_vec, ex, ee], 1), self._index(dense_vec.shape[1]))
-
-    @staticmethod
-    def _select(flat: Tensor, index: Tensor) -> Tensor:
-        # ORT's Gather on axis 1 copies element by element; on axis 0 it copies whole rows
-        return torch.index_select(flat.t(), 0, index).t()
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(model, module, native), got {fn!r}")
+    _LOWERINGS[module_type] = fn
 
 
-class FoldedDotInteraction(nn.Module):
-    """Export version of ``DotInteraction`` for consumers widened by :func:`_fold_interactions`.
-
-    Output ``[x, E x, flat(E E^T)]`` (``x`` only with ``include_dense``): every product, so the lower
-    triangle needs no selection (two transposes and a gather in ONNX); the widened first layer gives
-    the unused entries zero weight. With ``mask`` the diagonal and upper triangle of ``E E^T`` are zeroed,
-    so a dynamically quantized consumer sees the same range as with the selected entries only
-    (``DynamicQuantizeLinear``'s range always contains 0, and the upper triangle repeats the lower).
-    """
-
-    def __init__(self, num_embeddings: int, include_dense: bool, mask: bool) -> None:
-        super().__init__()
-        self.include_dense, self.masked = include_dense, mask
-        self.register_buffer("mask", torch.tril(torch.ones(num_embeddings, num_embeddings), -1), persistent=False)
-
-    def forward(self, dense_vec: Tensor, embeddings: Tensor) -> Tensor:
-        ee = torch.bmm(embeddings, embeddings.transpose(1, 2))
-        if self.masked:
-            ee = ee * self.mask
-        ex = torch.bmm(embeddings, dense_vec.unsqueeze(2)).flatten(1)
-        head = [dense_vec] if self.include_dense else []
-        return torch.cat([*head, ex, ee.flatten(1)], 1)
-
-    @staticmethod
-    def columns(inter: nn.Module, dense_dim: int) -> tuple[Tensor, int]:
-        """Where each output column of ``DotInteraction`` ``inter`` sits in the folded output, and the
-        folded width."""
-        f = int(inter.rows.max()) if inter.rows.numel() else 0  # embeddings; vector 0 is the dense one
-        r, c = inter.rows - 1, inter.cols - 1
-        head = dense_dim if inter.include_dense else 0
-        pair = head + torch.where(c < 0, r, f + r * f + c.clamp(min=0))
-        return torch.cat([torch.arange(head), pair]), head + f + f * f
-
-
-def _widen_int8_linear(m: nn.Module, cols: Tensor, width: int) -> nn.Module:
-    """A copy of ``Int8Linear`` ``m`` that reads input column ``cols[k]`` of a ``width``-wide input where
-    ``m`` read column ``k`` (zero weights elsewhere: the same integer sums)."""
-    out = copy.deepcopy(m)
-    wq_t = torch.zeros(width, m.out_features, dtype=m.wq_t.dtype)
-    wq_t[cols] = m.wq_t
-    out.wq_t, out.in_features = wq_t, width
-    return out
-
-
-def _interaction_consumers(model: nn.Module, backbone: nn.Module) -> list[tuple[nn.Sequential, str]]:
-    """``(MLP, name of its first layer)`` for every MLP that reads ``backbone``'s interaction output
-    directly (only the project's own model classes, whose forward is known)."""
-    from ..models.dlrm import DLRM, MLP, MultiTaskDLRM
-
-    if backbone.shared_mlp is not None:
-        mlps = [backbone.shared_mlp]
-    else:
-        mlps = []
-        for m in model.modules():
-            if type(m) is DLRM and m.backbone is backbone:
-                mlps.append(m.top_mlp)
-            elif type(m) is MultiTaskDLRM and m.shared is backbone:
-                mlps.extend(m.towers.values())
-    return [(s, next(iter(s._modules))) for s in mlps if type(s) is MLP and len(s)]
-
-
-def _fold_interactions(model: nn.Module) -> None:
-    """Swap a DLRM backbone's ``DotInteraction`` for :class:`FoldedDotInteraction` when every layer
-    reading it is an ``Int8Linear`` (each widened to the folded layout). A float consumer is left alone:
-    widened, its float matmul costs more than the selection it saves."""
-    try:
-        from ..models.dlrm import DLRMBackbone, DotInteraction
-    except ImportError:  # pragma: no cover
-        return
-    from .linear import Int8Linear
-
-    for backbone in [m for m in model.modules() if type(m) is DLRMBackbone]:
-        inter, consumers = backbone.interaction, _interaction_consumers(model, backbone)
-        if type(inter) is not DotInteraction or backbone.bottom_mlp is None or not consumers:
-            continue
-        firsts = [mlp._modules[name] for mlp, name in consumers]
-        cols, width = FoldedDotInteraction.columns(inter, backbone.bottom_mlp.out_features)
-        if not all(isinstance(m, Int8Linear) and m.in_features == cols.numel() for m in firsts):
-            continue
-        masked = any(m.activation == "dynamic" for m in firsts)
-        backbone.interaction = FoldedDotInteraction(int(inter.rows.max()), inter.include_dense, masked)
-        for (mlp, name), m in zip(consumers, firsts):
-            mlp._modules[name] = _widen_int8_linear(m, cols, width)
+def _run_lowerings(model: nn.Module, native: bool) -> None:
+    """Apply every registered lowering to ``model`` in place (see :func:`register_lowering`)."""
+    for module_type, fn in list(_LOWERINGS.items()):
+        for fqn, m in list(model.named_modules()):
+            if isinstance(m, module_type):
+                new = fn(model, m, native)
+                if new is not None and new is not m and fqn:
+                    set_submodule(model, fqn, new)
 
 
 def _drop_relus_before_static_int8(model: nn.Module) -> None:
     """In every ``nn.Sequential``, drop a ``ReLU`` whose next layer is a calibrated static ``Int8Linear``
     with zero point 0: its ``QuantizeLinear`` already saturates negatives to code 0, so the ReLU is one
     pass over the activations that changes nothing."""
-    from .linear import Int8Linear
-
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         names = list(seq._modules)
         for a, b in zip(names, names[1:]):
@@ -440,64 +344,24 @@ def _drop_relus_before_static_int8(model: nn.Module) -> None:
                 seq._modules[a] = nn.Identity()
 
 
-def _lower_interactions(model: nn.Module) -> None:
-    try:
-        from ..models.dlrm import DotInteraction
-    except ImportError:  # pragma: no cover
-        return
-    for fqn, m in list(model.named_modules()):
-        if type(m) is not DotInteraction or not fqn:
-            continue
-        parent_name, _, child = fqn.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        n = int(m.rows.max()) + 1 if m.rows.numel() else 1
-        setattr(parent, child, LoweredDotInteraction(n, m.rows, m.cols, m.include_dense))
-
-
-def _fuse_collections(model: nn.Module) -> None:
-    try:
-        from ..models.dlrm import EmbeddingBagCollection
-    except ImportError:  # pragma: no cover
-        return
-    for fqn, m in list(model.named_modules()):
-        if not isinstance(m, EmbeddingBagCollection):
-            continue
-        tables = list(m.tables.values())
-        if not tables or not all(isinstance(t, LoweredTable) and t.bag and t.mode == "sum" for t in tables):
-            continue
-        if len({(t.kind, t.dim, tuple(n for n, _ in t.named_buffers())) for t in tables}) != 1:
-            continue
-        parent_name, _, child = fqn.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if not fqn:
-            continue
-        setattr(parent, child, FusedCollection(list(m.tables.keys()), tables))
-
-
 def lower_tables(model: nn.Module, native: bool = False) -> nn.Module:
-    """A deep copy of ``model`` with every embedding table replaced by its :class:`LoweredTable`
-    (the project's ``EmbeddingBagCollection`` fused into a :class:`FusedCollection` when its tables
-    share one precision and width, its ``DotInteraction`` swapped for :class:`LoweredDotInteraction` or
-    folded, and ReLUs before static int8 linears with zero point 0 dropped).
+    """A deep copy of ``model`` with every embedding table replaced by its :class:`LoweredTable`, then
+    the registered model-specific lowerings applied (:func:`register_lowering`; the project's
+    ``EmbeddingBagCollection`` fused into a :class:`FusedCollection` when its tables share one precision
+    and width, its ``DotInteraction`` lowered or folded) and ReLUs before static int8 linears with zero
+    point 0 dropped.
 
     ``native=False``: the tables read the :class:`~lightning_recsys.data.RecsysBatch` export layout
     (padded / single-hot ids); ``native=True``: they keep ``nn.EmbeddingBag``'s input contract (1-D ids
     with offsets, or 2-D ids), for models exported with their own tensor inputs (no fusion then)."""
-    from .api import _DENSE_EXPORTERS
-
     model = copy.deepcopy(model)
-    table_types = (nn.Embedding, nn.EmbeddingBag, QuantizedEmbedding, QuantizedEmbeddingBag, *_DENSE_EXPORTERS)
+    table_types = (nn.Embedding, nn.EmbeddingBag, QuantizedEmbedding, QuantizedEmbeddingBag, *DENSE_EXPORTERS)
     targets = []
     for fqn, m in model.named_modules():
         if fqn and isinstance(m, table_types) and not any(fqn.startswith(t + ".") for t, _ in targets):
             targets.append((fqn, m))
     for fqn, m in targets:
-        parent_name, _, child = fqn.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, lower_table(m, native))
-    if not native:
-        _fuse_collections(model)
-    _fold_interactions(model)
-    _lower_interactions(model)
+        set_submodule(model, fqn, lower_table(m, native))
+    _run_lowerings(model, native)
     _drop_relus_before_static_int8(model)
     return model

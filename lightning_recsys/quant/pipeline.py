@@ -18,7 +18,7 @@ NE before and after on validation batches; the ONNX parity check), ``calibration
 place only once complete and verified.
 
 Accuracy budget (``budget_ne`` and/or ``budget_auc``): instead of applying ``config`` uniformly, a
-per-module precision search (:func:`~lightning_recsys.quant.search.search_plan`) picks the smallest
+per-module precision search (:func:`~lightning_recsys.quant.search_plan`) picks the smallest
 plan meeting the budget: ``budget_ne`` is the largest *relative* NE increase as a FRACTION
 (``0.001`` = 0.1 %; the CLI's ``--budget-ne`` takes PERCENT), ``budget_auc`` the largest absolute AUC
 drop. It searches on the first ``eval_batches`` validation batches and confirms on the next
@@ -57,9 +57,9 @@ from torch import nn
 
 from ..data.batch import FeatureSpec, RecsysBatch
 from ..data.contract import ModelContract
-from .api import quantize_
-from .calibrate import calibrate
-from .config import (
+from .calibration.calibrate import calibrate
+from .core.api import quantize_
+from .core.config import (
     Int8LinearConfig,
     QuantConfig,
     RecipeConfig,
@@ -68,14 +68,12 @@ from .config import (
     load_recipe,
     recipe_from_dict,
 )
-from .export import export_onnx
-from .plan_report import PLAN_REPORT_FILES, write_plan_report
-from .report import eval_metrics, module_report, output_errors
-from .search import Budget, BudgetNotMetError, _check_size_ratio, search_plan
-from .trials import TABLE_LADDER
+from .core.precisions import LATENCY_TABLE_LADDER, TABLE_LADDER, TENSORRT_PRECISIONS
+from .export.onnx import export_onnx
+from .search.plan_report import PLAN_REPORT_FILES, write_plan_report
+from .search.report import eval_metrics, module_report, output_errors
+from .search.search import Budget, BudgetNotMetError, check_size_ratio, search_plan
 
-#: tables' precisions for ``objective="latency"``: int4 lookups are slower than int8 ones in the graph
-LATENCY_TABLE_LADDER = ("int8", "fp16", "fp32")
 
 __all__ = [
     "quantize_checkpoint", "load_checkpoint", "rebuild_quantized_module", "ARTIFACT_FILES", "UNSAFE_FLAG",
@@ -405,10 +403,10 @@ def _tensorrt_artifact(ckpt_path, out_dir, config, datamodule, calib_batches: in
     """``format="tensorrt"``: the float model compiled by Torch-TensorRT at ``precision`` (TensorRT does
     its own int8 via ModelOpt), written with its ``meta.json`` into ``out_dir``. Needs CUDA: the
     package / GPU check runs before anything is read or written."""
-    from .tensorrt import PRECISIONS, export_tensorrt, import_torch_tensorrt
+    from .export.tensorrt import export_tensorrt, import_torch_tensorrt
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"trt_precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in TENSORRT_PRECISIONS:
+        raise ValueError(f"trt_precision must be one of {TENSORRT_PRECISIONS}, got {precision!r}")
     if config is not None or budget_ne is not None or budget_auc is not None:
         raise ValueError("format='tensorrt' takes its precision from trt_precision (--trt-precision); a quantization "
                          "config or accuracy budget applies to the onnx / torch formats")  # fmt: skip
@@ -431,7 +429,7 @@ def _check_budget(budget_ne: float | None, budget_auc: float | None, max_size_ra
         if max_size_ratio is not None:
             raise ValueError("max_size_ratio only applies to a budgeted search: give budget_ne and/or budget_auc too")
         return None
-    _check_size_ratio(max_size_ratio)
+    check_size_ratio(max_size_ratio)
     if not isinstance(recipe, RecipeConfig) or recipe.overrides:
         raise ValueError(
             "a budgeted search chooses each module's precision itself: the config may only set the embeddings / linears "

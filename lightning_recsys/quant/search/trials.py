@@ -1,7 +1,7 @@
 """``TrialRunner``: evaluate per-module precision plans of a float model on cached held-out batches.
 
-The engine behind :func:`~lightning_recsys.quant.sensitivity.sensitivity_analysis` and
-:func:`~lightning_recsys.quant.search.search_plan`. Done once: a calibration pass on the float model
+The engine behind :func:`~lightning_recsys.quant.sensitivity_analysis` and
+:func:`~lightning_recsys.quant.search_plan`. Done once: a calibration pass on the float model
 (static int8 activations), the held-out batches, labels and float logits, and every table / linear's
 float inputs and outputs per batch. A plan (``{module name: precision}``, others float) swaps cached
 quantized variants into a working copy; float modules whose input equals the cached float input
@@ -32,20 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.contract import ModelContract, as_logits
-from .api import _apply, _is_linear, _is_table, _set_submodule, is_quantized_module
-from .config import FP16Config, Int8LinearConfig, QuantConfig, RowwiseEmbeddingConfig
-from .observers import Observer, make_observer
+from ...data.contract import ModelContract, as_logits
+from ..calibration.observers import Observer, make_observer
+from ..core.api import apply_config, is_linear, is_table, set_submodule, is_quantized_module
+from ..core.config import FP16Config, Int8LinearConfig, QuantConfig, RowwiseEmbeddingConfig
+from ..core.precisions import LINEAR_LADDER, TABLE_LADDER
 from .report import eval_metrics, state_bytes
 
-__all__ = ["TABLE_LADDER", "LINEAR_LADDER", "LOW_PRECISIONS", "TrialRunner", "precision_config", "static_linear_config"]
+__all__ = ["TrialRunner", "precision_config", "static_linear_config"]
 
-TABLE_LADDER: tuple[str, ...] = ("int4", "int8", "fp16", "fp32")
-# "int8": the runner's ``linear_config`` (dynamic activations by default); "int8_static": int8 with
-# activation ranges calibrated by a percentile observer, which clips the rare outliers that widen a
-# dynamic range (e.g. a DLRM top layer reading the dense vector beside large dot products)
-LINEAR_LADDER: tuple[str, ...] = ("int8", "int8_static", "fp16", "fp32")
-LOW_PRECISIONS: tuple[str, ...] = ("int4", "int8", "int8_static")  # the precisions counted as int8/int4 bytes
 _DB_CAP = 200.0  # SQNR of an exact result (JSON has no inf)
 
 
@@ -168,8 +163,8 @@ class TrialRunner:
     """Caches batches, float logits and module activations once; evaluates any per-module precision
     plan (``{module name: precision}``, unnamed modules stay float) on the cached held-out batches.
 
-    Used by :func:`~lightning_recsys.quant.sensitivity.sensitivity_analysis` and
-    :func:`~lightning_recsys.quant.search.search_plan`.
+    Used by :func:`~lightning_recsys.quant.sensitivity_analysis` and
+    :func:`~lightning_recsys.quant.search_plan`.
     The model passed in is never modified (the runner works on a copy). ``calib_loader`` calibrates
     static int8 activations (``linear_config`` static, or the ``"int8_static"`` rung); without it the
     linear ladder of a dynamic ``linear_config`` leaves ``"int8_static"`` out.
@@ -238,7 +233,7 @@ class TrialRunner:
         self.state = _ReplayState()
         self.fp32_logits = {"search": self._record()}
         for fqn, m in self.float_modules.items():  # float modules replay their cached outputs from now on
-            _set_submodule(self.work, fqn, _Replay(m, fqn, self.records[fqn], self.state))
+            set_submodule(self.work, fqn, _Replay(m, fqn, self.records[fqn], self.state))
         self.fp32_logits["confirm"] = self._run("confirm")[0] if self.batches["confirm"] else None
         self.task = _check_task(task, self.tasks, self.fp32_logits["search"].shape[1])
         self.baseline = {s: self._per_task(self.fp32_logits[s], s) for s in self.batches if self.batches[s]}
@@ -253,8 +248,8 @@ class TrialRunner:
                 continue
             if is_quantized_module(m):
                 raise ValueError(f"module {fqn!r} is already quantized ({type(m).__name__}): pass the float model")
-            if _is_table(m) or _is_linear(m):
-                kinds[fqn] = "embedding" if _is_table(m) else "linear"
+            if is_table(m) or is_linear(m):
+                kinds[fqn] = "embedding" if is_table(m) else "linear"
         if not kinds:
             raise ValueError("the model has no embedding table or linear layer to quantize")
         return kinds
@@ -321,7 +316,7 @@ class TrialRunner:
             kind = self.kinds[fqn]
             if precision not in self.ladders[kind]:
                 raise ValueError(f"precision {precision!r} is not a candidate for {kind} {fqn!r}: {self.ladders[kind]}")
-            q = _apply(self.float_modules[fqn], precision_config(kind, precision, self.linear_config, self.int4_clip), fqn)
+            q = apply_config(self.float_modules[fqn], precision_config(kind, precision, self.linear_config, self.int4_clip), fqn)
             if fqn in self.observers and getattr(q, "activation", None) == "static":
                 q.observer = self.observers[fqn]
                 q.set_activation_range(*self.observers[fqn].compute_range())
@@ -357,12 +352,12 @@ class TrialRunner:
                 if fqn not in self.kinds:
                     raise KeyError(f"{fqn!r} is not a quantizable module of the model")
                 if p != "fp32":
-                    _set_submodule(self.work, fqn, self.variant(fqn, p))
+                    set_submodule(self.work, fqn, self.variant(fqn, p))
                     swapped.append(fqn)
             return self._run(split)
         finally:
             for fqn in swapped:
-                _set_submodule(self.work, fqn, _Replay(self.float_modules[fqn], fqn, self.records[fqn], self.state))
+                set_submodule(self.work, fqn, _Replay(self.float_modules[fqn], fqn, self.records[fqn], self.state))
 
     def evaluate(self, plan: Mapping[str, str], split: Literal["search", "confirm"] = "search") -> dict[str, Any]:
         """``{"ne_rel_delta", "auc_delta", "per_task"}`` of ``plan`` against float (reduced over tasks by ``task``)."""

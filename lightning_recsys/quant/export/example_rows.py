@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data.batch import RecsysBatch, SparseFeature
+from ...data.batch import RecsysBatch, SparseFeature
 
 __all__ = ["other_rows", "infer_roles", "select_rows", "recsys_rows"]
 
@@ -58,10 +58,10 @@ def recsys_rows(batch: RecsysBatch, idx: list[int]) -> RecsysBatch:
 
 
 def _bag_modules(model: nn.Module) -> list[nn.Module]:
-    from .api import _DENSE_EXPORTERS
-    from .embedding import QuantizedEmbeddingBag
+    from ..core.api import DENSE_EXPORTERS
+    from ..core.embedding import QuantizedEmbeddingBag
 
-    dense_bags = tuple(t for t in _DENSE_EXPORTERS if "offsets" in t.forward.__code__.co_varnames)
+    dense_bags = tuple(t for t in DENSE_EXPORTERS if "offsets" in t.forward.__code__.co_varnames)
     return [m for m in model.modules() if isinstance(m, (nn.EmbeddingBag, QuantizedEmbeddingBag, *dense_bags))]
 
 

@@ -39,11 +39,12 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from .config import Int8LinearConfig
+from ..core.config import Int8LinearConfig
+from ..core.precisions import LINEAR_LADDER, TABLE_LADDER
 from .report import state_bytes
-from .trials import LINEAR_LADDER, TABLE_LADDER, TrialRunner
+from .trials import TrialRunner
 
-__all__ = ["ModuleSensitivity", "SensitivityResult", "run_sensitivity", "sensitivity_analysis"]
+__all__ = ["ModuleSensitivity", "SensitivityResult", "sensitivity_with_runner", "sensitivity_analysis"]
 
 
 @dataclass
@@ -96,9 +97,11 @@ class SensitivityResult:
         return asdict(self)
 
 
-def run_sensitivity(runner: TrialRunner) -> SensitivityResult:
-    """Quantize each module of ``runner``'s model alone at each of its candidate precisions (float
-    elsewhere); a precision a module cannot be stored in is listed in ``unavailable`` with the reason."""
+def sensitivity_with_runner(runner: TrialRunner) -> SensitivityResult:
+    """The measuring step of :func:`sensitivity_analysis` (which builds the runner, then calls this), for
+    callers that reuse one :class:`~lightning_recsys.quant.search.trials.TrialRunner`: quantize each module
+    of ``runner``'s model alone at each of its candidate precisions (float elsewhere); a precision a
+    module cannot be stored in is listed in ``unavailable`` with the reason."""
     t0 = time.perf_counter()
     modules = []
     for fqn, kind in runner.kinds.items():
@@ -150,4 +153,4 @@ def sensitivity_analysis(
         calib_batches=calib_batches, eval_batches=eval_batches, linear_config=linear_config, int4_clip=int4_clip,
         table_precisions=table_precisions, linear_precisions=linear_precisions,
     )  # fmt: skip
-    return run_sensitivity(runner)
+    return sensitivity_with_runner(runner)

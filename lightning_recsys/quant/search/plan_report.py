@@ -18,12 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..core.precisions import TRIAL_PRECISIONS
 from .search import SearchResult
 
 __all__ = ["write_plan_report", "plan_markdown", "plot_plan", "PLAN_REPORT_FILES"]
 
 PLAN_REPORT_FILES = ("plan_report.json", "plan_report.md", "plan_report.png")
-_PRECISIONS = ("int4", "int8", "int8_static", "fp16")
 
 
 def _pct(x: float) -> str:
@@ -72,13 +72,13 @@ def plan_markdown(result: SearchResult, png_name: str | None = "plan_report.png"
         "",
         "Effect of quantizing each module alone: relative ΔNE / ΔAUC, and the SQNR of the module's output.",
         "",
-        "| module | kind | precision | bytes | fp32 bytes | " + " | ".join(f"alone at {p}" for p in _PRECISIONS)
+        "| module | kind | precision | bytes | fp32 bytes | " + " | ".join(f"alone at {p}" for p in TRIAL_PRECISIONS)
         + " | why kept higher |",
-        "|---|---|---|---:|---:|" + "---|" * len(_PRECISIONS) + "---|",
+        "|---|---|---|---:|---:|" + "---|" * len(TRIAL_PRECISIONS) + "---|",
     ]  # fmt: skip
     for m in sens.modules:
         cells = []
-        for p in _PRECISIONS:
+        for p in TRIAL_PRECISIONS:
             t = m.trials.get(p)
             cells.append("—" if t is None else f"{_pct(t['ne_rel_delta'])} / {t['auc_delta']:+.5f} / {t['sqnr_db']:.1f} dB")
         lines.append(
@@ -110,8 +110,8 @@ def plot_plan(result: SearchResult, path: str | Path) -> None:
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
     names = [m.name for m in mods]
-    h = 0.8 / len(_PRECISIONS)
-    for k, p in enumerate(_PRECISIONS):
+    h = 0.8 / len(TRIAL_PRECISIONS)
+    for k, p in enumerate(TRIAL_PRECISIONS):
         ys = [i + (k - 1) * h for i, m in enumerate(mods) if p in m.trials]
         xs = [100 * m.trials[p]["ne_rel_delta"] if use_ne else -m.trials[p]["auc_delta"] for m in mods if p in m.trials]
         if xs:

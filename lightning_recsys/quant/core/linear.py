@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..calibration.observers import Observer, make_observer
 from .embedding import weight_sqnr_db
-from .observers import Observer, make_observer
 
 __all__ = ["Int8Linear", "FP16Linear", "quantize_activation_params", "int8_weight_per_channel"]
 

@@ -29,24 +29,25 @@ from .config import FP16Config, FP32Config, Int8LinearConfig, QuantConfig, Recip
 from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
 from .linear import FP16Linear, Int8Linear
 
-__all__ = ["quantize_", "register_quant_handler", "register_dense_exporter", "QuantHandler", "is_quantized_module"]
+__all__ = ["quantize_", "register_quant_handler", "register_dense_exporter", "QuantHandler", "is_quantized_module", "is_table",
+           "is_linear", "apply_config", "set_submodule", "DENSE_EXPORTERS"]
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 #: module types whose ``to_dense()`` returns an ``nn.Embedding`` / ``nn.EmbeddingBag``
-_DENSE_EXPORTERS: list[type[nn.Module]] = []
+DENSE_EXPORTERS: list[type[nn.Module]] = []
 
 
 def register_dense_exporter(module_type: type[nn.Module]) -> None:
     """Let the embedding handlers convert ``module_type`` through its ``to_dense()`` export."""
     if not callable(getattr(module_type, "to_dense", None)):
         raise TypeError(f"{module_type.__name__} must define to_dense() -> nn.Embedding | nn.EmbeddingBag")
-    if module_type not in _DENSE_EXPORTERS:
-        _DENSE_EXPORTERS.append(module_type)
+    if module_type not in DENSE_EXPORTERS:
+        DENSE_EXPORTERS.append(module_type)
 
 
 try:  # FIITED chunked tables export a dense table (lightning_recsys.embeddings.chunked)
-    from ..embeddings.chunked import ChunkedEmbedding, ChunkedEmbeddingBag
+    from ...embeddings.chunked import ChunkedEmbedding, ChunkedEmbeddingBag
 
     register_dense_exporter(ChunkedEmbedding)
     register_dense_exporter(ChunkedEmbeddingBag)
@@ -54,11 +55,13 @@ except ImportError:  # pragma: no cover - the chunked tables are optional here
     pass
 
 
-def _is_table(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Embedding, nn.EmbeddingBag)) or isinstance(m, tuple(_DENSE_EXPORTERS))
+def is_table(m: nn.Module) -> bool:
+    """Whether the embedding handlers take ``m``: an ``nn.Embedding`` / ``nn.EmbeddingBag`` or a registered dense exporter."""
+    return isinstance(m, (nn.Embedding, nn.EmbeddingBag)) or isinstance(m, tuple(DENSE_EXPORTERS))
 
 
-def _is_linear(m: nn.Module) -> bool:
+def is_linear(m: nn.Module) -> bool:
+    """Whether the linear handlers take ``m`` (an ``nn.Linear`` other than attention's out_proj)."""
     # MultiheadAttention reads its out_proj's weight directly: that Linear subclass must stay float
     return isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
@@ -104,27 +107,27 @@ def _unsupported(m: nn.Module, fqn: str, config: QuantConfig, what: str) -> Type
     )
 
 
-@register_quant_handler(RowwiseEmbeddingConfig, _is_table)
+@register_quant_handler(RowwiseEmbeddingConfig, is_table)
 def _rowwise(m: nn.Module, config: RowwiseEmbeddingConfig, fqn: str) -> nn.Module:
-    if not _is_table(m):
+    if not is_table(m):
         raise _unsupported(m, fqn, config, "nn.Embedding, nn.EmbeddingBag and dense-exportable tables")
     dense = _dense_table(m, fqn)
     cls = QuantizedEmbeddingBag if isinstance(dense, nn.EmbeddingBag) else QuantizedEmbedding
     return cls.from_float(dense, precision=f"int{config.bits}", clip=config.clip)
 
 
-@register_quant_handler(Int8LinearConfig, _is_linear)
+@register_quant_handler(Int8LinearConfig, is_linear)
 def _int8_linear(m: nn.Module, config: Int8LinearConfig, fqn: str) -> nn.Module:
-    if not _is_linear(m):
+    if not is_linear(m):
         raise _unsupported(m, fqn, config, "nn.Linear")
     return Int8Linear.from_float(m, config.activation, config.observer, config.percentile, config.bins)
 
 
-@register_quant_handler(FP16Config, lambda m: _is_table(m) or _is_linear(m))
+@register_quant_handler(FP16Config, lambda m: is_table(m) or is_linear(m))
 def _fp16(m: nn.Module, config: FP16Config, fqn: str) -> nn.Module:
-    if _is_linear(m):
+    if is_linear(m):
         return FP16Linear.from_float(m)
-    if _is_table(m):
+    if is_table(m):
         dense = _dense_table(m, fqn)
         cls = QuantizedEmbeddingBag if isinstance(dense, nn.EmbeddingBag) else QuantizedEmbedding
         return cls.from_float(dense, precision="fp16")
@@ -137,26 +140,28 @@ def _fp32(m: nn.Module, config: FP32Config, fqn: str) -> nn.Module:
 
 
 def _recipe_supports(m: nn.Module) -> bool:
-    return _is_table(m) or _is_linear(m)
+    return is_table(m) or is_linear(m)
 
 
 @register_quant_handler(RecipeConfig, _recipe_supports)
 def _recipe(m: nn.Module, config: RecipeConfig, fqn: str) -> nn.Module:
-    kind = "embedding" if _is_table(m) else "linear" if _is_linear(m) else None
+    kind = "embedding" if is_table(m) else "linear" if is_linear(m) else None
     if kind is None:
         raise _unsupported(m, fqn, config, "nn.Embedding, nn.EmbeddingBag and nn.Linear")
     sub, _ = config.resolve(fqn, kind)
-    return _apply(m, sub, fqn)
+    return apply_config(m, sub, fqn)
 
 
-def _apply(m: nn.Module, config: QuantConfig, fqn: str) -> nn.Module:
+def apply_config(m: nn.Module, config: QuantConfig, fqn: str) -> nn.Module:
+    """The quantized replacement of module ``m`` (at ``fqn``) under ``config``, from the registered handler."""
     handler = _HANDLERS.get(type(config))
     if handler is None:
         raise TypeError(f"no quantization handler registered for {type(config).__name__}; known: {[c.__name__ for c in _HANDLERS]}")
     return handler.convert(m, config, fqn)
 
 
-def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    """Replace the submodule of ``model`` at dotted path ``fqn`` (not the root) with ``new``."""
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -197,4 +202,4 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
     for fqn, m in targets:
         new = handler.convert(m, config, fqn)
         if new is not m:
-            _set_submodule(model, fqn, new)
+            set_submodule(model, fqn, new)

@@ -6,7 +6,7 @@ absolute AUC drop (``AUC_fp32 - AUC_q <= budget_auc``). Give either or both.
 
 Algorithm (Intel Neural Compressor's tolerance-driven fallback, with per-module sensitivities):
 
-1. :class:`~lightning_recsys.quant.sensitivity.TrialRunner` measures each module quantized alone
+1. :class:`~lightning_recsys.quant.search.trials.TrialRunner` measures each module quantized alone
    at each candidate precision (tables int4 / int8 / fp16, linears int8 / fp16);
 2. the start plan gives each module the cheapest precision whose effect *alone* fits the budget;
 3. while the whole model misses the budget on the search batches, the module whose own effect at its
@@ -45,13 +45,15 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from .api import _set_submodule
-from .config import FP32Config, Int8LinearConfig, RecipeConfig, RowwiseEmbeddingConfig, config_to_dict
+from ..core.api import set_submodule
+from ..core.config import FP32Config, Int8LinearConfig, RecipeConfig, RowwiseEmbeddingConfig, config_to_dict
+from ..core.precisions import LINEAR_LADDER, LOW_PRECISIONS, TABLE_LADDER
 from .report import state_bytes
-from .sensitivity import SensitivityResult, run_sensitivity
-from .trials import LINEAR_LADDER, LOW_PRECISIONS, TABLE_LADDER, TrialRunner, precision_config
+from .sensitivity import SensitivityResult, sensitivity_with_runner
+from .trials import TrialRunner, precision_config
 
-__all__ = ["Budget", "BudgetNotMetError", "PlanTrial", "SearchResult", "search_plan", "plan_search", "plan_to_recipe"]
+__all__ = ["Budget", "BudgetNotMetError", "PlanTrial", "SearchResult", "search_plan", "search_plan_with_runner",
+           "plan_to_recipe", "check_size_ratio"]
 
 class BudgetNotMetError(RuntimeError):
     """No precision plan meets the accuracy budget: the artifact is refused (only the report is written)."""
@@ -194,23 +196,24 @@ def search_plan(
     an int8-only target); ``max_size_ratio`` caps the plan's bytes as a fraction of the float model's.
     """
     Budget(budget_ne, budget_auc)  # validate before any work
-    _check_size_ratio(max_size_ratio)
+    check_size_ratio(max_size_ratio)
     runner = TrialRunner(
         model, calib_loader, eval_loader, forward_fn=forward_fn, label_fn=label_fn, task=task,
         calib_batches=calib_batches, eval_batches=eval_batches, confirm_loader=confirm_loader,
         confirm_batches=confirm_batches, linear_config=linear_config, int4_clip=int4_clip,
         table_precisions=table_precisions, linear_precisions=linear_precisions,
     )  # fmt: skip
-    return plan_search(runner, run_sensitivity(runner), budget_ne=budget_ne, budget_auc=budget_auc, max_size_ratio=max_size_ratio)
+    return search_plan_with_runner(runner, sensitivity_with_runner(runner), budget_ne=budget_ne, budget_auc=budget_auc, max_size_ratio=max_size_ratio)
 
 
-def _check_size_ratio(max_size_ratio: float | None) -> None:
+def check_size_ratio(max_size_ratio: float | None) -> None:
+    """Raise ``ValueError`` unless ``max_size_ratio`` is ``None`` or a number in ``(0, 1]``."""
     if max_size_ratio is not None and (isinstance(max_size_ratio, bool) or not isinstance(max_size_ratio, (int, float))
                                        or not 0.0 < max_size_ratio <= 1.0):  # fmt: skip
         raise ValueError(f"max_size_ratio must be a number in (0, 1], got {max_size_ratio!r}")
 
 
-def plan_search(
+def search_plan_with_runner(
     runner: TrialRunner,
     sens: SensitivityResult,
     *,
@@ -220,17 +223,20 @@ def plan_search(
     linear_precisions: Sequence[str] | None = None,
     max_size_ratio: float | None = None,
 ) -> SearchResult:
-    """The search of :func:`search_plan` on an existing runner and its sensitivities, so several
+    """The search step of :func:`search_plan` (which builds the runner and the sensitivities, then calls
+    this), for callers that hold a :class:`~lightning_recsys.quant.search.trials.TrialRunner` and its
+    :func:`~lightning_recsys.quant.search.sensitivity.sensitivity_with_runner` result: several
     budgets or narrower ladders (e.g. ``table_precisions=["int8", "fp16", "fp32"]``) reuse one analysis.
 
     Example:
-        >>> runner = TrialRunner(model, None, val_loader)                    # doctest: +SKIP
-        >>> sens = run_sensitivity(runner)                                    # doctest: +SKIP
-        >>> small = plan_search(runner, sens, budget_ne=0.001)                # doctest: +SKIP
-        >>> no_int4 = plan_search(runner, sens, budget_ne=0.001, table_precisions=["int8", "fp16", "fp32"])  # doctest: +SKIP
+        >>> runner = TrialRunner(model, None, val_loader)                   # doctest: +SKIP
+        >>> sens = sensitivity_with_runner(runner)                           # doctest: +SKIP
+        >>> small = search_plan_with_runner(runner, sens, budget_ne=0.001)   # doctest: +SKIP
+        >>> no_int4 = search_plan_with_runner(runner, sens, budget_ne=0.001,  # doctest: +SKIP
+        ...                                   table_precisions=["int8", "fp16", "fp32"])
     """
     budget = Budget(budget_ne, budget_auc)
-    _check_size_ratio(max_size_ratio)
+    check_size_ratio(max_size_ratio)
     allowed = {
         "embedding": _subset(table_precisions, runner.ladders["embedding"], "table_precisions"),
         "linear": _subset(linear_precisions, runner.ladders["linear"], "linear_precisions"),
@@ -387,7 +393,7 @@ class _Greedy:
             if p == "fp32":
                 continue
             q = copy.deepcopy(runner.variant(fqn, p))
-            _set_submodule(final, fqn, q)
+            set_submodule(final, fqn, q)
             if getattr(q, "activation", None) == "static":
                 calibration[fqn] = {**runner.observers[fqn].to_dict(), "num_batches": runner.calibration_batches,
                                     "scale": float(q.x_scale), "zero_point": int(q.x_zero_point),

@@ -50,20 +50,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data.batch import RecsysBatch, SparseFeature
+from ...data.batch import RecsysBatch, SparseFeature
+from ..core.linear import Int8Linear
 from .example_rows import infer_roles, other_rows, recsys_rows, select_rows
 from .graph_rewrite import quantize_before_concat
 from .input_spec import (Call, CallFromFlat, bind_example, dynamic_shapes_for, flatten_call, graph_inputs, rebuild_call,
                          resolve_call, tree_feeds)  # fmt: skip
-from .linear import Int8Linear
 from .lowering import StackedColumn, lower_tables
 from .onnx_translations import onnx_translations as _onnx_translations
 
-__all__ = ["export_onnx", "flatten_batch", "layout_feeds", "METADATA_KEY"]
+__all__ = ["export_onnx", "flatten_batch", "layout_feeds", "METADATA_KEY", "SEP", "FlatRecsysModel", "grow_batch"]
 
 METADATA_KEY = "lightning_recsys"
 STACKED_INPUT = "sparse_ids"
-_SEP = "__"
+#: separator of a feature name and its part in a flattened input name (``"f__ids"``, ``"f__weights"``)
+SEP = "__"
 
 
 def flatten_batch(
@@ -102,24 +103,24 @@ def flatten_batch(
             has = lengths == 1
             ids = np.full((b,), -1, dtype=np.int64)
             ids[has] = values[offsets[:-1][has]]
-            out[name + _SEP + "ids"] = ids
+            out[name + SEP + "ids"] = ids
             if name in weighted:
                 w = np.zeros((b,), dtype=np.float32)
                 w[has] = 1.0 if f.weights is None else f.weights.detach().float().cpu().numpy()[offsets[:-1][has]]
-                out[name + _SEP + "weights"] = w
+                out[name + SEP + "weights"] = w
             continue
         width = max(int(lengths.max()) if b else 0, min_len)
         rows = np.repeat(np.arange(b), lengths)
         cols = np.arange(values.shape[0]) - offsets[:-1][rows]
         ids = np.full((b, width), -1, dtype=np.int64)
         ids[rows, cols] = values
-        out[name + _SEP + "ids"] = ids
+        out[name + SEP + "ids"] = ids
         if name in weighted:
             w = np.zeros((b, width), dtype=np.float32)
             w[rows, cols] = 1.0 if f.weights is None else f.weights.detach().float().cpu().numpy()
-            out[name + _SEP + "weights"] = w
+            out[name + SEP + "weights"] = w
     if stacked:
-        columns = [out.pop(n + _SEP + "ids") for n in stacked]
+        columns = [out.pop(n + SEP + "ids") for n in stacked]
         out = {"dense": out.pop("dense"), STACKED_INPUT: np.stack(columns, 1), **out}
     return out
 
@@ -134,7 +135,7 @@ def layout_feeds(batch: RecsysBatch, layout: dict[str, Any]) -> dict[str, np.nda
                          stacked=layout.get("stacked", ()))  # fmt: skip
 
 
-class _FlatRecsysModel(nn.Module):
+class FlatRecsysModel(nn.Module):
     """Takes the flattened tensors and calls the model with a RecsysBatch of padded features."""
 
     def __init__(self, model: nn.Module, features: list[str], weighted: list[str], stacked: list[str] = ()) -> None:
@@ -162,7 +163,7 @@ class _FlatRecsysModel(nn.Module):
         return self.model(RecsysBatch(dense=dense, sparse=sparse))
 
 
-def _grow(batch: RecsysBatch) -> RecsysBatch:
+def grow_batch(batch: RecsysBatch) -> RecsysBatch:
     """Repeat a batch to at least 2 rows (dims of size 1 would be specialised by torch.export)."""
     if batch.batch_size >= 2:
         return batch
@@ -261,19 +262,19 @@ def export_onnx(
             single_hot = [n for n, f in example_batch.sparse.items() if bool((f.lengths == 1).all())]
         single_hot = list(single_hot)
         stacked = [n for n in single_hot if n not in weighted]
-        example = _grow(example_batch)
+        example = grow_batch(example_batch)
         inputs = flatten_batch(example, features, weighted, min_len=2, single_hot=single_hot, stacked=stacked)
         names = list(inputs)
         args = tuple(torch.from_numpy(v) for v in inputs.values())
         batch_dim = torch.export.Dim("batch")
         shapes: list[dict] = [{0: batch_dim}]
         for n in names[1:]:  # every bag length is dynamic; a feature's weights share its ids' length
-            if n == STACKED_INPUT or n.split(_SEP)[0] in single_hot:
+            if n == STACKED_INPUT or n.split(SEP)[0] in single_hot:
                 shapes.append({0: batch_dim})
                 continue
             length = torch.export.Dim(f"len_{len(shapes)}") if n.endswith("ids") else shapes[-1][1]
             shapes.append({0: batch_dim, 1: length})
-        wrapper: nn.Module = _FlatRecsysModel(lower_tables(model).eval(), features, weighted, stacked)
+        wrapper: nn.Module = FlatRecsysModel(lower_tables(model).eval(), features, weighted, stacked)
         meta["inputs"] = {"kind": "recsys", "features": features, "weighted": weighted, "single_hot": single_hot,
                           "stacked": stacked, "num_dense": int(example.dense.shape[1])}  # fmt: skip
         dyn: tuple = (shapes[0], tuple(shapes[1:]))
