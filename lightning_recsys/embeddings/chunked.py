@@ -105,6 +105,8 @@ class ChunkedEmbeddingBase(nn.Module):
     mask: Tensor
     base: Tensor
 
+    is_bag = False  #: an EmbeddingBag (pooled bags) rather than an Embedding (one row per id)
+
     def __init__(
         self,
         num_embeddings: int,
@@ -368,6 +370,8 @@ class ChunkedEmbeddingBag(ChunkedEmbeddingBase):
     Supports ``mode`` ``"sum"``/``"mean"``/``"max"``, ``include_last_offset``, ``padding_idx`` and 1-D
     input with offsets or 2-D fixed-length bags, like ``nn.EmbeddingBag``.
     """
+
+    is_bag = True
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ class AllKeptLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pool: Tensor, weights: Tensor | None, table: ChunkedEmbeddingBase, input: Tensor, offsets: Tensor | None, dense: bool = False) -> Tensor:
         weight = pool if dense else table._dense_view(pool)  # dense: ``pool`` is a [num_rows, d] table
-        if isinstance(table, ChunkedEmbeddingBag):
+        if table.is_bag:
             out = F.embedding_bag(
                 input, weight, offsets, mode=table.mode, per_sample_weights=weights,
                 include_last_offset=table.include_last_offset, padding_idx=table.padding_idx,
@@ -56,7 +56,7 @@ class AllKeptLookup(torch.autograd.Function):
         grad_pool = grad_weights = None
         if ctx.needs_input_grad[0]:
             g = per_access if factor is None else per_access * factor.unsqueeze(1).to(grad.dtype)
-            if table.padding_idx is not None and not isinstance(table, ChunkedEmbeddingBag):
+            if table.padding_idx is not None and not table.is_bag:
                 g = g.masked_fill((ids == table.padding_idx).unsqueeze(1), 0)  # the padding row gets no gradient
             grad_pool = pool.new_zeros(pool.shape)
             view(grad_pool).index_add_(0, ids, g.to(pool.dtype))
