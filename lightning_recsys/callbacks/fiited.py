@@ -50,13 +50,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
 from ..embeddings.checkpoint import dense_optimizer_state, pool_optimizer_state
 from ..embeddings.chunked import ChunkedEmbeddingBase
 from ..embeddings.convert import chunk_modules
+from .optimizer_state import remap_optimizer_state
 
 __all__ = ["FIITED", "remap_optimizer_state"]
 
@@ -67,33 +68,6 @@ _CHOICES = {
     "threshold": ("global", "per_table"),
     "utility_norm": ("none", "sqrt", "mean"),
 }
-
-
-def remap_optimizer_state(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, src: Tensor) -> bool:
-    """Put ``new`` in place of ``old`` in ``optimizer`` and carry its state over, row ``i`` of every per-row
-    state tensor (first dimension = ``old``'s) becoming row ``src[i]``; scalars (``step``) are kept. State
-    of any other shape cannot be remapped and is dropped (the parameter restarts fresh). Returns whether
-    ``optimizer`` held ``old``."""
-    found = False
-    for group in optimizer.param_groups:
-        for i, p in enumerate(group["params"]):
-            if p is old:
-                group["params"][i] = new
-                found = True
-    state = optimizer.state.pop(old, None)
-    if not found or not state:
-        return found
-    remapped: dict[str, Any] = {}
-    for key, value in state.items():
-        if isinstance(value, Tensor) and value.dim() > 0:
-            if value.shape[0] != old.shape[0]:
-                rank_zero_warn(f"FIITED: optimizer state {key!r} of shape {tuple(value.shape)} cannot be remapped; dropped")
-                return found
-            remapped[key] = value[src.to(value.device)]
-        else:
-            remapped[key] = value
-    optimizer.state[new] = remapped
-    return found
 
 
 @torch.no_grad()

@@ -61,6 +61,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from ..data.contract import ModelContract
+from .twin import detached_copy
 from ..metrics.ne import NormalizedEntropy
 from ..quant.core.api import quantize_
 from ..quant.calibration.calibrate import calibrate, static_layers
@@ -249,7 +250,7 @@ class QuantizationMonitor(Callback):
         fp32 = [self._predict(pl_module, b) for b in batches]
         labels = [self._labels(b, pl_module, p.numel()) for b, p in zip(batches, fp32)]
         ref = self._scores(fp32, labels)
-        twin = _detached_copy(pl_module)
+        twin = detached_copy(pl_module)
         quantize_(twin, self.recipe)
         twin.eval()
         layers = static_layers(twin)
@@ -468,28 +469,6 @@ class QuantizationMonitor(Callback):
                 f"> {self.out_of_range_rate:.2%}"
             )
         return out
-
-
-def _detached_copy(module: nn.Module) -> nn.Module:
-    """``deepcopy(module)``, with tensors that are not graph leaves (e.g. a loss kept as an attribute,
-    which ``deepcopy`` refuses) copied detached."""
-    memo: dict[int, Any] = {}
-
-    def visit(value: Any, depth: int) -> None:
-        if isinstance(value, Tensor):
-            if not value.is_leaf:
-                memo[id(value)] = value.detach().clone()
-        elif depth < 3 and isinstance(value, Mapping):
-            for v in value.values():
-                visit(v, depth + 1)
-        elif depth < 3 and isinstance(value, (list, tuple)):
-            for v in value:
-                visit(v, depth + 1)
-
-    for m in module.modules():
-        for v in vars(m).values():
-            visit(v, 0)
-    return copy.deepcopy(module, memo)
 
 
 def _resolve_recipe(recipe: Mapping[str, Any] | str | QuantConfig | None) -> QuantConfig:
