@@ -74,9 +74,9 @@ class ModelContract:
         label_key: str | int | Callable[[Any], Tensor] | None = None,
         tasks: Sequence[str] | None = None,
     ) -> ModelContract:
-        """Derive the contract from ``model`` and one ``batch`` (the model is called once, in eval
-        mode without gradients, to pick the call form). Raises naming the option to set when a part
-        cannot be derived."""
+        """Derive the contract from ``model`` and one ``batch`` (the model is called on it in eval mode
+        without gradients: to pick the call form and, when no task names are known, to count the
+        logit columns). Raises naming the option to set when a part cannot be derived."""
         if forward_fn is not None and not (callable(forward_fn) or isinstance(forward_fn, str)):
             raise TypeError(f"forward_fn must be a callable fn(model, batch) or a method name, got {type(forward_fn).__name__}")
         if label_key is not None and not (callable(label_key) or isinstance(label_key, (str, int))):
