@@ -71,7 +71,7 @@ from lightning_recsys.quant.core.precisions import LATENCY_TABLE_LADDER  # noqa:
 from lightning_recsys.quant.search.report import eval_metrics, state_bytes  # noqa: E402
 from lightning_recsys.quant.search.search import search_plan_with_runner as plan_search  # noqa: E402
 from lightning_recsys.quant.search.sensitivity import sensitivity_with_runner as run_sensitivity  # noqa: E402
-from lightning_recsys.quant.search.trials import TrialRunner  # noqa: E402
+from lightning_recsys.quant.search.trials import TrialOptions, TrialRunner  # noqa: E402
 
 BATCH_SIZES = (1, 64, 512)
 TIMING_BATCHES = 8  # timed calls cycle through this many distinct test batches
@@ -165,8 +165,8 @@ def _budget_search(args, fp32: nn.Module, calib: list[RecsysBatch], val: list[Re
     """Budgeted plans searched on ``val``, confirmed on ``test`` (first task, as every NE here), from one
     sensitivity analysis: the smallest plan (tables may be int4) and one without int4 tables (int4
     lookups cost more arithmetic in the ONNX graph than int8 ones)."""
-    runner = TrialRunner(fp32, calib, val, confirm_loader=test, task=0, eval_batches=len(val), confirm_batches=len(test),
-                         linear_config=OURS_LINEARS)  # fmt: skip
+    runner = TrialRunner(fp32, calib, val, TrialOptions(task=0, eval_batches=len(val), confirm_batches=len(test),
+                                                       linear_config=OURS_LINEARS), confirm_loader=test)  # fmt: skip
     sens = run_sensitivity(runner)
     budget = args.budget_ne / 100.0
     return (plan_search(runner, sens, budget_ne=budget),

@@ -39,6 +39,7 @@ from .export import export_onnx, flatten_batch, layout_feeds
 from .export.predictor import OnnxPredictor, TorchPredictor, load
 from .export.tensorrt import TensorRTPredictor, TensorRTProgram, export_tensorrt, prepare_tensorrt_program, tensorrt_inputs
 from .pipeline import load_checkpoint, quantize_checkpoint
+from .search.options import TrialOptions
 from .search.plan_report import write_plan_report
 from .search.report import module_report
 from .search.search import Budget, BudgetNotMetError, SearchResult, plan_to_recipe, search_plan
@@ -68,6 +69,7 @@ __all__ = [
     "TensorRTPredictor",
     "TensorRTProgram",
     "TorchPredictor",
+    "TrialOptions",
     "calibrate",
     "dequantize_rowwise",
     "export_onnx",

@@ -70,6 +70,7 @@ from .core.config import (
 )
 from .core.precisions import LATENCY_TABLE_LADDER, TABLE_LADDER, TENSORRT_PRECISIONS
 from .export.onnx import export_onnx
+from .search.options import TrialOptions
 from .search.plan_report import PLAN_REPORT_FILES, write_plan_report
 from .search.report import eval_metrics, module_report, output_errors
 from .search.search import Budget, BudgetNotMetError, check_size_ratio, search_plan
@@ -444,13 +445,14 @@ def _budgeted(module: nn.Module, recipe: RecipeConfig, budget: Budget, dm: pl.Li
     """Search a plan meeting ``budget``; write the plan report into ``stage``; when no plan meets the
     budget, publish the report alone into ``out_dir`` and refuse (raise)."""
     emb, lin = recipe.embeddings, recipe.linears
-    result = search_plan(
-        module, dm.train_dataloader(), dm.val_dataloader(), budget_ne=budget.ne, budget_auc=budget.auc, task=task,
-        calib_batches=calib_batches, eval_batches=eval_batches, confirm_batches=eval_batches,
+    options = TrialOptions(
+        task=task, calib_batches=calib_batches, eval_batches=eval_batches, confirm_batches=eval_batches,
         linear_config=lin if isinstance(lin, Int8LinearConfig) else None,
         int4_clip=emb.clip if isinstance(emb, RowwiseEmbeddingConfig) and emb.bits == 4 else "minmax",
-        max_size_ratio=max_size_ratio, table_precisions=LATENCY_TABLE_LADDER if objective == "latency" else TABLE_LADDER,
+        table_precisions=LATENCY_TABLE_LADDER if objective == "latency" else TABLE_LADDER,
     )  # fmt: skip
+    result = search_plan(module, dm.train_dataloader(), dm.val_dataloader(), budget_ne=budget.ne, budget_auc=budget.auc,
+                         max_size_ratio=max_size_ratio, options=options)  # fmt: skip
     write_plan_report(result, stage)
     if not result.met:
         _publish(stage, out_dir)

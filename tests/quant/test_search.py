@@ -19,9 +19,9 @@ from lightning_recsys.quant import Int8LinearConfig, load, quantize_, quantize_c
 from lightning_recsys.quant.pipeline import BudgetNotMetError
 from lightning_recsys.quant.search.plan_report import PLAN_REPORT_FILES, write_plan_report
 from lightning_recsys.quant.search.search import Budget, search_plan, search_plan_with_runner
-from lightning_recsys.quant.search.sensitivity import sensitivity_with_runner
+from lightning_recsys.quant.search.sensitivity import sensitivity_analysis, sensitivity_with_runner
 from lightning_recsys.quant.core.precisions import LINEAR_LADDER, TABLE_LADDER
-from lightning_recsys.quant.search.trials import TrialRunner
+from lightning_recsys.quant.search.trials import TrialOptions, TrialRunner
 
 from .budget_models import bag_batches, bag_labels, dlrm_data, fragile_bag_model, fragile_dlrm
 
@@ -65,7 +65,7 @@ def test_greedy_fallback_rechecks_whole_model():
     """Two moderately fragile tables each fit the budget alone but not together: the search must step
     the most sensitive module up one precision at a time until the WHOLE model fits."""
     model = fragile_bag_model(hidden_a=1e3, hidden_b=1e3)
-    runner = TrialRunner(model, None, bag_batches(16, seed=1), label_fn=bag_labels, eval_batches=8, confirm_batches=8)
+    runner = TrialRunner(model, None, bag_batches(16, seed=1), TrialOptions(label_fn=bag_labels, eval_batches=8, confirm_batches=8))
     sens = sensitivity_with_runner(runner)
     solo = max(sens.module(n).trials["int8"]["ne_rel_delta"] for n in ("bag_a", "bag_b"))
     together = runner.evaluate({n: "int8" for n in runner.kinds})["ne_rel_delta"]
@@ -114,6 +114,33 @@ def test_budget_validation():
     assert not Budget(ne=0.0).meets({"ne_rel_delta": 1e-9, "auc_delta": 0.0})
     with pytest.raises(ValueError, match="max_size_ratio must be a number in"):
         search_plan(fragile_bag_model(), None, bag_batches(1, seed=1), label_fn=bag_labels, budget_ne=0.01, max_size_ratio=0)
+
+
+def test_trial_options_validate_and_match_keywords():
+    """``TrialOptions`` checks each setting once, naming it; ``search_plan(options=...)`` equals the
+    keyword form; giving both is refused naming both."""
+    with pytest.raises(ValueError, match="eval_batches must be an integer >= 1, got 0"):
+        TrialOptions(eval_batches=0)
+    with pytest.raises(ValueError, match="confirm_batches must be an integer >= 0"):
+        TrialOptions(confirm_batches=-1)
+    with pytest.raises(TypeError, match="linear_config must be an Int8LinearConfig"):
+        TrialOptions(linear_config="int8")
+    with pytest.raises(ValueError, match="int4_clip must be 'minmax' or 'greedy'"):
+        TrialOptions(int4_clip="mse")
+    with pytest.raises(ValueError, match=r"linear_precisions: unknown precisions \['int4'\]"):
+        TrialOptions(linear_precisions=["int4", "int8"])
+    assert TrialOptions(table_precisions=["fp32", "int8"]).table_precisions == ("int8", "fp32")  # cheapest first
+    kw = dict(label_fn=bag_labels, eval_batches=4, confirm_batches=4, table_precisions=["int8", "fp16", "fp32"])
+    model, batches = fragile_bag_model(), bag_batches(8, seed=1)
+    by_kw = search_plan(model, None, batches, budget_ne=0.01, **kw)
+    by_opts = search_plan(model, None, batches, budget_ne=0.01, options=TrialOptions(**kw))
+    assert by_opts.plan == by_kw.plan and by_opts.bytes == by_kw.bytes
+    assert by_opts.search["ne_rel_delta"] == by_kw.search["ne_rel_delta"] and by_opts.confirm == by_kw.confirm
+    assert [t.plan for t in by_opts.trail] == [t.plan for t in by_kw.trail]
+    with pytest.raises(TypeError, match=r"both options= and the keyword\(s\) \['eval_batches'\]"):
+        search_plan(model, None, batches, budget_ne=0.01, eval_batches=2, options=TrialOptions(**kw))
+    sens = sensitivity_analysis(model, None, batches, options=TrialOptions(**kw))
+    assert [m.trials for m in sens.modules] == [m.trials for m in by_kw.sensitivity.modules]
 
 
 def test_report_files_exist_and_parse(dlrm_result, tmp_path):

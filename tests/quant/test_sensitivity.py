@@ -12,7 +12,7 @@ from lightning_recsys.quant import RecipeConfig, calibrate, quantize_
 from lightning_recsys.quant.core.config import FP32Config, Int8LinearConfig
 from lightning_recsys.quant.search.report import eval_metrics
 from lightning_recsys.quant.search.sensitivity import sensitivity_analysis
-from lightning_recsys.quant.search.trials import TrialRunner
+from lightning_recsys.quant.search.trials import TrialOptions, TrialRunner
 
 from .budget_models import bag_batches, bag_labels, dlrm_data, fragile_bag_model, fragile_dlrm
 
@@ -64,7 +64,7 @@ def test_cached_trial_matches_quantizing_for_real(dlrm, name):
     (static activations: a real calibrate() pass on the same batches)."""
     dm, module = dlrm
     lin = Int8LinearConfig(activation="static", observer="minmax")
-    runner = TrialRunner(module, dm.train_dataloader(), dm.val_dataloader(), calib_batches=3, eval_batches=4, linear_config=lin)
+    runner = TrialRunner(module, dm.train_dataloader(), dm.val_dataloader(), TrialOptions(calib_batches=3, eval_batches=4, linear_config=lin))
     ev = runner.evaluate({name: "int8"})
     assert runner.state.hits > 0  # float modules upstream were replayed, not recomputed
     real = copy.deepcopy(module)
@@ -86,7 +86,7 @@ def test_cached_trial_matches_quantizing_for_real(dlrm, name):
 def test_task_selection_and_reduction(dlrm):
     dm, module = dlrm
     plan = {"model.top_mlp.2": "int8", "model.backbone.embeddings.tables.C1": "int4"}
-    evs = {t: TrialRunner(module, None, dm.val_dataloader(), eval_batches=3, task=t).evaluate(plan)
+    evs = {t: TrialRunner(module, None, dm.val_dataloader(), TrialOptions(eval_batches=3, task=t)).evaluate(plan)
            for t in ("mean", "worst", "click", "conversion", 1)}  # fmt: skip
     per = evs["mean"]["per_task"]
     assert evs["mean"]["ne_rel_delta"] == pytest.approx((per["click"]["ne_rel_delta"] + per["conversion"]["ne_rel_delta"]) / 2)
@@ -95,7 +95,7 @@ def test_task_selection_and_reduction(dlrm):
     assert evs["click"]["ne_rel_delta"] == per["click"]["ne_rel_delta"]
     assert evs[1]["auc_delta"] == evs["conversion"]["auc_delta"] == per["conversion"]["auc_delta"]
     with pytest.raises(ValueError, match=r"task must be 'mean', 'worst'.*\['click', 'conversion'\].*'ctr'"):
-        TrialRunner(module, None, dm.val_dataloader(), eval_batches=1, task="ctr")
+        TrialRunner(module, None, dm.val_dataloader(), TrialOptions(eval_batches=1, task="ctr"))
 
 
 def test_clear_errors(dlrm):
@@ -137,7 +137,7 @@ def test_in_place_change_of_a_cached_output_is_caught():
     torch.manual_seed(0)
     model = _InPlace().eval()
     batches = bag_batches(3, seed=2)
-    runner = TrialRunner(model, None, batches, label_fn=bag_labels, eval_batches=3)
+    runner = TrialRunner(model, None, batches, TrialOptions(label_fn=bag_labels, eval_batches=3))
     assert runner.evaluate({})["ne_rel_delta"] == 0.0
     ev = runner.evaluate({"fc2": "int8"})
     assert runner.state.enabled is False  # the version check saw the in-place change and stopped replaying

@@ -50,6 +50,7 @@ from ..core.config import FP32Config, Int8LinearConfig, RecipeConfig, RowwiseEmb
 from ..core.precisions import LINEAR_LADDER, LOW_PRECISIONS, TABLE_LADDER
 from .report import state_bytes
 from .sensitivity import SensitivityResult, sensitivity_with_runner
+from .options import TrialOptions, resolve_options
 from .trials import TrialRunner, precision_config
 
 __all__ = ["Budget", "BudgetNotMetError", "PlanTrial", "SearchResult", "search_plan", "search_plan_with_runner",
@@ -187,6 +188,7 @@ def search_plan(
     table_precisions: Sequence[str] = TABLE_LADDER,
     linear_precisions: Sequence[str] = LINEAR_LADDER,
     max_size_ratio: float | None = None,
+    options: TrialOptions | None = None,
 ) -> SearchResult:
     """Choose a precision per table / linear of ``model`` (not modified) meeting the budget with the
     fewest bytes. Search batches: the first ``eval_batches`` of ``eval_loader``; confirmation batches:
@@ -194,15 +196,27 @@ def search_plan(
 
     ``table_precisions`` / ``linear_precisions`` restrict the ladders (e.g. leave out ``"fp32"`` for
     an int8-only target); ``max_size_ratio`` caps the plan's bytes as a fraction of the float model's.
+
+    The trial keywords (``forward_fn`` ... ``linear_precisions``, ``confirm_batches``) may instead be
+    given as one :class:`~lightning_recsys.quant.TrialOptions` in ``options=`` (its
+    ``confirm_batches=None`` means 8); giving both raises ``TypeError``.
+
+    Example:
+        >>> res = search_plan(model, train_loader, val_loader, budget_ne=0.001)  # doctest: +SKIP
+        >>> opts = TrialOptions(eval_batches=4, confirm_batches=4)
+        >>> res = search_plan(model, train_loader, val_loader, budget_ne=0.001,  # doctest: +SKIP
+        ...                   options=opts)
     """
     Budget(budget_ne, budget_auc)  # validate before any work
     check_size_ratio(max_size_ratio)
-    runner = TrialRunner(
-        model, calib_loader, eval_loader, forward_fn=forward_fn, label_fn=label_fn, task=task,
-        calib_batches=calib_batches, eval_batches=eval_batches, confirm_loader=confirm_loader,
-        confirm_batches=confirm_batches, linear_config=linear_config, int4_clip=int4_clip,
+    opts = resolve_options(
+        options, search_plan, forward_fn=forward_fn, label_fn=label_fn, task=task, calib_batches=calib_batches,
+        eval_batches=eval_batches, confirm_batches=confirm_batches, linear_config=linear_config, int4_clip=int4_clip,
         table_precisions=table_precisions, linear_precisions=linear_precisions,
     )  # fmt: skip
+    if opts.confirm_batches is None:
+        opts = opts.replace(confirm_batches=8)
+    runner = TrialRunner(model, calib_loader, eval_loader, opts, confirm_loader=confirm_loader)
     return search_plan_with_runner(runner, sensitivity_with_runner(runner), budget_ne=budget_ne, budget_auc=budget_auc, max_size_ratio=max_size_ratio)
 
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..core.config import Int8LinearConfig
 from ..core.precisions import LINEAR_LADDER, TABLE_LADDER
 from .report import state_bytes
+from .options import TrialOptions, resolve_options
 from .trials import TrialRunner
 
 __all__ = ["ModuleSensitivity", "SensitivityResult", "sensitivity_with_runner", "sensitivity_analysis"]
@@ -140,6 +141,7 @@ def sensitivity_analysis(
     int4_clip: Literal["minmax", "greedy"] = "minmax",
     table_precisions: Sequence[str] = TABLE_LADDER,
     linear_precisions: Sequence[str] = LINEAR_LADDER,
+    options: TrialOptions | None = None,
 ) -> SensitivityResult:
     """Quantize each table / linear of ``model`` alone and measure ΔNE (relative), ΔAUC and output SQNR
     on the first ``eval_batches`` batches of ``eval_loader``. ``model`` is not modified.
@@ -147,10 +149,20 @@ def sensitivity_analysis(
     ``calib_loader`` is read for static int8 activations (``linear_config`` static, or the
     ``"int8_static"`` rung; one pass of ``calib_batches`` batches on the float model); with ``None``
     the rung is left out. See the module docstring for the conventions.
+
+    The trial keywords may instead be given as one :class:`~lightning_recsys.quant.TrialOptions` in
+    ``options=`` (giving both raises ``TypeError``); no confirmation batches are read here, whatever
+    its ``confirm_batches``.
+
+    Example:
+        >>> res = sensitivity_analysis(model, train_loader, val_loader,  # doctest: +SKIP
+        ...                            options=TrialOptions(eval_batches=4, task="worst"))
     """
-    runner = TrialRunner(
-        model, calib_loader, eval_loader, forward_fn=forward_fn, label_fn=label_fn, task=task,
-        calib_batches=calib_batches, eval_batches=eval_batches, linear_config=linear_config, int4_clip=int4_clip,
-        table_precisions=table_precisions, linear_precisions=linear_precisions,
+    opts = resolve_options(
+        options, sensitivity_analysis, forward_fn=forward_fn, label_fn=label_fn, task=task, calib_batches=calib_batches,
+        eval_batches=eval_batches, linear_config=linear_config, int4_clip=int4_clip, table_precisions=table_precisions,
+        linear_precisions=linear_precisions,
     )  # fmt: skip
-    return sensitivity_with_runner(runner)
+    if opts.confirm_batches:
+        opts = opts.replace(confirm_batches=None)
+    return sensitivity_with_runner(TrialRunner(model, calib_loader, eval_loader, opts))

@@ -13,7 +13,7 @@ Example:
     >>> dm = SyntheticCTRDataModule(num_train=512, num_val=512, num_test=256, max_rows=50, num_sparse=3,
     ...                             batch_size=128)
     >>> runner = TrialRunner(DLRM.from_spec(dm.feature_spec, embedding_dim=8), None, dm.val_dataloader(),
-    ...                      eval_batches=2)
+    ...                      TrialOptions(eval_batches=2))
     >>> sorted(runner.evaluate({"top_mlp.0": "int8"}))
     ['auc_delta', 'ne_rel_delta', 'per_task']
 """
@@ -25,7 +25,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -37,9 +37,10 @@ from ..calibration.observers import Observer, make_observer
 from ..core.api import apply_config, is_linear, is_table, set_submodule, is_quantized_module
 from ..core.config import FP16Config, Int8LinearConfig, QuantConfig, RowwiseEmbeddingConfig
 from ..core.precisions import LINEAR_LADDER, TABLE_LADDER
+from .options import TrialOptions
 from .report import eval_metrics, state_bytes
 
-__all__ = ["TrialRunner", "precision_config", "static_linear_config"]
+__all__ = ["TrialOptions", "TrialRunner", "precision_config", "static_linear_config"]
 
 _DB_CAP = 200.0  # SQNR of an exact result (JSON has no inf)
 
@@ -167,7 +168,15 @@ class TrialRunner:
     :func:`~lightning_recsys.quant.search_plan`.
     The model passed in is never modified (the runner works on a copy). ``calib_loader`` calibrates
     static int8 activations (``linear_config`` static, or the ``"int8_static"`` rung); without it the
-    linear ladder of a dynamic ``linear_config`` leaves ``"int8_static"`` out.
+    linear ladder of a dynamic ``linear_config`` leaves ``"int8_static"`` out. ``options``
+    (:class:`~lightning_recsys.quant.search.options.TrialOptions`, default ``TrialOptions()``) holds
+    the settings; ``confirm_batches`` come from ``confirm_loader`` or else the next batches of
+    ``eval_loader``.
+
+    Example:
+        >>> runner = TrialRunner(model, train_loader, val_loader,              # doctest: +SKIP
+        ...                      TrialOptions(eval_batches=4, confirm_batches=4, task="worst"))
+        >>> runner.evaluate({"top_mlp.0": "int8"})["ne_rel_delta"]            # doctest: +SKIP
     """
 
     def __init__(
@@ -175,37 +184,27 @@ class TrialRunner:
         model: nn.Module,
         calib_loader: Iterable | None,
         eval_loader: Iterable,
+        options: TrialOptions | None = None,
         *,
-        forward_fn: Callable[[nn.Module, Any], Any] | None = None,
-        label_fn: Callable[[Any], Tensor] | None = None,
-        task: str | int = "mean",
-        calib_batches: int = 16,
-        eval_batches: int = 8,
         confirm_loader: Iterable | None = None,
-        confirm_batches: int = 0,
-        linear_config: Int8LinearConfig | None = None,
-        int4_clip: Literal["minmax", "greedy"] = "minmax",
-        table_precisions: Sequence[str] = TABLE_LADDER,
-        linear_precisions: Sequence[str] = LINEAR_LADDER,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        counts = (("calib_batches", calib_batches, 1), ("eval_batches", eval_batches, 1), ("confirm_batches", confirm_batches, 0))
-        for name, v, lo in counts:
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        self.linear_config = linear_config if linear_config is not None else Int8LinearConfig()
-        if not isinstance(self.linear_config, Int8LinearConfig):
-            raise TypeError(f"linear_config must be an Int8LinearConfig, got {type(self.linear_config).__name__}")
-        if int4_clip not in ("minmax", "greedy"):
-            raise ValueError(f"int4_clip must be 'minmax' or 'greedy', got {int4_clip!r}")
-        self.int4_clip = int4_clip
-        linear_ladder = _check_ladder(linear_precisions, LINEAR_LADDER, "linear_precisions")
+        if options is None:
+            options = TrialOptions()
+        if not isinstance(options, TrialOptions):
+            raise TypeError(f"options must be a TrialOptions, got {type(options).__name__}")
+        self.options = options
+        calib_batches, eval_batches = options.calib_batches, options.eval_batches
+        confirm_batches = options.confirm_batches or 0
+        self.linear_config: Int8LinearConfig = options.linear_config  # type: ignore[assignment]  # never None once validated
+        self.int4_clip = options.int4_clip
+        linear_ladder = tuple(options.linear_precisions)
         if self.linear_config.activation == "static" and "int8" in linear_ladder:  # "int8" is already static
             linear_ladder = tuple(p for p in linear_ladder if p != "int8_static")
         if calib_loader is None and self.linear_config.activation == "dynamic":  # nothing to calibrate on
             linear_ladder = tuple(p for p in linear_ladder if p != "int8_static") or linear_ladder
-        self.ladders = {"embedding": _check_ladder(table_precisions, TABLE_LADDER, "table_precisions"), "linear": linear_ladder}
+        self.ladders = {"embedding": tuple(options.table_precisions), "linear": linear_ladder}
         t0 = time.perf_counter()
         self.model = model  # the caller's float model: read, never modified
         self.work = copy.deepcopy(model).eval()
@@ -218,7 +217,8 @@ class TrialRunner:
             self._take(iter(confirm_loader), confirm_batches, self.batches["confirm"], "confirm_loader")
         elif confirm_batches:
             self._take(rest, confirm_batches, self.batches["confirm"], None)  # the next, disjoint batches
-        contract = ModelContract.infer(self.work, self.batches["search"][0], forward_fn=forward_fn, label_key=label_fn)
+        contract = ModelContract.infer(self.work, self.batches["search"][0], forward_fn=options.forward_fn,
+                                       label_key=options.label_fn)  # fmt: skip
         self.forward_fn, self.label_fn, self.tasks = contract.call, contract.labels, list(contract.tasks)
         self.observers: dict[str, Observer] = {}
         self.calibration_batches = 0
@@ -235,7 +235,7 @@ class TrialRunner:
         for fqn, m in self.float_modules.items():  # float modules replay their cached outputs from now on
             set_submodule(self.work, fqn, _Replay(m, fqn, self.records[fqn], self.state))
         self.fp32_logits["confirm"] = self._run("confirm")[0] if self.batches["confirm"] else None
-        self.task = _check_task(task, self.tasks, self.fp32_logits["search"].shape[1])
+        self.task = _check_task(options.task, self.tasks, self.fp32_logits["search"].shape[1])
         self.baseline = {s: self._per_task(self.fp32_logits[s], s) for s in self.batches if self.batches[s]}
         self._variants: dict[tuple[str, str], nn.Module] = {}
         self.setup_seconds = time.perf_counter() - t0
@@ -435,15 +435,6 @@ class TrialRunner:
 
     def bytes_of(self, fqn: str, precision: str) -> int:
         return state_bytes(self.variant(fqn, precision))
-
-
-def _check_ladder(given: Sequence[str], full: tuple[str, ...], name: str) -> tuple[str, ...]:
-    if isinstance(given, str) or not given:
-        raise ValueError(f"{name} must be a non-empty list drawn from {list(full)}, got {given!r}")
-    bad = [p for p in given if p not in full]
-    if bad:
-        raise ValueError(f"{name}: unknown precisions {bad}; expected a subset of {list(full)}")
-    return tuple(p for p in full if p in given)  # cheapest first, whatever order was given
 
 
 def _check_task(task: str | int, tasks: list[str], num_cols: int) -> str | int:
