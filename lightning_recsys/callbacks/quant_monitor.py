@@ -60,7 +60,7 @@ from typing_extensions import override
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
-from ..data.contract import ModelContract
+from ..data.contract import LABEL_KEYS, ModelContract
 from .twin import detached_copy
 from ..metrics.ne import NormalizedEntropy
 from ..quant.core.api import quantize_
@@ -433,7 +433,7 @@ class QuantizationMonitor(Callback):
                     key = tasks[self.task] if self.task < len(tasks) else None
             y = labels.get(key) if isinstance(key, str) else None
         elif isinstance(batch, Mapping):
-            keys = [key] if key is not None else ["label", "labels", "y", "target"]
+            keys = [key] if key is not None else LABEL_KEYS
             y = next((batch[k] for k in keys if k in batch), None)
         elif isinstance(batch, (tuple, list)) and batch:
             if key is None:
