@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "lightning_recsys"
 
 #: lower never imports higher; equal layers may import each other as long as no circle forms
 LAYERS = {
-    "_compat": 0, "data": 0, "metrics": 0,
+    "_compat": 0, "_validation": 0, "data": 0, "metrics": 0,
     "embeddings": 1,
     "optim": 2,
     "models": 3,

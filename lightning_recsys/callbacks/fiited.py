@@ -57,10 +57,12 @@ from typing_extensions import override
 from ..embeddings.checkpoint import dense_optimizer_state, pool_optimizer_state
 from ..embeddings.chunked import ChunkedEmbeddingBase
 from ..embeddings.convert import chunk_modules
+from .._validation import ConfigurationError, check_choice, check_int, check_number
 from .optimizer_state import remap_optimizer_state
 
 __all__ = ["FIITED", "remap_optimizer_state"]
 
+_OWNER = "FIITED: "
 _CHOICES = {
     "schedule": ("cubic", "linear", "constant"),
     "readmit_init": ("scaled", "normal", "zeros"),
@@ -149,34 +151,26 @@ class FIITED(Callback):
         seed: int = 0,
         verbose: bool = False,
     ) -> None:
-        for arg, val, lo in (("chunk_size", chunk_size, 1), ("start_step", start_step, 0), ("interval", interval, 1)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
-        if isinstance(end_step, bool) or not isinstance(end_step, int) or end_step < start_step:
-            raise ValueError(f"end_step must be an integer >= start_step ({start_step}), got {end_step!r}")
+        for arg, val, lo in (("chunk_size", chunk_size, 1), ("start_step", start_step, 0), ("interval", interval, 1),
+                             ("index_block", index_block, 1), ("min_chunks", min_chunks, 0)):  # fmt: skip
+            check_int(arg, val, low=lo, owner=_OWNER)
+        if check_int("end_step", end_step, low=0, owner=_OWNER) < start_step:
+            raise ConfigurationError(f"{_OWNER}end_step must be an integer >= start_step ({start_step}), got {end_step!r}")
         if target_sparsity is not None and target_bytes is not None:
-            raise ValueError("give either target_sparsity or target_bytes, not both")
-        if target_bytes is not None and (isinstance(target_bytes, bool) or not isinstance(target_bytes, int) or target_bytes < 1):
-            raise ValueError(f"target_bytes must be a positive integer, got {target_bytes!r}")
+            raise ConfigurationError(f"{_OWNER}give either target_sparsity or target_bytes, not both")
+        check_int("target_bytes", target_bytes, low=1, optional=True, owner=_OWNER)
         if target_bytes is None:
             target_sparsity = 0.9 if target_sparsity is None else target_sparsity
-            if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) or not 0 <= target_sparsity < 1:
-                raise ValueError(f"target_sparsity must be a fraction in [0, 1), got {target_sparsity!r}")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
-        if not readmit_margin >= 0:
-            raise ValueError(f"readmit_margin must be >= 0, got {readmit_margin!r}")
+            check_number("target_sparsity", target_sparsity, low=0.0, high=1.0, high_open=True, owner=_OWNER)
+        check_number("gamma", gamma, low=0.0, high=1.0, low_open=True, owner=_OWNER)
+        check_number("readmit_margin", readmit_margin, low=0.0, owner=_OWNER)
         for arg, val in (("readmit_scale", readmit_scale), ("readmit_std", readmit_std)):
-            if not val > 0:
-                raise ValueError(f"{arg} must be > 0, got {val!r}")
-        for arg, val, lo in (("index_block", index_block, 1), ("min_chunks", min_chunks, 0)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
+            check_number(arg, val, low=0.0, low_open=True, owner=_OWNER)
         if min_chunks and not prefix:
-            raise ValueError("min_chunks needs prefix=True")
-        for arg, val in (("schedule", schedule), ("readmit_init", readmit_init), ("granularity", granularity), ("threshold", threshold), ("utility_norm", utility_norm)):
-            if val not in _CHOICES[arg]:
-                raise ValueError(f"{arg} must be one of {_CHOICES[arg]}, got {val!r}")
+            raise ConfigurationError(f"{_OWNER}min_chunks needs prefix=True (got min_chunks={min_chunks}, prefix=False)")
+        for arg, val in (("schedule", schedule), ("readmit_init", readmit_init), ("granularity", granularity),
+                         ("threshold", threshold), ("utility_norm", utility_norm)):  # fmt: skip
+            check_choice(arg, val, _CHOICES[arg], owner=_OWNER)
         self.chunk_size = chunk_size
         self.target_sparsity = None if target_sparsity is None else float(target_sparsity)
         self.target_bytes = target_bytes
@@ -336,7 +330,7 @@ class FIITED(Callback):
             return  # not training: the utilities wait for the next fit
         missing = sorted(set(self.tables) - set(state["utility"]))
         if missing:
-            raise ValueError(f"FIITED checkpoint state has no utilities for tables {missing}")
+            raise ConfigurationError(f"{_OWNER}the checkpoint's state has no utilities for tables {missing}; resume with the pattern= it was trained with")
         for name, table in self.tables.items():
             self.utility[name] = state["utility"][name].to(table.pool.device).clone()
             if name in state["grad_norm_acc"]:
@@ -366,8 +360,8 @@ class FIITED(Callback):
             return int(round((1 - self.target_sparsity) * full))
         fixed = sum(t.storage_bytes()["index"] + self._chunk_bytes(t) for t in self.tables.values())
         if self.target_bytes < fixed:
-            raise ValueError(
-                f"target_bytes={self.target_bytes} is below the fixed cost of the selected tables' indices and zero "
+            raise ConfigurationError(
+                f"{_OWNER}target_bytes={self.target_bytes} is below the fixed cost of the selected tables' indices and zero "
                 f"slots ({fixed} bytes); give at least that much"
             )
         return min(full, self.target_bytes - fixed)

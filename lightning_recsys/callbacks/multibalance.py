@@ -37,12 +37,14 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from typing_extensions import override
 
+from .._validation import ConfigurationError, check_choice, check_number
+
 __all__ = ["MultiBalance"]
 
+_OWNER = "MultiBalance: "
 _ANCHORS = ("target", "max", "mean")
 _LEVELS = ("representation", "parameter")
 
@@ -121,24 +123,18 @@ class MultiBalance(Callback):
         level: Literal["representation", "parameter"] = "representation",
         representation: str | None = None,
     ) -> None:
-        if isinstance(relax_factor, bool) or not isinstance(relax_factor, (int, float)) or not 0 <= relax_factor <= 1:
-            raise ValueError(f"relax_factor must be a number in [0, 1], got {relax_factor!r}")
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
-            raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
-        if anchor not in _ANCHORS:
-            raise ValueError(f"anchor must be one of {list(_ANCHORS)}, got {anchor!r}")
-        if level not in _LEVELS:
-            raise ValueError(f"level must be one of {list(_LEVELS)}, got {level!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        check_number("relax_factor", relax_factor, low=0.0, high=1.0, owner=_OWNER)
+        check_number("beta", beta, low=0.0, high=1.0, high_open=True, owner=_OWNER)
+        check_choice("anchor", anchor, _ANCHORS, owner=_OWNER)
+        check_choice("level", level, _LEVELS, owner=_OWNER)
+        check_number("eps", eps, low=0.0, low_open=True, owner=_OWNER)
         if target_task is not None and not isinstance(target_task, str):
-            raise TypeError(f"target_task must be a task name (str) or None, got {target_task!r}")
+            raise TypeError(f"{_OWNER}target_task must be a task name (str) or None, got {target_task!r}")
         if representation is not None and (not isinstance(representation, str) or not representation):
-            raise TypeError(f"representation must be a dotted submodule name such as 'model.shared', got {representation!r}")
+            raise TypeError(f"{_OWNER}representation must be a dotted submodule name such as 'model.shared', got {representation!r}")
         weights = dict(task_weights or {})
         for t, w in weights.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-                raise ValueError(f"task_weights[{t!r}] must be a number >= 0, got {w!r}")
+            check_number(f"task_weights[{t!r}]", w, low=0.0, owner=_OWNER)
         self.relax_factor = float(relax_factor)
         self.beta = float(beta)
         self.anchor = anchor
@@ -193,7 +189,7 @@ class MultiBalance(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wrapped = trainer.strategy.model
         if isinstance(wrapped, nn.parallel.DistributedDataParallel) and wrapped.find_unused_parameters:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 "MultiBalance does not support DDP's find_unused_parameters=True (at level='parameter' it detaches the "
                 "shared representation, so DDP would mark the shared parameters unused and then fail when they get "
                 "their gradients). Use strategy='ddp' (find_unused_parameters=False, the default)."
@@ -241,18 +237,18 @@ class MultiBalance(Callback):
     def _attach(self, pl_module: pl.LightningModule) -> None:
         path = self.representation or getattr(pl_module, "shared_representation", None)
         if path is None:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"MultiBalance needs the shared representation of {type(pl_module).__name__}: set "
                 "`self.shared_representation = '<submodule name>'` in its __init__ (the submodule whose output "
                 "the task heads consume, e.g. 'model.shared') or pass MultiBalance(representation=...)."
             )
         if not isinstance(path, str):
-            raise TypeError(f"shared_representation must be a dotted submodule name (str), got {path!r}")
+            raise TypeError(f"{_OWNER}shared_representation must be a dotted submodule name (str), got {path!r}")
         try:
             module = pl_module.get_submodule(path)
         except AttributeError:
             names = [n for n, _ in pl_module.named_modules() if n][:20]
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"MultiBalance: {type(pl_module).__name__} has no submodule {path!r} (shared representation); "
                 f"submodules include {names}"
             ) from None
@@ -283,19 +279,19 @@ class MultiBalance(Callback):
     def _task_losses(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         losses = getattr(pl_module, "task_losses", None)
         if not isinstance(losses, Mapping) or not losses:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"MultiBalance needs the per-task losses of this batch: set `self.task_losses = {{'task': loss, ...}}` "
                 f"in {type(pl_module).__name__}.training_step (got {type(losses).__name__}: {losses!r:.80})."
             )
         for t, value in losses.items():
             if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad:
-                raise MisconfigurationException(
+                raise ConfigurationError(
                     f"MultiBalance: task_losses[{t!r}] must be a scalar tensor that requires grad, got {value!r:.80}"
                 )
         tasks = [str(t) for t in losses]
         if tasks != self._validated:
             if self.tasks is not None and tasks != self.tasks:
-                raise MisconfigurationException(
+                raise ConfigurationError(
                     f"MultiBalance: task_losses names tasks {tasks}, but balancing started with {self.tasks}"
                 )
             self._start(tasks)
@@ -305,15 +301,15 @@ class MultiBalance(Callback):
     def _start(self, tasks: list[str]) -> None:
         unknown = sorted(set(self.task_weights) - set(tasks))
         if unknown:
-            raise ValueError(f"task_weights names unknown tasks {unknown}; task_losses has {tasks}")
+            raise ConfigurationError(f"{_OWNER}task_weights names unknown tasks {unknown}; task_losses has {tasks}")
         if self.target_task is not None and self.target_task not in tasks:
-            raise ValueError(f"target_task {self.target_task!r} is not in task_losses; tasks are {tasks}")
+            raise ConfigurationError(f"{_OWNER}target_task {self.target_task!r} is not in task_losses; tasks are {tasks}")
         if tasks != self.tasks:
             self.tasks, self._weights = tasks, None
 
     def _balance(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._captured:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"MultiBalance: the shared representation {self._path!r} did not run with gradients in "
                 f"{type(pl_module).__name__}.training_step, so there is nothing to balance."
             )
@@ -330,7 +326,7 @@ class MultiBalance(Callback):
                     f"training_step ({err})"
                 ) from err
             if all(x is None for x in g):
-                raise MisconfigurationException(
+                raise ConfigurationError(
                     f"MultiBalance: task_losses[{t!r}] does not depend on this batch's output of {self._path!r}"
                 )
             grads.append([torch.zeros_like(zb) if x is None else x for x, zb in zip(g, inputs)])
@@ -384,7 +380,7 @@ class MultiBalance(Callback):
         if norms is None:
             norms = torch.zeros_like(batch_norm)
         elif norms.shape != batch_norm.shape:
-            raise MisconfigurationException(
+            raise ConfigurationError(
                 f"MultiBalance: checkpointed norms have shape {tuple(norms.shape)}, this run needs "
                 f"{tuple(batch_norm.shape)} (different tasks, level or shared parameters)"
             )

@@ -62,6 +62,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from ..data.contract import LABEL_KEYS, ModelContract
 from .twin import detached_copy
+from .._validation import ConfigurationError, check_choice, check_int, check_number
 from ..metrics.ne import NormalizedEntropy
 from ..quant.core.api import quantize_
 from ..quant.calibration.calibrate import calibrate, static_layers
@@ -75,6 +76,7 @@ DEFAULT_MONITOR_RECIPE: dict[str, Any] = {
     "linears": {"precision": "int8", "activation": "static", "observer": "minmax"},
 }
 
+_OWNER = "QuantizationMonitor: "
 _CHOICES = {
     "on_violation": ("warn", "recalibrate", "raise"),
     "calibrate_on": ("train", "val"),
@@ -148,21 +150,20 @@ class QuantizationMonitor(Callback):
         log_prefix: str = "quant_monitor/",
     ) -> None:
         for arg, val in (("calib_batches", calib_batches), ("max_batches", max_batches), ("every_n_val_epochs", every_n_val_epochs)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{arg} must be an integer >= 1, got {val!r}")
-        limits = (("budget_ne", budget_ne, math.inf), ("budget_auc", budget_auc, 1.0), ("out_of_range_rate", out_of_range_rate, 1.0))
+            check_int(arg, val, low=1, owner=_OWNER)
+        limits = (("budget_ne", budget_ne, None), ("budget_auc", budget_auc, 1.0), ("out_of_range_rate", out_of_range_rate, 1.0))
         for arg, val, hi in limits:
-            if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float)) or not 0 <= val <= hi):
-                raise ValueError(f"{arg} must be None or a number in [0, {hi}], got {val!r}")
+            check_number(arg, val, low=0.0, high=hi, optional=True, owner=_OWNER)
         for arg, val in (("on_violation", on_violation), ("calibrate_on", calibrate_on), ("outputs", outputs)):
-            if val not in _CHOICES[arg]:
-                raise ValueError(f"{arg} must be one of {_CHOICES[arg]}, got {val!r}")
-        if isinstance(task, bool) or not (isinstance(task, str) or (isinstance(task, int) and task >= 0)):
-            raise ValueError(f"task must be an output index >= 0 or a task name, got {task!r}")
+            check_choice(arg, val, _CHOICES[arg], owner=_OWNER)
+        if not isinstance(task, str):
+            check_int("task", task, low=0, owner=_OWNER)
         if label_key is not None and (isinstance(label_key, bool) or not isinstance(label_key, (int, str))):
-            raise ValueError(f"label_key must be None, a key or an index, got {label_key!r}")
-        if forward_fn is not None and (not isinstance(forward_fn, str) or not forward_fn.isidentifier()):
-            raise ValueError(f"forward_fn must be None or the name of a LightningModule method, got {forward_fn!r}")
+            raise TypeError(f"{_OWNER}label_key must be None, a key (str) or an index (int), got {label_key!r}")
+        if forward_fn is not None and not isinstance(forward_fn, str):
+            raise TypeError(f"{_OWNER}forward_fn must be None or the name of a LightningModule method, got {forward_fn!r}")
+        if forward_fn is not None and not forward_fn.isidentifier():
+            raise ConfigurationError(f"{_OWNER}forward_fn must be the name of a LightningModule method, got {forward_fn!r}")
         self.recipe = _resolve_recipe(recipe)
         self.budget_ne, self.budget_auc, self.out_of_range_rate = budget_ne, budget_auc, out_of_range_rate
         self.on_violation, self.calibrate_on, self.outputs = on_violation, calibrate_on, outputs
@@ -190,7 +191,7 @@ class QuantizationMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.forward_fn is not None and not callable(getattr(pl_module, self.forward_fn, None)):
-            raise ValueError(f"forward_fn={self.forward_fn!r}: {type(pl_module).__name__} has no such method")
+            raise ConfigurationError(f"{_OWNER}forward_fn={self.forward_fn!r}: {type(pl_module).__name__} has no such method")
         self._call = None
 
     @override
@@ -397,7 +398,7 @@ class QuantizationMonitor(Callback):
             keys = list(out)
             if isinstance(self.task, str):
                 if self.task not in out:
-                    raise ValueError(f"task={self.task!r} is not among the model's outputs {keys}")
+                    raise ConfigurationError(f"{_OWNER}task={self.task!r} is not among the model's outputs {keys}")
                 out = out[self.task]
             else:
                 out = out[keys[self._index(len(keys), module, "outputs")]]
@@ -406,19 +407,19 @@ class QuantizationMonitor(Callback):
         elif isinstance(out, Tensor) and out.dim() == 2 and out.shape[1] > 1:
             out = out[:, self._index(out.shape[1], module, "output columns")]
         if not isinstance(out, Tensor):
-            raise TypeError(f"the monitored output must be a tensor, got {type(out).__name__}; set task= or forward_fn=")
+            raise TypeError(f"{_OWNER}the monitored output must be a tensor, got {type(out).__name__}; set task= or forward_fn=")
         return out.detach().float().reshape(-1)
 
     def _index(self, n: int, module: nn.Module, what: str) -> int:
         if isinstance(self.task, str):
             tasks = list(getattr(module, "tasks", None) or [])
             if self.task not in tasks:
-                raise ValueError(
-                    f"task={self.task!r}: the model gives {n} positional {what} and its `tasks` are {tasks}; pass an index"
+                raise ConfigurationError(
+                    f"{_OWNER}task={self.task!r}: the model gives {n} positional {what} and its `tasks` are {tasks}; pass an index"
                 )
             return tasks.index(self.task)
         if self.task >= n:
-            raise ValueError(f"task={self.task} is out of range: the model gives {n} {what}")
+            raise ConfigurationError(f"{_OWNER}task={self.task} is out of range: the model gives {n} {what}")
         return self.task
 
     def _labels(self, batch: Any, module: nn.Module, n: int) -> Tensor:
@@ -441,7 +442,7 @@ class QuantizationMonitor(Callback):
             elif isinstance(key, int) and -len(batch) <= key < len(batch):
                 y = batch[key]
         if not isinstance(y, Tensor):
-            raise ValueError(
+            raise ConfigurationError(
                 f"QuantizationMonitor cannot find the labels in a {type(batch).__name__} batch "
                 f"(label_key={self.label_key!r}); set label_key="
             )
@@ -449,9 +450,9 @@ class QuantizationMonitor(Callback):
             y = y[:, self._index(y.shape[1], module, "label columns")]
         y = y.detach().float().reshape(-1)
         if y.numel() != n:
-            raise ValueError(f"labels hold {y.numel()} values for {n} predictions; check task= / label_key=")
+            raise ConfigurationError(f"{_OWNER}labels hold {y.numel()} values for {n} predictions; check task= / label_key=")
         if not bool(((y == 0) | (y == 1)).all()):
-            raise ValueError(f"QuantizationMonitor found labels that are not 0/1 in a {type(batch).__name__} batch "
+            raise ConfigurationError(f"QuantizationMonitor found labels that are not 0/1 in a {type(batch).__name__} batch "
                              f"(e.g. {y[(y != 0) & (y != 1)][:3].tolist()}; label_key={self.label_key!r}): point label_key= "
                              "at the binary labels")  # fmt: skip
         return y

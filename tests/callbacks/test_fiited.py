@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from lightning.pytorch.loggers.logger import Logger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_recsys.callbacks.fiited import FIITED, remap_optimizer_state
@@ -370,22 +371,29 @@ def test_tables_built_in_configure_model_are_chunked():
 
 
 def test_bad_arguments_raise_clear_errors():
-    for bad in (1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"target_sparsity must be a fraction in \[0, 1\)"):
+    for bad in (1.0, -0.1, 1.5):  # the package's policy: a ConfigurationError is both of these
+        with pytest.raises(MisconfigurationException, match=r"FIITED: target_sparsity must be a number in \[0, 1\)"):
             FIITED(target_sparsity=bad)
+        with pytest.raises(ValueError, match=r"target_sparsity must be a number in \[0, 1\)"):
+            FIITED(target_sparsity=bad)
+    for bad in ("0.5", True):
+        with pytest.raises(TypeError, match="target_sparsity must be a number"):
+            FIITED(target_sparsity=bad)
+    with pytest.raises(TypeError, match=r"interval must be an integer >= 1, got 2.5 \(float\)"):
+        FIITED(interval=2.5)
     with pytest.raises(ValueError, match="either target_sparsity or target_bytes"):
         FIITED(target_sparsity=0.5, target_bytes=100)
     with pytest.raises(ValueError, match="end_step must be an integer >= start_step"):
         FIITED(start_step=10, end_step=5)
-    with pytest.raises(ValueError, match=r"granularity must be one of \('chunk', 'row'\)"):
+    with pytest.raises(ValueError, match=r"granularity must be one of \['chunk', 'row'\]"):
         FIITED(granularity="column")
-    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"gamma must be a number in \(0, 1\]"):
         FIITED(gamma=0)
-    with pytest.raises(ValueError, match="readmit_margin must be >= 0"):
+    with pytest.raises(ValueError, match="readmit_margin must be a number >= 0"):
         FIITED(readmit_margin=-0.1)
-    with pytest.raises(ValueError, match="readmit_scale must be > 0"):
+    with pytest.raises(ValueError, match="readmit_scale must be a number > 0"):
         FIITED(readmit_scale=0)
-    with pytest.raises(ValueError, match=r"readmit_init must be one of \('scaled', 'normal', 'zeros'\)"):
+    with pytest.raises(ValueError, match=r"readmit_init must be one of \['scaled', 'normal', 'zeros'\]"):
         FIITED(readmit_init="ones")
     loader = DataLoader(_data(16), batch_size=8)
     with pytest.raises(ValueError, match="chunk_size=3 does not divide embedding_dim=8"):

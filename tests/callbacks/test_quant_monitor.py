@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -288,26 +289,30 @@ def test_every_n_val_epochs_and_state_round_trip():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"budget_ne": -0.1}, "budget_ne"),
-        ({"budget_auc": 2.0}, "budget_auc"),
-        ({"out_of_range_rate": "high"}, "out_of_range_rate"),
-        ({"on_violation": "ignore"}, "on_violation"),
-        ({"calibrate_on": "test"}, "calibrate_on"),
-        ({"outputs": "scores"}, "outputs"),
-        ({"calib_batches": 0}, "calib_batches"),
-        ({"max_batches": 1.5}, "max_batches"),
-        ({"every_n_val_epochs": True}, "every_n_val_epochs"),
-        ({"task": -1}, "task"),
-        ({"label_key": 1.0}, "label_key"),
-        ({"forward_fn": "not a name"}, "forward_fn"),
-        ({"recipe": {"linears": {"precision": "int3"}}}, "precision"),
+        ({"budget_ne": -0.1}, ValueError, r"QuantizationMonitor: budget_ne must be None or a number >= 0, got -0.1"),
+        ({"budget_auc": 2.0}, ValueError, r"budget_auc must be None or a number in \[0, 1\]"),
+        ({"out_of_range_rate": "high"}, TypeError, "out_of_range_rate must be None or a number"),
+        ({"on_violation": "ignore"}, ValueError, r"on_violation must be one of \['warn', 'recalibrate', 'raise'\]"),
+        ({"calibrate_on": "test"}, ValueError, "calibrate_on"),
+        ({"outputs": "scores"}, ValueError, "outputs"),
+        ({"calib_batches": 0}, ValueError, "calib_batches must be an integer >= 1, got 0"),
+        ({"max_batches": 1.5}, TypeError, r"max_batches must be an integer >= 1, got 1.5 \(float\)"),
+        ({"every_n_val_epochs": True}, TypeError, "every_n_val_epochs"),
+        ({"task": -1}, ValueError, "task must be an integer >= 0"),
+        ({"label_key": 1.0}, TypeError, "label_key"),
+        ({"forward_fn": "not a name"}, ValueError, "forward_fn"),
+        ({"recipe": {"linears": {"precision": "int3"}}}, ValueError, "precision"),
     ],
 )
-def test_bad_options_raise_clear_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_options_raise_clear_errors(kwargs, error, match):
+    """The package's policy: a wrong type is a TypeError; a bad value a ConfigurationError, which Lightning
+    users catch as MisconfigurationException and everyone else as ValueError."""
+    with pytest.raises(error, match=match) as info:
         QuantizationMonitor(**kwargs)
+    if error is ValueError and "recipe" not in kwargs:
+        assert isinstance(info.value, MisconfigurationException)
 
 
 def test_bad_recipe_type_and_model_mismatches():
