@@ -33,27 +33,17 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from .._compat import PathLike, StrategyRegistryType, ddp_ignore_parameters
+from .._validation import ConfigurationError, check_int, check_number
 from .codecs import check_codec_options
 from .dp_hook import DCTCommState, dct_comm_hook
 from .sharded import ShardedEmbeddingBagCollection, ignore_sharded_parameters, shard_embeddings, unshard_embeddings
 
 __all__ = ["DCTStrategy"]
 
+_OWNER = "DCTStrategy: "
 CHECKPOINT_KEY = "dct_comm_state"
 MP_CHECKPOINT_KEY = "dct_mp_codec_state"
 _REJECTED = ("ddp_comm_hook", "ddp_comm_state", "ddp_comm_wrapper", "model_averaging_period")
-
-
-def _check_number(name: str, value: Any, lo: float, hi: float | None, integer: bool, lo_open: bool = False) -> None:
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        raise TypeError(f"DCTStrategy: {name} must be {kind}, got {value!r} ({type(value).__name__})")
-    too_low = value <= lo if lo_open else value < lo
-    if too_low or (hi is not None and value > hi):
-        lo_s = f"> {lo}" if lo_open else f">= {lo}"
-        hi_s = f" and <= {hi}" if hi is not None else ""
-        raise ValueError(f"DCTStrategy: {name} must be {lo_s}{hi_s}, got {value!r}")
 
 
 class DCTStrategy(DDPStrategy):
@@ -137,18 +127,17 @@ class DCTStrategy(DDPStrategy):
     ) -> None:
         bad = [k for k in _REJECTED if kwargs.get(k) is not None]
         if bad:
-            raise ValueError(f"DCTStrategy sets the DDP comm hook itself; do not pass {bad} (use DDPStrategy for that)")
-        _check_number("density", density, 0.0, 1.0, integer=False, lo_open=True)
-        _check_number("refresh_interval", refresh_interval, 1, None, integer=True)
-        _check_number("start_step", start_step, 2, None, integer=True)
-        _check_number("min_compress_numel", min_compress_numel, 0, None, integer=True)
-        _check_number("sample_size", sample_size, 1, None, integer=True)
-        _check_number("capacity_factor", capacity_factor, 1.0, None, integer=False)
-        _check_number("seed", seed, 0, None, integer=True)
+            raise ConfigurationError(f"{_OWNER}sets the DDP comm hook itself; do not pass {bad} (use DDPStrategy for that)")
+        check_number("density", density, low=0.0, high=1.0, low_open=True, owner=_OWNER)
+        for name, value, low in (("refresh_interval", refresh_interval, 1), ("start_step", start_step, 2),
+                                 ("min_compress_numel", min_compress_numel, 0), ("sample_size", sample_size, 1),
+                                 ("seed", seed, 0)):  # fmt: skip
+            check_int(name, value, low=low, owner=_OWNER)
+        check_number("capacity_factor", capacity_factor, low=1.0, owner=_OWNER)
         codec_options = {"bits": mp_bits, "grad_bits": mp_grad_bits, "grad_rounding": mp_grad_rounding,
                          "levels": mp_levels, "scales": mp_scales, "start_step": mp_start_step,
                          "refresh_interval": mp_refresh_interval, "seed": seed}  # fmt: skip
-        check_codec_options(mp_codec, mp_keep_ratio, **codec_options, prefix="mp_", owner="DCTStrategy: ")
+        check_codec_options(mp_codec, mp_keep_ratio, **codec_options, prefix="mp_", owner=_OWNER)
         for name, flag in (("error_feedback", error_feedback), ("mp_compression", mp_compression), ("mp_per_table", mp_per_table), ("log_stats", log_stats)):
             if not isinstance(flag, bool):
                 raise TypeError(f"DCTStrategy: {name} must be True or False, got {flag!r}")
@@ -214,7 +203,7 @@ class DCTStrategy(DDPStrategy):
         collections = shard_embeddings(module, codec=self.mp_codec, keep_ratio=self.mp_keep_ratio, per_table=self.mp_per_table,
                                        **self.mp_codec_options)  # fmt: skip
         if not collections:
-            raise ValueError(
+            raise ConfigurationError(
                 "DCTStrategy(mp_compression=True) needs an embedding collection to shard, but "
                 f"{type(module).__name__} contains no lightning_recsys EmbeddingBagCollection or "
                 "ShardedEmbeddingBagCollection. Use one in your model, or set mp_compression=False."
@@ -325,8 +314,8 @@ class DCTStrategy(DDPStrategy):
 
     def _check_saved_world_size(self, saved: dict[str, Any], what: str) -> None:
         if saved["world_size"] != self.world_size:
-            raise ValueError(
-                f"DCTStrategy: the checkpoint's {what} was saved with {saved['world_size']} processes, "
+            raise ConfigurationError(
+                f"{_OWNER}the checkpoint's {what} was saved with {saved['world_size']} processes, "
                 f"this run has {self.world_size}; resume with the same number of processes"
             )
 

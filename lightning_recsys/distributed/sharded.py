@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._compat import ddp_ignore_parameters
+from .._validation import ConfigurationError, check_int
 from ..data.batch import SparseFeature
 from ..embeddings.collection import EmbeddingBagCollection
 from .codecs import BoundaryCodec, Codec, Levels, Rounding, Scales, boundary_all_to_all
@@ -38,6 +39,8 @@ __all__ = [
     "shard_embeddings",
     "unshard_embeddings",
 ]
+
+_OWNER = "ShardedEmbeddingBagCollection: "
 
 
 def make_codec(codec: Codec, keep_ratio: float, per_table: bool, embedding_dim: int, **options: Any) -> BoundaryCodec:
@@ -106,9 +109,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
                 "(create it inside a DDP/DCT run, e.g. from a strategy or after init_process_group)"
             )
         if not cardinalities:
-            raise ValueError("cardinalities must name at least one sparse feature")
-        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
+            raise ConfigurationError(f"{_OWNER}cardinalities must name at least one sparse feature")
+        check_int("embedding_dim", embedding_dim, low=1, owner=_OWNER)
         self.codec = make_codec(codec, keep_ratio, per_table, embedding_dim, bits=bits, grad_bits=grad_bits,
                                 grad_rounding=grad_rounding, levels=levels, scales=scales, start_step=start_step,
                                 refresh_interval=refresh_interval, sample_size=sample_size, seed=seed)  # fmt: skip
@@ -122,8 +124,8 @@ class ShardedEmbeddingBagCollection(nn.Module):
             placement = plan_placement(self.cardinalities, self.world_size)
         bad = {n: r for n, r in placement.items() if not isinstance(r, int) or not 0 <= r < self.world_size}
         if bad or set(placement) != set(self.cardinalities):
-            raise ValueError(
-                f"placement must map every feature {self._feature_names} to a rank in [0, {self.world_size}); got {dict(placement)}"
+            raise ConfigurationError(
+                f"{_OWNER}placement must map every feature {self._feature_names} to a rank in [0, {self.world_size}); got {dict(placement)}"
             )
         self.placement = dict(placement)
         self.owned = [[n for n in self._feature_names if self.placement[n] == r] for r in range(self.world_size)]

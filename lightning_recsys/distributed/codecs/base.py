@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from ..._validation import ConfigurationError, check_choice, check_int, check_number
 from .values import Levels
 
 __all__ = ["BoundaryCodec", "CODECS", "Codec", "Rounding", "Scales", "VALUE_BITS", "check_codec_options", "codec_class"]
@@ -31,56 +32,36 @@ _FAMILIES: dict[str, type[BoundaryCodec]] = {}
 def codec_class(name: str, prefix: str = "", owner: str = "") -> type[BoundaryCodec]:
     """The codec family registered under ``name`` (error messages name the option ``{prefix}codec``)."""
     if name not in _FAMILIES:
-        raise ValueError(f"{owner}{prefix}codec must be one of {CODECS}, got {name!r}")
+        raise ConfigurationError(f"{owner}{prefix}codec must be one of {list(CODECS)}, got {name!r}")
     return _FAMILIES[name]
-
-
-def _check_int(arg: str, value: Any, lo: int, prefix: str, owner: str) -> None:
-    wrong_type = isinstance(value, bool) or not isinstance(value, int)
-    if prefix and wrong_type:  # a caller's argument (DCTStrategy): a wrong type is a TypeError
-        raise TypeError(f"{owner}{prefix}{arg} must be an integer, got {value!r} ({type(value).__name__})")
-    if wrong_type or value < lo:
-        wording = f">= {lo}" if prefix else f"an integer >= {lo}"
-        raise ValueError(f"{owner}{prefix}{arg} must be {wording}, got {value!r}")
 
 
 def check_codec_options(name: str, keep_ratio: float = 0.05, group: int | None = None, bits: int | None = None,
                         grad_bits: int | None = None, grad_rounding: str = "nearest", levels: str | None = None,
                         scales: str | None = None, start_step: int = 0, refresh_interval: int = 100, sample_size: int = 8192,
                         seed: int = 0, prefix: str = "", owner: str = "") -> type[BoundaryCodec]:  # fmt: skip
-    """Validate the options of codec ``name``; return its family. ``prefix`` / ``owner``: how a caller names
-    them in errors (``DCTStrategy``: ``"mp_"`` / ``"DCTStrategy: "``; its ``mp_bits`` may be ``None``)."""
+    """Validate the options of codec ``name`` (the package's policy: ``TypeError`` for a wrong type,
+    ``ConfigurationError`` for a bad value); return its family. ``prefix`` / ``owner``: how a caller names
+    them in errors (``DCTStrategy``: ``"mp_"`` / ``"DCTStrategy: "``)."""
     cls = codec_class(name, prefix, owner)
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)):
-        raise (TypeError if prefix else ValueError)(f"{owner}{prefix}keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
-    if not 0 < keep_ratio <= 1:
-        raise ValueError(f"{owner}{prefix}keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
-    if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
-        raise ValueError(f"{owner}{prefix}group must be None or an integer >= 1, got {group!r}")
+    tag = owner + prefix
+    check_number("keep_ratio", keep_ratio, low=0.0, high=1.0, low_open=True, owner=tag)
+    check_int("group", group, low=1, optional=True, owner=tag)
     for arg, value in (("bits", bits), ("grad_bits", grad_bits)):
         if value is None:
             continue
         if not cls.quantizing:
             quantizing = tuple(n for n in CODECS if _FAMILIES[n].quantizing)
-            where = f"{prefix}codec in" if prefix else "the codecs"
-            raise ValueError(f"{owner}{prefix}{arg} applies to {where} {quantizing}{'' if prefix else ' only'}, not {name!r}")
-        if isinstance(value, bool) or value not in VALUE_BITS:
-            raise ValueError(f"{owner}{prefix}{arg} must be {'None or ' if prefix else ''}one of {VALUE_BITS}, got {value!r}")
-    none = "None, " if prefix else ""
-    if levels not in (None, "uniform", "gaussian"):
-        raise ValueError(f"{owner}{prefix}levels must be {none}'uniform' or 'gaussian', got {levels!r}")
-    if scales not in (None, "group", "factored"):
-        choices = "None, 'factored' or 'group'" if prefix else "'group' or 'factored'"
-        raise ValueError(f"{owner}{prefix}scales must be {choices}, got {scales!r}")
+            raise ConfigurationError(f"{tag}{arg} applies to {prefix}codec in {quantizing}, not {name!r}")
+        check_choice(arg, check_int(arg, value, owner=tag), VALUE_BITS, owner=tag)
+    check_choice("levels", levels, (None, "uniform", "gaussian"), owner=tag)
+    check_choice("scales", scales, (None, "group", "factored"), owner=tag)
     if (scales or cls.default_scales) not in cls.scale_layouts:
-        target = f"{prefix}codec='quant'" if prefix else "the 'quant' codec"
-        raise ValueError(f"{owner}{prefix}scales={scales!r} applies to {target} only, not {name!r}")
-    if grad_rounding not in ("stochastic", "nearest"):
-        choices = "'nearest' or 'stochastic'" if prefix else "'stochastic' or 'nearest'"
-        raise ValueError(f"{owner}{prefix}grad_rounding must be {choices}, got {grad_rounding!r}")
+        raise ConfigurationError(f"{tag}scales={scales!r} applies to {prefix}codec='quant' only, not {name!r}")
+    check_choice("grad_rounding", grad_rounding, ("nearest", "stochastic"), owner=tag)
     for arg, value, lo in (("start_step", start_step, 0), ("refresh_interval", refresh_interval, 1),
                            ("sample_size", sample_size, 1), ("seed", seed, 0)):  # fmt: skip
-        _check_int(arg, value, lo, prefix, owner)
+        check_int(arg, value, low=lo, owner=tag)
     return cls
 
 
