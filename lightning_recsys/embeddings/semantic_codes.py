@@ -20,12 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._validation import check_int
+
 __all__ = ["kmeans", "residual_kmeans"]
-
-
-def _check_int(arg: str, val: object, lo: int) -> None:
-    if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-        raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
 
 
 def _plus_plus(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
@@ -55,8 +52,8 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 25) -> tuple[Tensor, T
     """Lloyd's k-means with k-means++ seeding: ``(assignment [N] int64, centres [k, C])`` in float64.
 
     An empty cluster is moved to the point farthest from its centre (deterministic)."""
-    _check_int("k", k, 1)
-    _check_int("iters", iters, 1)
+    check_int("k", k, low=1)
+    check_int("iters", iters, low=1)
     if x.dim() != 2 or x.shape[0] < 1:
         raise ValueError(f"x must be a 2-D [num_points, features] tensor with rows, got shape {tuple(x.shape)}")
     if k > x.shape[0]:
@@ -87,9 +84,9 @@ def residual_kmeans(
 
     Level ``l`` runs :func:`kmeans` with seed ``seed + l`` on what the previous levels left unexplained.
     """
-    _check_int("num_levels", num_levels, 1)
-    _check_int("codebook_size", codebook_size, 1)
-    _check_int("iters", iters, 1)
+    check_int("num_levels", num_levels, low=1)
+    check_int("codebook_size", codebook_size, low=1)
+    check_int("iters", iters, low=1)
     if not isinstance(content, Tensor) or not content.is_floating_point():
         raise TypeError(f"content must be a floating-point tensor, got {getattr(content, 'dtype', type(content).__name__)}")
     if content.dim() != 2 or content.shape[0] < 1:

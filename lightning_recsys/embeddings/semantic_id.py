@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .._validation import ConfigurationError, check_int
 from .semantic_codes import residual_kmeans
 
 __all__ = [
@@ -46,11 +47,6 @@ __all__ = [
 ]
 
 _PRIME = 2**31 - 1  # products of two residues stay below 2**62: exact in int64
-
-
-def _check_int(arg: str, val: object, lo: int) -> None:
-    if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-        raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
 
 
 def _hash_coefficients(seed: int, count: int) -> Tensor:
@@ -70,10 +66,10 @@ def _hash(values: Tensor, coefficients: Tensor, size: int) -> Tensor:
 def prefix_ranges(codebook_size: int, ngram: int, num_rows: int) -> list[tuple[int, int]]:
     """``(start, size)`` of each prefix length's id range (lengths ``1..ngram``): disjoint, covering at
     most ``num_rows`` rows; a length gets ``min(K^n, equal share of the rows left)``."""
-    _check_int("codebook_size", codebook_size, 1)
-    _check_int("ngram", ngram, 1)
-    if isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < ngram:
-        raise ValueError(f"num_rows must be an integer >= ngram ({ngram}: one row per prefix length at least), got {num_rows!r}")
+    check_int("codebook_size", codebook_size, low=1)
+    check_int("ngram", ngram, low=1)
+    if check_int("num_rows", num_rows) < ngram:
+        raise ConfigurationError(f"num_rows must be an integer >= ngram ({ngram}: one row per prefix length at least), got {num_rows!r}")
     ranges, start = [], 0
     for n in range(1, ngram + 1):
         size = min(codebook_size**n, (num_rows - start) // (ngram - n + 1))
@@ -122,7 +118,7 @@ class TokenizedEmbeddingBag(nn.Module):
         super().__init__()
         for arg, val in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim), ("num_rows", num_rows),
                          ("tokens_per_id", tokens_per_id)):  # fmt: skip
-            _check_int(arg, val, 1)
+            check_int(arg, val, low=1)
         self.num_embeddings, self.embedding_dim, self.num_rows = num_embeddings, embedding_dim, num_rows
         self.bag = nn.EmbeddingBag(num_rows, embedding_dim, mode="sum")
         bound = (num_rows * tokens_per_id) ** -0.5
@@ -200,11 +196,11 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
         seed: int = 0,
         codes: Tensor | None = None,
     ) -> None:
-        _check_int("num_levels", num_levels, 1)
-        _check_int("codebook_size", codebook_size, 1)
+        check_int("num_levels", num_levels, low=1)
+        check_int("codebook_size", codebook_size, low=1)
         ngram = num_levels if ngram is None else ngram
-        if isinstance(ngram, bool) or not isinstance(ngram, int) or not 1 <= ngram <= num_levels:
-            raise ValueError(f"ngram must be an integer in [1, num_levels={num_levels}], got {ngram!r}")
+        if not 1 <= check_int("ngram", ngram) <= num_levels:
+            raise ConfigurationError(f"ngram must be an integer in [1, num_levels={num_levels}], got {ngram!r}")
         ranges = prefix_ranges(codebook_size, ngram, num_embeddings if num_rows is None else num_rows)
         super().__init__(num_embeddings, embedding_dim, sum(size for _, size in ranges), tokens_per_id=ngram)
         self.budget = num_embeddings if num_rows is None else num_rows

@@ -23,17 +23,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_choice, check_int
 from ..data.batch import FeatureSpec, RecsysBatch
 from .dlrm import MLP, EmbeddingBagCollection
 
 __all__ = ["CrossLayer", "CrossNetwork", "DCNv2"]
-
-
-def _check_rank(rank: int | None, dim: int, arg: str = "cross_rank") -> None:
-    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
-        raise ValueError(f"{arg} must be None (full rank) or an integer >= 1, got {rank!r}")
-    if dim < 1:
-        raise ValueError(f"the cross layer's width must be >= 1, got {dim}")
 
 
 class CrossLayer(nn.Module):
@@ -46,7 +40,8 @@ class CrossLayer(nn.Module):
 
     def __init__(self, dim: int, rank: int | None = None, residual: bool = True) -> None:
         super().__init__()
-        _check_rank(rank, dim)
+        check_int("cross_rank", rank, low=1, optional=True)
+        check_int("dim", dim, low=1)
         self.residual = residual
         self.proj = nn.Linear(dim, dim) if rank is None else nn.Sequential(nn.Linear(dim, rank, bias=False), nn.Linear(rank, dim))
 
@@ -101,12 +96,9 @@ class DCNv2(nn.Module):
         super().__init__()
         if not cardinalities:
             raise ValueError("cardinalities must name at least one sparse feature")
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-        if structure not in ("stacked", "parallel"):
-            raise ValueError(f"structure must be 'stacked' or 'parallel', got {structure!r}")
-        if isinstance(num_cross_layers, bool) or not isinstance(num_cross_layers, int) or num_cross_layers < 1:
-            raise ValueError(f"num_cross_layers must be an integer >= 1, got {num_cross_layers!r}")
+        check_int("num_tasks", num_tasks, low=1)
+        check_choice("structure", structure, ("stacked", "parallel"))
+        check_int("num_cross_layers", num_cross_layers, low=1)
         if not deep_mlp:
             raise ValueError("deep_mlp must hold at least one layer size")
         ranks = list(cross_rank) if isinstance(cross_rank, Sequence) else [cross_rank] * num_cross_layers

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .._validation import ConfigurationError, check_int
 from ..data.batch import FeatureSpec, RecsysBatch
 from .dcn import CrossLayer
 from .dlrm import MLP, DotInteraction, EmbeddingBagCollection
@@ -98,8 +99,8 @@ class SelfAttentionInteraction(nn.Module):
 
     def __init__(self, num_slots_in: int, num_slots_out: int, dim: int, heads: int = 2, ffn: int | None = None) -> None:
         super().__init__()
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or dim % heads:
-            raise ValueError(f"heads must be a positive integer dividing embedding_dim ({dim}), got {heads!r}")
+        if dim % check_int("heads", heads, low=1):
+            raise ConfigurationError(f"heads must be a positive integer dividing embedding_dim ({dim}), got {heads!r}")
         self.heads, self.scale = heads, 1.0 / math.sqrt(dim // heads)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
@@ -138,10 +139,9 @@ class ConvInteraction(nn.Module):
 
     def __init__(self, num_slots_in: int, num_slots_out: int, dim: int, channels: int = 4, kernel_size: int = 3) -> None:
         super().__init__()
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd positive integer, got {kernel_size!r}")
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        if check_int("kernel_size", kernel_size, low=1) % 2 == 0:
+            raise ConfigurationError(f"kernel_size must be an odd positive integer, got {kernel_size!r}")
+        check_int("channels", channels, low=1)
         self.conv = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size, padding=kernel_size // 2), nn.ReLU(), nn.Conv2d(channels, 1, 1)
         )
@@ -271,8 +271,7 @@ class DHEN(nn.Module):
         if not cardinalities:
             raise ValueError("cardinalities must name at least one sparse feature")
         for arg, val, lo in (("num_layers", num_layers, 1), ("dense_slots", dense_slots, 0), ("num_tasks", num_tasks, 1)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
+            check_int(arg, val, low=lo)
         self.embeddings = EmbeddingBagCollection(cardinalities, embedding_dim)
         self.dense_slots = dense_slots if num_dense > 0 else 0
         self.bottom_mlp = (

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_int
 from ..data.batch import FeatureSpec, RecsysBatch
 from ..embeddings.collection import EmbeddingBagCollection
 
@@ -108,8 +109,7 @@ class DLRM(nn.Module):
         num_tasks: int = 1,
     ) -> None:
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+        check_int("num_tasks", num_tasks, low=1)
         self.backbone = DLRMBackbone(num_dense, cardinalities, embedding_dim, bottom_mlp)
         self.top_mlp = MLP(self.backbone.out_features, [*top_mlp, num_tasks])
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
+from .._validation import check_choice, check_number
 from ._precision import compute_dtype, restore_state
 from ._routing import EMBEDDING_TYPES, check_real, group_tensors, module_of, owned_parameters
 
@@ -122,16 +123,10 @@ class CounterSGD(Optimizer):
         dense_lr: float | None = None,
         mode: Literal["count", "frequency"] = "count",
     ) -> None:
-        if mode not in ("count", "frequency"):
-            raise ValueError(f"mode must be 'count' or 'frequency', got {mode!r}")
-        for name, val, optional in (("lr", lr, False), ("weight_decay", weight_decay, False),
-                                    ("dense_lr", dense_lr, True), ("half_life", half_life, True)):  # fmt: skip
-            if optional and val is None:
-                continue
-            bad_type = isinstance(val, bool) or not isinstance(val, (int, float))
-            if bad_type or not (val > 0 if name == "half_life" else val >= 0):
-                bound = "a number of steps > 0" if name == "half_life" else "a number >= 0"
-                raise ValueError(f"{name} must be {'None or ' if optional else ''}{bound}, got {val!r}")
+        check_choice("mode", mode, ("count", "frequency"))
+        for name, val, optional in (("lr", lr, False), ("weight_decay", weight_decay, False), ("dense_lr", dense_lr, True)):
+            check_number(name, val, low=0.0, optional=optional)
+        check_number("half_life", half_life, low=0.0, low_open=True, optional=True)
         module = module_of(params)
         if module is not None:
             tables, dense = [], []

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
+from .._validation import check_int, check_number
 from ._precision import compute_dtype, restore_state
 from ._routing import EMBEDDING_TYPES, check_real, group_tensors, module_of, owned_parameters
 
@@ -182,21 +183,17 @@ class _MLorc(Optimizer):
 
     def __init__(self, params: ParamsT | nn.Module, defaults: dict[str, Any]) -> None:
         lr, (beta1, beta2), wd = defaults["lr"], defaults["betas"], defaults["weight_decay"]
-        if isinstance(lr, Tensor) or not (isinstance(lr, (int, float)) and lr >= 0):
-            raise ValueError(f"lr must be a float >= 0, got {lr!r}")
+        if isinstance(lr, Tensor):
+            raise TypeError(f"lr must be a float >= 0 (a Tensor lr is not supported), got {lr!r}")
+        check_number("lr", lr, low=0.0)
         for name, b in (("betas[0]", beta1), ("betas[1]", beta2)):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {b!r}")
-        if not wd >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {wd!r}")
-        if "eps" in defaults and not defaults["eps"] >= 0:
-            raise ValueError(f"eps must be >= 0, got {defaults['eps']!r}")
+            check_number(name, b, low=0.0, high=1.0, high_open=True)
+        check_number("weight_decay", wd, low=0.0)
+        if "eps" in defaults:
+            check_number("eps", defaults["eps"], low=0.0)
         for name, val, lo in (("rank", defaults["rank"], 1), ("oversample", defaults["oversample"], 0),
-                              ("power_iters", defaults["power_iters"], 0)):  # fmt: skip
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
-        if isinstance(defaults["seed"], bool) or not isinstance(defaults["seed"], int):
-            raise ValueError(f"seed must be an integer, got {defaults['seed']!r}")
+                              ("power_iters", defaults["power_iters"], 0), ("seed", defaults["seed"], None)):  # fmt: skip
+            check_int(name, val, low=lo)
         module = module_of(params)
         if module is not None:
             params = self._route(module)

@@ -64,6 +64,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.optimizer import ParamsT
 
+from .._validation import ConfigurationError, check_choice, check_int, check_number
 from ._routing import check_real, group_tensors, module_of, owned_parameters
 
 __all__ = ["HIDDEN_ACTIVATIONS", "Muon", "route_muon"]
@@ -208,17 +209,16 @@ class Muon(Optimizer):
         for name, val in (("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum),
                           ("adamw_lr", adamw_lr), ("adamw_eps", adamw_eps),
                           ("adamw_weight_decay", adamw_weight_decay), ("eps", eps)):  # fmt: skip
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not val >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {val!r}")
-        if isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or not 1 <= ns_steps < 100:
-            raise ValueError(f"ns_steps must be an integer in [1, 100), got {ns_steps!r}")
+            check_number(name, val, low=0.0)
+        check_int("ns_steps", ns_steps, low=1, high=99)
         if len(tuple(ns_coefficients)) != 3:
-            raise ValueError(f"ns_coefficients must be 3 numbers (a, b, c), got {ns_coefficients!r}")
-        if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
-            raise ValueError(f"adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
+            raise ConfigurationError(f"ns_coefficients must be 3 numbers (a, b, c), got {ns_coefficients!r}")
+        check_choice("adjust_lr_fn", adjust_lr_fn, (None, "original", "match_rms_adamw"))
         betas = tuple(adamw_betas)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"adamw_betas must be two numbers in [0, 1), got {adamw_betas!r}")
+        if len(betas) != 2:
+            raise ConfigurationError(f"adamw_betas must be two numbers in [0, 1), got {adamw_betas!r}")
+        for i, b in enumerate(betas):
+            check_number(f"adamw_betas[{i}]", b, low=0.0, high=1.0, high_open=True)
         defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
                     "ns_coefficients": tuple(ns_coefficients), "eps": eps, "ns_steps": ns_steps,
                     "adjust_lr_fn": adjust_lr_fn}  # fmt: skip

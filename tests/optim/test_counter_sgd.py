@@ -114,10 +114,11 @@ def test_state_dict_round_trip_mid_training_gives_identical_next_steps():
 def test_clear_errors_for_bad_hyperparameters_and_parameter_kinds():
     params = nn.Embedding(4, 2).parameters()
     for kwargs, match in [({"lr": -0.1}, "lr must be"), ({"half_life": 0}, "half_life must be"),
-                          ({"weight_decay": -1}, "weight_decay must be"), ({"dense_lr": "x"}, "dense_lr must be"),
-                          ({"mode": "adagrad"}, "mode must be")]:  # fmt: skip
+                          ({"weight_decay": -1}, "weight_decay must be"), ({"mode": "adagrad"}, "mode must be")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             CounterSGD(params, **kwargs)
+    with pytest.raises(TypeError, match=r"dense_lr must be None or a number >= 0, got 'x' \(str\)"):
+        CounterSGD(params, dense_lr="x")
     with pytest.raises(ValueError, match="floating-point"):
         CounterSGD([torch.zeros(3, dtype=torch.long)])
     with pytest.raises(TypeError, match="nn.Module"):

@@ -125,7 +125,7 @@ def test_clear_errors_for_unroutable_params_and_bad_hyperparameters():
         Muon(model, adamw_names="(")
     for kwargs, match in [({"lr": -1}, "lr must be"), ({"adamw_lr": -1}, "adamw_lr must be"),
                           ({"ns_steps": 0}, "ns_steps must be"), ({"adjust_lr_fn": "x"}, "adjust_lr_fn must be"),
-                          ({"adamw_betas": (0.9, 1.5)}, "adamw_betas must be")]:  # fmt: skip
+                          ({"adamw_betas": (0.9, 1.5)}, r"adamw_betas\[1\] must be a number in \[0, 1\)")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             Muon(model, **kwargs)
     sparse = nn.Embedding(5, 2, sparse=True)
