@@ -36,6 +36,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from .._validation import check_int
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
 from .movielens_download import (RECBOLE_FILES, RECBOLE_VERSION, default_cache_dir, download_movielens_100k,
                                  extract_recbole_ml100k)
@@ -334,10 +335,8 @@ class MovieLens100KDataModule(pl.LightningDataModule):
         if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
             raise TypeError(f"data_dir must be a path string or None, got {type(data_dir).__name__}")
         for arg, val, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
+            check_int(arg, val, low=lo)
+        check_int("seed", seed)
         fractions = list(split_fractions) if isinstance(split_fractions, Sequence) else None
         if (
             fractions is None

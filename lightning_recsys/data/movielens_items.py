@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from .._validation import ConfigurationError, check_int, check_number
 from .movielens import GENRES, MovieLens100KDataModule, MovieLensDataset, _header, _read_grouplens, _read_recbole, _rows, _vocab
 
 __all__ = ["CONTENT_WEIGHTS", "GROUPS", "MovieLens100KItemsDataModule", "title_words"]
@@ -84,11 +85,9 @@ class MovieLens100KItemsDataModule(MovieLens100KDataModule):
         title_buckets: int = 64,
     ) -> None:
         super().__init__(data_dir, download, batch_size, split_fractions, seed, shuffle, num_workers)
-        if isinstance(new_item_fraction, bool) or not isinstance(new_item_fraction, (int, float)) or not 0 <= new_item_fraction < 1:
-            raise ValueError(f"new_item_fraction must be a number in [0, 1), got {new_item_fraction!r}")
+        check_number("new_item_fraction", new_item_fraction, low=0.0, high=1.0, high_open=True)
         for arg, val in (("tail_max_ratings", tail_max_ratings), ("title_buckets", title_buckets)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{arg} must be an integer >= 1, got {val!r}")
+            check_int(arg, val, low=1)
         self.new_item_fraction = float(new_item_fraction)
         self.tail_max_ratings = tail_max_ratings
         self.title_buckets = title_buckets
@@ -129,7 +128,7 @@ class MovieLens100KItemsDataModule(MovieLens100KDataModule):
     def group_dataloader(self, group: str) -> DataLoader:
         """Test rows of one group of :data:`GROUPS` (``"new"``: items never rated in training)."""
         if group not in GROUPS:
-            raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+            raise ConfigurationError(f"group must be one of {GROUPS}, got {group!r}")
         if self.test_dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader (the Trainer does it for you)")
         rows = self.test_dataset.rows[self.test_groups[group]]

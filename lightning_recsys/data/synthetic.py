@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .._validation import ConfigurationError, check_int, check_number
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
 from .resumable import ResumableDataLoader
 
@@ -105,7 +106,7 @@ class SyntheticCTRDataset(Dataset):
 
     def __init__(self, module: SyntheticCTRDataModule, split: str, num_samples: int) -> None:
         if split not in _SPLITS:
-            raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
+            raise ConfigurationError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         self.module = module
         self.split = split
         self.num_samples = num_samples
@@ -174,24 +175,19 @@ class SyntheticCTRDataModule(pl.LightningDataModule):
             ("head_size", head_size, 1), ("num_interacting", num_interacting, 0),
             ("num_workers", num_workers, 0),
         ):  # fmt: skip
-            if not isinstance(val, int) or val < lo:
-                raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
-        if num_sparse > len(CRITEO_KAGGLE_CARDINALITIES):
-            raise ValueError(f"num_sparse must be <= {len(CRITEO_KAGGLE_CARDINALITIES)}, got {num_sparse}")
-        if shift_at_step is not None and (isinstance(shift_at_step, bool) or not isinstance(shift_at_step, int) or shift_at_step < 0):
-            raise ValueError(f"shift_at_step must be None or an integer >= 0, got {shift_at_step!r}")
+            check_int(arg, val, low=lo)
+        check_int("num_sparse", num_sparse, high=len(CRITEO_KAGGLE_CARDINALITIES))
+        check_int("shift_at_step", shift_at_step, low=0, optional=True)
         if shift_at_step is not None and num_workers > 0:
-            raise ValueError(f"shift_at_step reads the trainer's step in the main process: it needs num_workers=0, got {num_workers}")
+            raise ConfigurationError(f"shift_at_step reads the trainer's step in the main process: it needs num_workers=0, got {num_workers}")
         for arg, val in (("shift_dense_scale", shift_dense_scale), ("shift_dense_offset", shift_dense_offset)):
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
-                raise ValueError(f"{arg} must be a finite number, got {val!r}")
-        if zipf_alpha <= 0:
-            raise ValueError(f"zipf_alpha must be > 0, got {zipf_alpha}")
+            check_number(arg, val, low=-math.inf, high=math.inf, low_open=True, high_open=True)
+        check_number("zipf_alpha", zipf_alpha, low=0.0, low_open=True)
         tasks, base_rates = list(tasks), list(base_rates)
         if len(base_rates) != len(tasks):
-            raise ValueError(f"base_rates needs one rate per task ({len(tasks)}), got {list(base_rates)}")
-        if any(not 0 < p < 1 for p in base_rates):
-            raise ValueError(f"base_rates must lie in (0, 1), got {list(base_rates)}")
+            raise ConfigurationError(f"base_rates needs one rate per task ({len(tasks)}), got {list(base_rates)}")
+        for i, p in enumerate(base_rates):
+            check_number(f"base_rates[{i}]", p, low=0.0, high=1.0, low_open=True, high_open=True)
         self.save_hyperparameters()
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.batch_size = batch_size

@@ -73,10 +73,10 @@ def test_last_batch_partial_and_index_errors():
     "kw, msg",
     [
         (dict(batch_size=0), "batch_size must be an integer >= 1"),
-        (dict(num_sparse=30), "num_sparse must be <= 26"),
+        (dict(num_sparse=30), "num_sparse must be an integer <= 26"),
         (dict(base_rates=(0.2,)), "one rate per task"),
-        (dict(base_rates=(0.2, 1.5)), r"base_rates must lie in \(0, 1\)"),
-        (dict(zipf_alpha=0), "zipf_alpha must be > 0"),
+        (dict(base_rates=(0.2, 1.5)), r"base_rates\[1\] must be a number in \(0, 1\), got 1.5"),
+        (dict(zipf_alpha=0), "zipf_alpha must be a number > 0"),
     ],
 )
 def test_bad_arguments(kw, msg):
