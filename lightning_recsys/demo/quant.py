@@ -1,7 +1,7 @@
 """Demo step ``quant``: quantize the trained checkpoint to int8, score with the ONNX artifact, then
 quantize it again to a 0.1 % relative NE budget (precision searched per table / linear).
 
-What a user does with ``lrs quantize CKPT --out DIR [--budget-ne 0.1]``, from Python::
+What a user does with ``lrs quantize CKPT --out DIR [--budget-ne 0.1%]``, from Python::
 
     python examples/quant.py [CKPT]
 """

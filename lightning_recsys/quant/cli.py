@@ -5,11 +5,12 @@ Usage::
     lrs quantize last.ckpt --out artifacts/int8 [--config quant.yaml] [--calib-batches 16]
         [--format onnx|torch|tensorrt] [--trt-precision fp32|fp16|int8] [--overwrite] [--unsafe-full-unpickle]
         [--data synthetic|data.yaml] [--batch-size 256] [--eval-batches N] [--module-class pkg.mod.Class]
-        [--budget-ne PERCENT] [--budget-auc DROP] [--budget-task mean|worst|TASK] [--max-size-ratio R]
+        [--budget-ne FRACTION|PERCENT%] [--budget-auc DROP] [--budget-task mean|worst|TASK] [--max-size-ratio R]
         [--objective size|latency]
 
-Accuracy budget: ``--budget-ne 0.1`` allows a relative NE increase of 0.1 PERCENT
-(``(NE_q - NE_fp32) / NE_fp32 <= 0.001``); ``--budget-auc 0.001`` an absolute AUC drop of 0.001. With
+Accuracy budget: ``--budget-ne 0.001`` (or ``--budget-ne 0.1%``) allows a relative NE increase of
+0.1 % (``(NE_q - NE_fp32) / NE_fp32 <= 0.001``), the same fraction as ``budget_ne=`` in Python;
+``--budget-auc 0.001`` an absolute AUC drop of 0.001. With
 either, the precision of every table / linear is searched (smallest plan meeting the budget on held-out
 validation batches, confirmed on the next ones) and ``plan_report.{json,md,png}`` is written beside the
 artifact. When no plan meets the budget nothing but the report is written and the exit status is 3.
@@ -56,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "synthetic data sized from the checkpoint's feature spec")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the default synthetic data (default 256)")
     p.add_argument("--module-class", default=None, help="LightningModule class to rebuild (default lightning_recsys RecsysModule)")
-    p.add_argument("--budget-ne", type=float, default=None, metavar="PERCENT",
-                   help="max relative NE increase in PERCENT (0.1 = 0.1%%); searches per-module precisions")
+    p.add_argument("--budget-ne", type=budget_fraction, default=None, metavar="FRACTION",
+                   help="max relative NE increase as a fraction (0.001) or a percentage (0.1%%), like budget_ne= in "
+                        "Python; searches per-module precisions")
     p.add_argument("--budget-auc", type=float, default=None, metavar="DROP",
                    help="max absolute AUC drop (e.g. 0.001); searches per-module precisions")
     p.add_argument("--budget-task", default="mean", help="task the budget applies to: mean (default), worst, or a task name")
@@ -65,6 +67,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["size", "latency"], default="size",
                    help="budget search: smallest plan ('size', tables down to int4) or fastest ('latency', tables down to int8)")
     return p
+
+
+#: a bare ``--budget-ne`` at or above this (a 5 % NE increase) is refused as a likely percentage
+_LARGEST_BARE_FRACTION = 0.05
+
+
+def budget_fraction(text: str) -> float:
+    """``--budget-ne``'s value as a fraction: ``"0.001"`` or ``"0.1%"`` -> ``0.001``.
+
+    A bare number >= 0.05 is refused (the option used to take percent, so an old ``0.1`` would
+    silently become a 10 % budget); write such budgets with ``%``.
+
+    Example:
+        >>> budget_fraction("0.1%"), budget_fraction("0.002")
+        (0.001, 0.002)
+    """
+    percent = text.strip().endswith("%")
+    try:
+        value = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction (0.001) or a percentage (0.1%), got {text!r}") from None
+    fraction = value / 100.0 if percent else value
+    if not 0.0 <= fraction < 1.0:
+        raise argparse.ArgumentTypeError(f"the relative NE budget must be in [0, 1) (0 to 100%), got {text!r}")
+    if not percent and fraction >= _LARGEST_BARE_FRACTION:
+        raise argparse.ArgumentTypeError(
+            f"{text} would allow a {fraction:.0%} NE increase; a bare value is a fraction (0.001 = 0.1%): "
+            f"write {value:g}% for {value:g} percent, or {fraction:.0%} if you mean it"
+        )
+    return fraction
 
 
 def datamodule_from_yaml(path: Path) -> Any:
@@ -97,16 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .pipeline import BudgetNotMetError, quantize_checkpoint
 
-    if args.budget_ne is not None and not 0.0 <= args.budget_ne < 100.0:
-        print(f"lrs quantize: error: --budget-ne is a percentage in [0, 100), got {args.budget_ne}", file=sys.stderr)
-        return 2
     try:
         dm = args.data if args.data in (None, "synthetic") else datamodule_from_yaml(Path(args.data))
         report = quantize_checkpoint(
             args.ckpt, args.out, config=args.config, datamodule=dm, calib_batches=args.calib_batches,
             eval_batches=args.eval_batches, format=args.format, overwrite=args.overwrite,
             unsafe_full_unpickle=args.unsafe_full_unpickle, module_class=args.module_class, batch_size=args.batch_size,
-            budget_ne=None if args.budget_ne is None else args.budget_ne / 100.0, budget_auc=args.budget_auc,
+            budget_ne=args.budget_ne, budget_auc=args.budget_auc,
             budget_task=args.budget_task, max_size_ratio=args.max_size_ratio, objective=args.objective,
             trt_precision=args.trt_precision,
         )  # fmt: skip

@@ -55,6 +55,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from .._validation import ConfigurationError, check_number
 from ..data.batch import FeatureSpec, RecsysBatch
 from ..data.contract import ModelContract
 from .calibration.calibrate import calibrate
@@ -428,11 +429,13 @@ def _check_budget(budget_ne: float | None, budget_auc: float | None, max_size_ra
                   recipe: QuantConfig) -> Budget | None:  # fmt: skip
     if budget_ne is None and budget_auc is None:
         if max_size_ratio is not None:
-            raise ValueError("max_size_ratio only applies to a budgeted search: give budget_ne and/or budget_auc too")
+            raise ConfigurationError("max_size_ratio only applies to a budgeted search: give budget_ne and/or budget_auc too")
         return None
     check_size_ratio(max_size_ratio)
+    check_number("budget_ne", budget_ne, low=0.0, high=1.0, high_open=True, optional=True)
+    check_number("budget_auc", budget_auc, low=0.0, high=1.0, optional=True)
     if not isinstance(recipe, RecipeConfig) or recipe.overrides:
-        raise ValueError(
+        raise ConfigurationError(
             "a budgeted search chooses each module's precision itself: the config may only set the embeddings / linears "
             "defaults (int8 linear options, int4_clip), not overrides"
         )

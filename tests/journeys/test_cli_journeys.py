@@ -94,7 +94,7 @@ def test_fit_checkpoint_quantizes_loads_and_scores(fitted, tmp_path, fmt):
 
 def test_fit_checkpoint_quantizes_to_a_budget(fitted, tmp_path):
     _, last, _ = fitted
-    proc = run(["lrs", "quantize", str(last), "--out", "budget", "--budget-ne", "0.1"], tmp_path, ok=(0, 3))
+    proc = run(["lrs", "quantize", str(last), "--out", "budget", "--budget-ne", "0.1%"], tmp_path, ok=(0, 3))
     report = json.loads((tmp_path / "budget" / "plan_report.json").read_text())
     files = {p.name for p in (tmp_path / "budget").iterdir()}
     assert {"plan_report.md", "plan_report.png"} <= files

@@ -196,7 +196,7 @@ def test_checkpoint_budget_artifact_and_refusal(fragile_ckpt, tmp_path, capsys):
     assert load(out)(batch).shape == (128, 2)
     # refused: a size cap no plan can reach -> exit 3, a clear message, only the report files written
     refused = tmp_path / "refused"
-    code = lrs_main(["quantize", str(fragile_ckpt), "--out", str(refused), "--budget-ne", "0.5", "--max-size-ratio", "0.05",
+    code = lrs_main(["quantize", str(fragile_ckpt), "--out", str(refused), "--budget-ne", "0.5%", "--max-size-ratio", "0.05",
                      "--calib-batches", "1", "--eval-batches", "2", "--batch-size", "128"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 3 and "refused" in err and "No artifact was written" in err and "plan_report.md" in err
@@ -207,8 +207,12 @@ def test_checkpoint_budget_artifact_and_refusal(fragile_ckpt, tmp_path, capsys):
                             calib_batches=1, eval_batches=2, batch_size=128, max_size_ratio=0.2)  # fmt: skip
     assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == sorted(PLAN_REPORT_FILES)
     # bad input: clear errors, nothing created
-    assert lrs_main(["quantize", str(fragile_ckpt), "--out", str(tmp_path / "bad"), "--budget-ne", "150"]) == 2
-    assert "percentage" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    for bad, says in (("150", "must be in [0, 1)"), ("0.1", "write 0.1% for 0.1 percent"), ("x", "or a percentage (0.1%)")):
+        with pytest.raises(SystemExit) as exit_info:
+            lrs_main(["quantize", str(fragile_ckpt), "--out", str(tmp_path / "bad"), "--budget-ne", bad])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "--budget-ne" in err and says in err, err
+        assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="max_size_ratio only applies to a budgeted search"):
         quantize_checkpoint(fragile_ckpt, tmp_path / "bad2", max_size_ratio=0.5)
     with pytest.raises(ValueError, match="not overrides"):

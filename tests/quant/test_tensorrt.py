@@ -244,5 +244,5 @@ def test_lrs_quantize_format_tensorrt_names_the_extra_and_writes_nothing(tmp_pat
     assert lrs_main(["quantize", str(ckpt), "--out", str(out), "--format", "tensorrt"]) == 2
     assert "lightning-recsys[tensorrt]" in capsys.readouterr().err
     assert not out.exists() and ckpt.read_bytes() == before
-    assert lrs_main(["quantize", str(ckpt), "--out", str(out), "--format", "tensorrt", "--budget-ne", "0.1"]) == 2
+    assert lrs_main(["quantize", str(ckpt), "--out", str(out), "--format", "tensorrt", "--budget-ne", "0.001"]) == 2
     assert "applies to the onnx / torch formats" in capsys.readouterr().err and not out.exists()

@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..._validation import ConfigurationError, check_choice, check_int
 from ...data.batch import RecsysBatch
 from ..core.linear import Int8Linear
 from ..core.precisions import TENSORRT_PRECISIONS, TensorRTPrecision
@@ -155,18 +156,14 @@ class TensorRTProgram:
 
 
 def _validate(precision: str, max_batch: int, opt_batch: int | None, max_bag_len: int, calibration_batches: Any) -> int:
-    if precision not in TENSORRT_PRECISIONS:
-        raise ValueError(f"precision must be one of {TENSORRT_PRECISIONS}, got {precision!r}")
+    check_choice("precision", precision, TENSORRT_PRECISIONS)
     for name, value in (("max_batch", max_batch), ("max_bag_len", max_bag_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
-    opt = max_batch if opt_batch is None else opt_batch
-    if isinstance(opt, bool) or not isinstance(opt, int) or not 1 <= opt <= max_batch:
-        raise ValueError(f"opt_batch must be an integer in [1, max_batch={max_batch}], got {opt_batch!r}")
+        check_int(name, value, low=2)
+    opt = check_int("opt_batch", max_batch if opt_batch is None else opt_batch, low=1, high=max_batch)
     if precision == "int8" and calibration_batches is None:
-        raise ValueError("precision='int8' needs calibration_batches (an iterable of batches like example_batch)")
+        raise ConfigurationError("precision='int8' needs calibration_batches (an iterable of batches like example_batch)")
     if precision != "int8" and calibration_batches is not None:
-        raise ValueError(f"calibration_batches is only used with precision='int8', got precision={precision!r}")
+        raise ConfigurationError(f"calibration_batches is only used with precision='int8', got precision={precision!r}")
     return opt
 
 

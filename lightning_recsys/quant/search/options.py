@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from ..._validation import ConfigurationError, check_choice, check_int
 from ..core.config import Int8LinearConfig
 from ..core.precisions import LINEAR_LADDER, TABLE_LADDER
 
@@ -66,18 +67,13 @@ class TrialOptions:
     linear_precisions: Sequence[str] = LINEAR_LADDER
 
     def __post_init__(self) -> None:
-        counts = (("calib_batches", self.calib_batches, 1), ("eval_batches", self.eval_batches, 1),
-                  ("confirm_batches", self.confirm_batches, 0))  # fmt: skip
-        for name, v, lo in counts:
-            if name == "confirm_batches" and v is None:
-                continue
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        check_int("calib_batches", self.calib_batches, low=1)
+        check_int("eval_batches", self.eval_batches, low=1)
+        check_int("confirm_batches", self.confirm_batches, low=0, optional=True)
         lin = self.linear_config if self.linear_config is not None else Int8LinearConfig()
         if not isinstance(lin, Int8LinearConfig):
             raise TypeError(f"linear_config must be an Int8LinearConfig, got {type(lin).__name__}")
-        if self.int4_clip not in ("minmax", "greedy"):
-            raise ValueError(f"int4_clip must be 'minmax' or 'greedy', got {self.int4_clip!r}")
+        check_choice("int4_clip", self.int4_clip, ("minmax", "greedy"))
         object.__setattr__(self, "linear_config", lin)
         object.__setattr__(self, "table_precisions", check_ladder(self.table_precisions, TABLE_LADDER, "table_precisions"))
         object.__setattr__(self, "linear_precisions", check_ladder(self.linear_precisions, LINEAR_LADDER, "linear_precisions"))
@@ -90,10 +86,10 @@ class TrialOptions:
 def check_ladder(given: Sequence[str], full: tuple[str, ...], name: str) -> tuple[str, ...]:
     """``given`` as a tuple drawn from ``full``, cheapest first; ``ValueError`` naming ``name`` otherwise."""
     if isinstance(given, str) or not given:
-        raise ValueError(f"{name} must be a non-empty list drawn from {list(full)}, got {given!r}")
+        raise ConfigurationError(f"{name} must be a non-empty list drawn from {list(full)}, got {given!r}")
     bad = [p for p in given if p not in full]
     if bad:
-        raise ValueError(f"{name}: unknown precisions {bad}; expected a subset of {list(full)}")
+        raise ConfigurationError(f"{name}: unknown precisions {bad}; expected a subset of {list(full)}")
     return tuple(p for p in full if p in given)  # cheapest first, whatever order was given
 
 

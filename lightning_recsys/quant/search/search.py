@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from ..._validation import check_number
 from ..core.api import set_submodule
 from ..core.config import FP32Config, Int8LinearConfig, RecipeConfig, RowwiseEmbeddingConfig, config_to_dict
 from ..core.precisions import LINEAR_LADDER, LOW_PRECISIONS, TABLE_LADDER
@@ -221,10 +222,8 @@ def search_plan(
 
 
 def check_size_ratio(max_size_ratio: float | None) -> None:
-    """Raise ``ValueError`` unless ``max_size_ratio`` is ``None`` or a number in ``(0, 1]``."""
-    if max_size_ratio is not None and (isinstance(max_size_ratio, bool) or not isinstance(max_size_ratio, (int, float))
-                                       or not 0.0 < max_size_ratio <= 1.0):  # fmt: skip
-        raise ValueError(f"max_size_ratio must be a number in (0, 1], got {max_size_ratio!r}")
+    """Raise unless ``max_size_ratio`` is ``None`` or a number in ``(0, 1]``."""
+    check_number("max_size_ratio", max_size_ratio, low=0.0, high=1.0, low_open=True, optional=True)
 
 
 def search_plan_with_runner(
