@@ -112,7 +112,7 @@ def test_budget_validation():
     assert Budget(ne=0.001).meets({"ne_rel_delta": 0.001, "auc_delta": -0.5})
     assert not Budget(ne=0.001, auc=0.01).meets({"ne_rel_delta": 0.0, "auc_delta": -0.02})
     assert not Budget(ne=0.0).meets({"ne_rel_delta": 1e-9, "auc_delta": 0.0})
-    with pytest.raises(ValueError, match="max_size_ratio must be a number in"):
+    with pytest.raises(ValueError, match="max_size_ratio must be None or a number in"):
         search_plan(fragile_bag_model(), None, bag_batches(1, seed=1), label_fn=bag_labels, budget_ne=0.01, max_size_ratio=0)
 
 
