@@ -121,7 +121,7 @@ def test_trial_options_validate_and_match_keywords():
     keyword form; giving both is refused naming both."""
     with pytest.raises(ValueError, match="eval_batches must be an integer >= 1, got 0"):
         TrialOptions(eval_batches=0)
-    with pytest.raises(ValueError, match="confirm_batches must be an integer >= 0"):
+    with pytest.raises(ValueError, match="confirm_batches must be None or an integer >= 0"):
         TrialOptions(confirm_batches=-1)
     with pytest.raises(TypeError, match="linear_config must be an Int8LinearConfig"):
         TrialOptions(linear_config="int8")
