@@ -125,7 +125,7 @@ def test_trial_options_validate_and_match_keywords():
         TrialOptions(confirm_batches=-1)
     with pytest.raises(TypeError, match="linear_config must be an Int8LinearConfig"):
         TrialOptions(linear_config="int8")
-    with pytest.raises(ValueError, match="int4_clip must be 'minmax' or 'greedy'"):
+    with pytest.raises(ValueError, match=r"int4_clip must be one of \['minmax', 'greedy'\]"):
         TrialOptions(int4_clip="mse")
     with pytest.raises(ValueError, match=r"linear_precisions: unknown precisions \['int4'\]"):
         TrialOptions(linear_precisions=["int4", "int8"])

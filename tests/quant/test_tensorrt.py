@@ -188,7 +188,7 @@ def test_predictor_checks_the_artifact_then_the_package(programs, tmp_path):
 
 def test_bad_arguments(dlrm, programs, tmp_path):
     b = _batch(8, 0)
-    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'fp16', 'int8'\), got 'int4'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'fp16', 'int8'\], got 'int4'"):
         prepare_tensorrt_program(dlrm, b, "int4")
     with pytest.raises(ValueError, match="max_batch must be an integer >= 2, got 1"):
         prepare_tensorrt_program(dlrm, b, max_batch=1)
