@@ -192,7 +192,7 @@ def test_bad_arguments(dlrm, programs, tmp_path):
         prepare_tensorrt_program(dlrm, b, "int4")
     with pytest.raises(ValueError, match="max_batch must be an integer >= 2, got 1"):
         prepare_tensorrt_program(dlrm, b, max_batch=1)
-    with pytest.raises(ValueError, match=r"opt_batch must be an integer in \[1, max_batch=16\], got 32"):
+    with pytest.raises(ValueError, match=r"opt_batch must be an integer in \[1, 16\], got 32"):
         prepare_tensorrt_program(dlrm, b, max_batch=16, opt_batch=32)
     with pytest.raises(ValueError, match="int8' needs calibration_batches"):
         prepare_tensorrt_program(dlrm, b, "int8")
