@@ -29,6 +29,8 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from .._validation import check_int
+
 __all__ = ["ResumableDataLoader"]
 
 
@@ -53,8 +55,7 @@ class ResumableDataLoader(DataLoader):
         if set(state_dict) != {"batches_taken"}:
             raise ValueError(f"ResumableDataLoader state must hold exactly 'batches_taken', got keys {sorted(state_dict)}")
         taken = state_dict["batches_taken"]
-        if isinstance(taken, bool) or not isinstance(taken, int) or taken < 0:
-            raise ValueError(f"ResumableDataLoader state 'batches_taken' must be an integer >= 0, got {taken!r}")
+        check_int("batches_taken", taken, low=0, owner="ResumableDataLoader state: ")
         self._skip = taken
 
     def __iter__(self) -> Iterator[Any]:

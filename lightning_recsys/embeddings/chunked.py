@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._validation import ConfigurationError, check_int
 from .checkpoint import dense_layout, load_dense
 from .chunked_lookup import AllKeptLookup, PrunedLookup
 
@@ -79,10 +80,9 @@ def _chunk_indicator(k: int, c: int, device: torch.device) -> Tensor:
 
 def _check_shape(num_embeddings: int, embedding_dim: int, chunk_size: int) -> None:
     for arg, val in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim), ("chunk_size", chunk_size)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {val!r}")
+        check_int(arg, val, low=1)
     if embedding_dim % chunk_size:
-        raise ValueError(
+        raise ConfigurationError(
             f"chunk_size={chunk_size} does not divide embedding_dim={embedding_dim}; pick a divisor of "
             f"{embedding_dim}, e.g. {[c for c in range(1, embedding_dim + 1) if embedding_dim % c == 0]}"
         )

@@ -55,7 +55,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from .._validation import ConfigurationError, check_number
+from .._validation import ConfigurationError, check_int
 from ..data.batch import FeatureSpec, RecsysBatch
 from ..data.contract import ModelContract
 from .calibration.calibrate import calibrate
@@ -305,10 +305,8 @@ def quantize_checkpoint(
     if format == "tensorrt":
         return _tensorrt_artifact(ckpt_path, out_dir, config, datamodule, calib_batches, overwrite, unsafe_full_unpickle,
                                   module_class, batch_size, budget_ne, budget_auc, trt_precision)  # fmt: skip
-    if not isinstance(calib_batches, int) or calib_batches < 1:
-        raise ValueError(f"calib_batches must be an integer >= 1, got {calib_batches!r}")
-    if eval_batches is not None and (isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1):
-        raise ValueError(f"eval_batches must be None (enough for {EVAL_ROWS:,} rows) or an integer >= 1, got {eval_batches!r}")
+    check_int("calib_batches", calib_batches, low=1)
+    check_int(f"eval_batches (None: enough for {EVAL_ROWS:,} rows)", eval_batches, low=1, optional=True)
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     recipe = _as_recipe(config)
     budget = _check_budget(budget_ne, budget_auc, max_size_ratio, recipe)
@@ -432,8 +430,6 @@ def _check_budget(budget_ne: float | None, budget_auc: float | None, max_size_ra
             raise ConfigurationError("max_size_ratio only applies to a budgeted search: give budget_ne and/or budget_auc too")
         return None
     check_size_ratio(max_size_ratio)
-    check_number("budget_ne", budget_ne, low=0.0, high=1.0, high_open=True, optional=True)
-    check_number("budget_auc", budget_auc, low=0.0, high=1.0, optional=True)
     if not isinstance(recipe, RecipeConfig) or recipe.overrides:
         raise ConfigurationError(
             "a budgeted search chooses each module's precision itself: the config may only set the embeddings / linears "

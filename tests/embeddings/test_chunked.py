@@ -155,7 +155,7 @@ def test_export_dense_and_compact():
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="chunk_size=3 does not divide embedding_dim=8"):
         ChunkedEmbedding(10, 8, chunk_size=3)
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1, got 0"):
         ChunkedEmbedding(10, 8, chunk_size=0)
     with pytest.raises(ValueError, match="at most 63 chunks"):
         ChunkedEmbedding(10, 128, chunk_size=1)

@@ -375,10 +375,8 @@ def export_tensorrt(
 ) -> dict[str, Any]:
     """Compile ``model`` with Torch-TensorRT into a new (or empty) ``out_dir``: the artifact
     (:data:`OUTPUT_FORMATS`) and ``meta.json``; returns the metadata. Needs CUDA and ``torch_tensorrt``."""
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"output_format must be one of {sorted(OUTPUT_FORMATS)}, got {output_format!r}")
-    if isinstance(min_block_size, bool) or not isinstance(min_block_size, int) or min_block_size < 1:
-        raise ValueError(f"min_block_size must be an integer >= 1, got {min_block_size!r}")
+    check_choice("output_format", output_format, sorted(OUTPUT_FORMATS))
+    check_int("min_block_size", min_block_size, low=1)
     _validate(precision, max_batch, opt_batch, max_bag_len, calibration_batches)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):

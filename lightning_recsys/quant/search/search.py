@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from ..._validation import check_number
+from ..._validation import ConfigurationError, check_number
 from ..core.api import set_submodule
 from ..core.config import FP32Config, Int8LinearConfig, RecipeConfig, RowwiseEmbeddingConfig, config_to_dict
 from ..core.precisions import LINEAR_LADDER, LOW_PRECISIONS, TABLE_LADDER
@@ -70,10 +70,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.ne is None and self.auc is None:
-            raise ValueError("give a budget: budget_ne (relative NE increase, 0.001 = 0.1%) and/or budget_auc (AUC drop)")
+            raise ConfigurationError("give a budget: budget_ne (relative NE increase, 0.001 = 0.1%) and/or budget_auc (AUC drop)")
         for name, v in (("budget_ne", self.ne), ("budget_auc", self.auc)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < 1.0):
-                raise ValueError(f"{name} must be a number in [0, 1) (a fraction: 0.001 = 0.1%), got {v!r}")
+            check_number(f"{name} (a fraction: 0.001 = 0.1%)", v, low=0.0, high=1.0, high_open=True, optional=True)
 
     def usage(self, ne_rel_delta: float, auc_delta: float) -> float:
         """Largest share of the budget used (> 1: over budget). A zero budget counts any loss as inf."""
