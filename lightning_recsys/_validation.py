@@ -45,6 +45,10 @@ class ConfigurationError(MisconfigurationException, ValueError):
     the model / data. Message: which argument, what was expected, what was given, which option fixes it."""
 
 
+def _tail(hint: str) -> str:
+    return f"; {hint}" if hint else ""
+
+
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     lo = None if low is None else ("(" if low_open else "[") + f"{low:g}"
     hi = None if high is None else f"{high:g}" + (")" if high_open else "]")
@@ -58,22 +62,23 @@ def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bo
 
 
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None, optional: bool = False,
-              owner: str = "") -> int | None:  # fmt: skip
+              owner: str = "", hint: str = "") -> int | None:  # fmt: skip
     """``value`` as an ``int`` in ``[low, high]`` (``None`` passes when ``optional``); raises
-    ``TypeError`` for a non-integer (bools included), :class:`ConfigurationError` out of range."""
+    ``TypeError`` for a non-integer (bools included), :class:`ConfigurationError` out of range.
+    ``hint`` is appended to the message (e.g. what the value means)."""
     if value is None and optional:
         return None
     want = f"{'None or ' if optional else ''}an integer{_bounds(low, high, False, False)}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}{name} must be {want}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{owner}{name} must be {want}, got {value!r} ({type(value).__name__}){_tail(hint)}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ConfigurationError(f"{owner}{name} must be {want}, got {value!r}")
+        raise ConfigurationError(f"{owner}{name} must be {want}, got {value!r}{_tail(hint)}")
     return int(value)
 
 
 def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, optional: bool = False,
-                 owner: str = "") -> float | None:  # fmt: skip
+                 owner: str = "", hint: str = "") -> float | None:  # fmt: skip
     """``value`` as a ``float`` in the interval given by ``low`` / ``high`` (``*_open`` excludes the end;
     NaN never passes); ``TypeError`` for a non-number (bools included), :class:`ConfigurationError`
     outside the interval."""
@@ -81,7 +86,7 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
         return None
     want = f"{'None or ' if optional else ''}a number{_bounds(low, high, low_open, high_open)}"
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{owner}{name} must be {want}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{owner}{name} must be {want}, got {value!r} ({type(value).__name__}){_tail(hint)}")
     v = float(value)
     inside = v == v  # NaN is outside every interval
     if low is not None:
@@ -89,16 +94,16 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     if high is not None:
         inside = inside and (v < high if high_open else v <= high)
     if not inside:
-        raise ConfigurationError(f"{owner}{name} must be {want}, got {value!r}")
+        raise ConfigurationError(f"{owner}{name} must be {want}, got {value!r}{_tail(hint)}")
     return v
 
 
-def check_choice(name: str, value: T, choices: Collection[Any], *, owner: str = "") -> T:
+def check_choice(name: str, value: T, choices: Collection[Any], *, owner: str = "", hint: str = "") -> T:
     """``value`` if it is one of ``choices``, else :class:`ConfigurationError` listing them."""
     try:
         ok = value in choices
     except TypeError:  # unhashable value against a set / dict
         ok = False
     if not ok:
-        raise ConfigurationError(f"{owner}{name} must be one of {list(choices)}, got {value!r}")
+        raise ConfigurationError(f"{owner}{name} must be one of {list(choices)}, got {value!r}{_tail(hint)}")
     return value

@@ -306,7 +306,7 @@ def quantize_checkpoint(
         return _tensorrt_artifact(ckpt_path, out_dir, config, datamodule, calib_batches, overwrite, unsafe_full_unpickle,
                                   module_class, batch_size, budget_ne, budget_auc, trt_precision)  # fmt: skip
     check_int("calib_batches", calib_batches, low=1)
-    check_int(f"eval_batches (None: enough for {EVAL_ROWS:,} rows)", eval_batches, low=1, optional=True)
+    check_int("eval_batches", eval_batches, low=1, optional=True, hint=f"None: enough batches for {EVAL_ROWS:,} rows")
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
     recipe = _as_recipe(config)
     budget = _check_budget(budget_ne, budget_auc, max_size_ratio, recipe)

@@ -105,7 +105,7 @@ def test_no_plan_meets_budget_says_so(dlrm):
 def test_budget_validation():
     with pytest.raises(ValueError, match="give a budget"):
         Budget()
-    with pytest.raises(ValueError, match=r"budget_ne must be a number in \[0, 1\).*got 5"):
+    with pytest.raises(ValueError, match=r"budget_ne must be None or a number in \[0, 1\).*got 5"):
         Budget(ne=5)
     with pytest.raises(ValueError, match="budget_auc must be a number"):
         Budget(auc=-0.1)

@@ -72,7 +72,7 @@ class Budget:
         if self.ne is None and self.auc is None:
             raise ConfigurationError("give a budget: budget_ne (relative NE increase, 0.001 = 0.1%) and/or budget_auc (AUC drop)")
         for name, v in (("budget_ne", self.ne), ("budget_auc", self.auc)):
-            check_number(f"{name} (a fraction: 0.001 = 0.1%)", v, low=0.0, high=1.0, high_open=True, optional=True)
+            check_number(name, v, low=0.0, high=1.0, high_open=True, optional=True, hint="a fraction: 0.001 = 0.1%")
 
     def usage(self, ne_rel_delta: float, auc_delta: float) -> float:
         """Largest share of the budget used (> 1: over budget). A zero budget counts any loss as inf."""
