@@ -107,7 +107,7 @@ def test_budget_validation():
         Budget()
     with pytest.raises(ValueError, match=r"budget_ne must be None or a number in \[0, 1\).*got 5"):
         Budget(ne=5)
-    with pytest.raises(ValueError, match="budget_auc must be a number"):
+    with pytest.raises(ValueError, match="budget_auc must be None or a number"):
         Budget(auc=-0.1)
     assert Budget(ne=0.001).meets({"ne_rel_delta": 0.001, "auc_delta": -0.5})
     assert not Budget(ne=0.001, auc=0.01).meets({"ne_rel_delta": 0.0, "auc_delta": -0.02})

@@ -71,8 +71,10 @@ class Budget:
     def __post_init__(self) -> None:
         if self.ne is None and self.auc is None:
             raise ConfigurationError("give a budget: budget_ne (relative NE increase, 0.001 = 0.1%) and/or budget_auc (AUC drop)")
-        for name, v in (("budget_ne", self.ne), ("budget_auc", self.auc)):
-            check_number(name, v, low=0.0, high=1.0, high_open=True, optional=True, hint="a fraction: 0.001 = 0.1%")
+        check_number("budget_ne", self.ne, low=0.0, high=1.0, high_open=True, optional=True,
+                     hint="a relative NE increase as a fraction: 0.001 = 0.1%")
+        check_number("budget_auc", self.auc, low=0.0, high=1.0, high_open=True, optional=True,
+                     hint="an absolute AUC drop, e.g. 0.001")
 
     def usage(self, ne_rel_delta: float, auc_delta: float) -> float:
         """Largest share of the budget used (> 1: over budget). A zero budget counts any loss as inf."""
