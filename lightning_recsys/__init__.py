@@ -7,6 +7,7 @@ Example:
 """
 
 from . import distributed, quant, strategies  # importing distributed registers "dct" and "dct_spawn"
+from ._validation import ConfigurationError
 from .callbacks import FIITED, MultiBalance, QuantizationMonitor
 from .data import FeatureSpec, MovieLens100KDataModule, RecsysBatch, SparseFeature, SyntheticCTRDataModule
 from .embeddings import ChunkedEmbedding, ChunkedEmbeddingBag
@@ -22,6 +23,7 @@ __all__ = [
     "FIITED",
     "ChunkedEmbedding",
     "ChunkedEmbeddingBag",
+    "ConfigurationError",
     "CounterSGD",
     "DCTStrategy",
     "FeatureSpec",
