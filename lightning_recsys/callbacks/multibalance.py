@@ -31,7 +31,7 @@ Protocol (two lines in your LightningModule)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl

@@ -51,13 +51,13 @@ class _BoundaryAllToAll(torch.autograd.Function):
             dense, mask = codec.decode_forward(chunk, batch, w)
             outs.append(dense)
             recv_masks.append(mask)
-        ctx.codec, ctx.send_rows, ctx.batch, ctx.widths, ctx.group, ctx.stats = codec, send_rows, batch, widths, group, stats
+        ctx.codec, ctx.send_rows, ctx.widths, ctx.group, ctx.stats = codec, send_rows, widths, group, stats
         ctx.sent_masks, ctx.recv_masks, ctx.dtype = sent_masks, recv_masks, local.dtype
         return torch.cat(outs, dim=1).to(local.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        codec, widths, batch = ctx.codec, ctx.widths, ctx.batch
+        codec, widths = ctx.codec, ctx.widths
         rank = dist.get_rank(ctx.group)
         gen = codec.generator(rank)
         parts = [codec.encode_backward(g, m, gen) for g, m in zip(grad.float().split(widths, dim=1), ctx.recv_masks)]

@@ -61,7 +61,7 @@ def plan_markdown(result: SearchResult, png_name: str | None = "plan_report.png"
         f"share of the bytes in int8/int4: {result.int8_bytes_fraction:.4f}.",
         f"- Search batches ({sens.num_rows} rows): ΔNE/ΔAUC {_effect(result.search)}; "
         f"confirmation batches: {_effect(result.confirm) if result.confirm else 'none'}.",
-        f"- Float baseline (search batches): "
+        "- Float baseline (search batches): "
         + ", ".join(f"{t}: NE {v['ne']:.5f}, AUC {v['auc']:.5f}" for t, v in sens.baseline.items()) + ".",
         *([f"- Uniform all-int8 plan for comparison: {_mb(ref['bytes'])}, ΔNE/ΔAUC {_effect(ref)} "
            f"(meets the budget: {'yes' if ref['meets_budget'] else 'no'})."] if ref else []),
