@@ -35,8 +35,8 @@ from .core.config import (
 from .core.embedding import QuantizedEmbedding, QuantizedEmbeddingBag
 from .core.linear import FP16Linear, Int8Linear
 from .core.rowwise import dequantize_rowwise, pack_rowwise, unpack_rowwise
-from .export import export_onnx, flatten_batch, layout_feeds
-from .export.predictor import OnnxPredictor, TorchPredictor, load
+from .export import export_onnx, export_torch, flatten_batch, layout_feeds
+from .export.predictor import OnnxPredictor, ProgramPredictor, load
 from .export.tensorrt import TensorRTPredictor, TensorRTProgram, export_tensorrt, prepare_tensorrt_program, tensorrt_inputs
 from .pipeline import load_checkpoint, quantize_checkpoint
 from .search.options import TrialOptions
@@ -68,11 +68,12 @@ __all__ = [
     "SensitivityResult",
     "TensorRTPredictor",
     "TensorRTProgram",
-    "TorchPredictor",
+    "ProgramPredictor",
     "TrialOptions",
     "calibrate",
     "dequantize_rowwise",
     "export_onnx",
+    "export_torch",
     "export_tensorrt",
     "flatten_batch",
     "layout_feeds",

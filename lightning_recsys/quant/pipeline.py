@@ -11,16 +11,17 @@ Calibration data (``train_dataloader()``) and held-out data (``val_dataloader()`
 checkpoint, else (or with ``datamodule="synthetic"``) a :class:`SyntheticCTRDataModule` built from
 the checkpoint's feature spec when it fits (features ``C1..Cn`` whose synthetic ids stay inside the tables).
 
-Output directory (new, or empty, unless ``overwrite=True``): ``model.onnx`` or ``model.pt``,
-``meta.json``, ``report.json`` (per module precision / bytes / weight SQNR; model logit SQNR, AUC and
-NE before and after on validation batches; the ONNX parity check), ``calibration.json`` and
+Output directory (new, or empty, unless ``overwrite=True``): ``model.onnx`` or ``model.pt2`` (a
+self-contained ``torch.export`` program: :func:`~lightning_recsys.quant.load` scores with it without
+the model's class), ``meta.json``, ``report.json`` (per module precision / bytes / weight SQNR; model
+logit SQNR, AUC and NE before and after on validation batches; the export's parity check), ``calibration.json`` and
 ``quant_config.yaml``. Everything is written into a temporary directory beside it and moved into
 place only once complete and verified.
 
 Accuracy budget (``budget_ne`` and/or ``budget_auc``): instead of applying ``config`` uniformly, a
 per-module precision search (:func:`~lightning_recsys.quant.search_plan`) picks the smallest
 plan meeting the budget: ``budget_ne`` is the largest *relative* NE increase as a FRACTION
-(``0.001`` = 0.1 %; the CLI's ``--budget-ne`` takes PERCENT), ``budget_auc`` the largest absolute AUC
+(``0.001`` = 0.1 %; the CLI's ``--budget-ne`` takes the same fraction, or ``0.1%``), ``budget_auc`` the largest absolute AUC
 drop. It searches on the first ``eval_batches`` validation batches and confirms on the next
 ``eval_batches`` (default: enough for :data:`EVAL_ROWS` rows each, at most half of the validation set
 each). ``config`` then only sets the int8 linear options and the int4 clipping. The plan
@@ -71,6 +72,7 @@ from .core.config import (
 )
 from .core.precisions import LATENCY_TABLE_LADDER, TABLE_LADDER, TENSORRT_PRECISIONS
 from .export.onnx import export_onnx
+from .export.torch_program import export_torch
 from .search.options import TrialOptions
 from .search.plan_report import PLAN_REPORT_FILES, write_plan_report
 from .search.report import eval_metrics, module_report, output_errors
@@ -78,13 +80,12 @@ from .search.search import Budget, BudgetNotMetError, check_size_ratio, search_p
 
 
 __all__ = [
-    "quantize_checkpoint", "load_checkpoint", "rebuild_quantized_module", "ARTIFACT_FILES", "UNSAFE_FLAG",
+    "quantize_checkpoint", "load_checkpoint", "ARTIFACT_FILES", "UNSAFE_FLAG",
     "BudgetNotMetError",
 ]  # fmt: skip
 
 UNSAFE_FLAG = "--unsafe-full-unpickle"
-ARTIFACT_FILES = ("model.onnx", "model.pt", "meta.json", "report.json", "calibration.json", "quant_config.yaml", *PLAN_REPORT_FILES)
-_RECSYS_CLASS = "lightning_recsys.models.module.RecsysModule"
+ARTIFACT_FILES = ("model.onnx", "model.pt2", "meta.json", "report.json", "calibration.json", "quant_config.yaml", *PLAN_REPORT_FILES)
 
 
 def load_checkpoint(path: str | Path, unsafe_full_unpickle: bool = False) -> dict[str, Any]:
@@ -334,16 +335,15 @@ def quantize_checkpoint(
         }  # fmt: skip
         if plan_summary is not None:
             meta["budget_plan"] = plan_summary
+        example = _export_example(contract, next(iter(dm.val_dataloader())))
         if format == "onnx":
-            example = _export_example(contract, next(iter(dm.val_dataloader())))
             meta["onnx"] = export_onnx(module, stage / "model.onnx", example, extra_metadata={"tasks": tasks})
         else:
-            torch.save(module.state_dict(), stage / "model.pt")
+            meta["torch"] = export_torch(module, stage / "model.pt2", example, extra_metadata={"tasks": tasks})
         report = {"checkpoint": str(ckpt_path), "format": format, **module_report(module, reference), "evaluation": evaluation}
         if plan_summary is not None:
             report["budget_plan"] = plan_summary
-        if format == "onnx":
-            report["export_parity"] = meta["onnx"]["parity"]
+        report["export_parity"] = meta[format]["parity"]
         (stage / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         (stage / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (stage / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
@@ -462,20 +462,3 @@ def _budgeted(module: nn.Module, recipe: RecipeConfig, budget: Budget, dm: pl.Li
     keep = ("met", "message", "budget", "plan", "search", "confirm", "bytes", "fp32_bytes", "size_ratio", "int8_bytes_fraction")
     summary = {k: v for k, v in result.to_dict().items() if k in keep}
     return result.model, result.recipe, result.calibration, summary
-
-
-def rebuild_quantized_module(artifact_dir: Path, meta: dict[str, Any]) -> nn.Module:
-    """Rebuild a ``format="torch"`` artifact: the model class (only :class:`RecsysModule` — an
-    artifact never picks code to import), the recipe, then the saved quantized weights."""
-    if meta.get("module_class") != _RECSYS_CLASS:
-        raise ValueError(
-            f"torch artifacts can only be rebuilt for {_RECSYS_CLASS}, this one holds {meta.get('module_class')!r}; "
-            "export with format='onnx' instead"
-        )
-    from ..models.module import RecsysModule
-
-    module = RecsysModule(**meta["hyper_parameters"])
-    quantize_(module, recipe_from_dict(meta["recipe"]))
-    state = torch.load(artifact_dir / "model.pt", map_location="cpu", weights_only=True)
-    module.load_state_dict(state, strict=True)
-    return module.eval()

@@ -65,7 +65,7 @@ def test_cli_main_onnx_end_to_end(ckpt, tmp_path, capsys):
     assert main([str(ckpt), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main([str(ckpt), "--out", str(out), "--overwrite", "--format", "torch", "--calib-batches", "1"]) == 0
-    assert (out / "model.pt").is_file() and not (out / "model.onnx").exists()  # only our files were replaced
+    assert (out / "model.pt2").is_file() and not (out / "model.onnx").exists()  # only our files were replaced
     assert _sha(ckpt) == before
 
 
@@ -79,7 +79,7 @@ def test_module_entry_point_torch_format(ckpt, tmp_path):
         capture_output=True, text=True, timeout=240, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (out / "model.pt").is_file() and not (out / "model.onnx").exists()
+    assert (out / "model.pt2").is_file() and not (out / "model.onnx").exists()
     predictor = load(out)
     batch = _dm().make_batch("val", 1)[0]
     assert predictor(batch).shape == (batch.batch_size, 2)

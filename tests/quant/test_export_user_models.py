@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lightning_recsys.quant import FP32Config, RecipeConfig, export_onnx, load, quantize_
-from lightning_recsys.quant.export.onnx import _verify
+from lightning_recsys.quant.export.parity import Runtime, verify
 from lightning_recsys.quant.export.input_spec import tree_feeds
 
 pytestmark = pytest.mark.timeout(240)
@@ -204,7 +204,7 @@ def test_user_model_export_runs_other_sizes(tmp_path, kind, quantized):
         ref = _call(model, other)
     assert got.shape == ref.shape == (5, 1)
     if quantized:  # int8 activations on a rounding tie may round the other way: the export's tie-aware check
-        _verify(model, sess, other, meta, 1e-3, 1e-3)
+        verify(model, Runtime("ONNX Runtime", lambda feeds: torch.from_numpy(sess.run(None, feeds)[0])), other, meta, 1e-3, 1e-3)
     else:
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     predictor = load(path)

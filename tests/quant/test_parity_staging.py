@@ -11,7 +11,7 @@ from torch import nn
 
 from lightning_recsys.quant import Int8Linear, export_onnx, quantize_checkpoint
 from lightning_recsys.quant import pipeline
-from lightning_recsys.quant.export.onnx import _tie_envelope, _verify
+from lightning_recsys.quant.export.parity import ort_runtime, tie_envelope, verify
 
 SCALE = 1.0 / 16  # exact in float32, and so is every (k + 0.5) * SCALE below
 
@@ -44,7 +44,7 @@ def test_tie_envelope_spans_both_roundings():
     with torch.no_grad():
         ref = model(x)
         up = model[1](x * (1 + 1e-6))  # every tie rounds up
-    lo, hi, jittered = _tie_envelope(model, (x,), ref)
+    lo, hi, jittered = tie_envelope(model, (x,), ref)
     assert jittered and torch.all(lo <= ref) and torch.all(hi >= up - 1e-6)
     assert float((up - ref).abs().max()) > 0.01  # one code of a tie moves the logit far beyond atol=1e-3
 
@@ -55,16 +55,16 @@ def test_rounding_ties_are_accepted_and_counted_other_differences_are_not(tmp_pa
     assert meta["parity"]["rows_beyond_tol"] == 0
     proto = onnx.load(str(tmp_path / "m.onnx"))
     _scaled_identity(proto, 1 + 2**-20)  # ORT's int8 inputs land just above the ties: they round up
-    report = _verify(model, proto, x, meta, 1e-3, 1e-3)
+    report = verify(model, ort_runtime(proto), x, meta, 1e-3, 1e-3)
     assert report["rows_beyond_tol"] >= 2 and report["rounding_ties"] == report["rows_beyond_tol"]
     _scaled_identity(proto, 1.5)  # a real difference of the graph: refused, naming the row
     with pytest.raises(RuntimeError, match=r"differs from the PyTorch model in \d+ of 3 rows \(row \d: .*not an int8 rounding tie"):
-        _verify(model, proto, x, meta, 1e-3, 1e-3)
+        verify(model, ort_runtime(proto), x, meta, 1e-3, 1e-3)
 
 
 def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
     model, x = _tie_model()
-    monkeypatch.setattr("lightning_recsys.quant.export.onnx._verify", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr("lightning_recsys.quant.export.onnx.verify_export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         export_onnx(model, tmp_path / "m.onnx", x)
     assert list(tmp_path.iterdir()) == []

@@ -187,7 +187,7 @@ def test_checkpoint_budget_artifact_and_refusal(fragile_ckpt, tmp_path, capsys):
     report = quantize_checkpoint(fragile_ckpt, out, budget_ne=0.005, format="torch", calib_batches=2, eval_batches=3, batch_size=128)
     plan = report["budget_plan"]
     assert plan["met"] and plan["plan"][FRAGILE] in ("fp16", "fp32")
-    assert {p.name for p in out.iterdir()} == {"model.pt", "meta.json", "report.json", "calibration.json", "quant_config.yaml",
+    assert {p.name for p in out.iterdir()} == {"model.pt2", "meta.json", "report.json", "calibration.json", "quant_config.yaml",
                                                *PLAN_REPORT_FILES}  # fmt: skip
     by_name = {m["name"]: m["precision"] for m in report["modules"]}
     assert by_name == plan["plan"]

@@ -1,11 +1,12 @@
 """``load(path)``: a predictor for a quantized artifact that takes the batches the model takes.
 
-``path`` is an ``.onnx`` file written by :func:`export_onnx`, or an artifact directory written by
-:func:`quantize_checkpoint` (``model.onnx`` or ``model.pt`` + ``meta.json``), or a TensorRT artifact
+``path`` is an ``.onnx`` file written by :func:`export_onnx`, a ``.pt2`` file written by
+:func:`export_torch`, or an artifact directory written by :func:`quantize_checkpoint` (``model.onnx``
+or ``model.pt2`` + ``meta.json``), or a TensorRT artifact
 directory written by :func:`~lightning_recsys.quant.export.tensorrt.export_tensorrt` (needs CUDA). The predictor returns
 logits ``[B, num_tasks]`` as a float32 tensor (``predict_proba`` applies the sigmoid).
 
-An ONNX predictor takes a batch in the form the export took it: a :class:`RecsysBatch`, or the model's
+An ONNX or torch.export predictor takes a batch in the form the export took it: a :class:`RecsysBatch`, or the model's
 own inputs, either as the model would be called (``predictor(dense, ids, offsets)``,
 ``predictor(batch_dict)``, ``predictor(dense=..., ids=...)``) or as ``example_batch`` was given
 (``predictor((dense, ids, offsets))``); tensors or numpy arrays, nested as at export (the structure is
@@ -25,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ...data.batch import RecsysBatch
 from .input_spec import tree_feeds
-from .onnx import METADATA_KEY, layout_feeds
+from .flat import layout_feeds
+from .onnx import METADATA_KEY
+from .torch_program import PROGRAM_META, program_feeds, program_runtime
 
-__all__ = ["load", "OnnxPredictor", "TorchPredictor"]
+__all__ = ["load", "OnnxPredictor", "ProgramPredictor"]
 
 
 class OnnxPredictor:
@@ -76,20 +78,31 @@ class OnnxPredictor:
         return torch.sigmoid(self(*args, **kwargs))
 
 
-class TorchPredictor:
-    """A quantized PyTorch model in eval mode."""
+class ProgramPredictor:
+    """A ``torch.export`` program written by :func:`~.torch_program.export_torch`; called with the
+    batches the model takes, like :class:`OnnxPredictor`."""
 
-    def __init__(self, model: nn.Module, meta: dict[str, Any]) -> None:
-        self.model = model.eval()
-        self.meta = meta
-        self.tasks = meta.get("tasks")
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path)
+        extra = {PROGRAM_META: ""}
+        try:
+            program = torch.export.load(str(self.path), extra_files=extra)
+        except Exception as e:
+            raise ValueError(f"{self.path} is not a torch.export archive ({type(e).__name__}: {str(e)[:300]})") from e
+        if not extra[PROGRAM_META]:
+            raise ValueError(f"{self.path} has no {PROGRAM_META!r} metadata: it was not written by quant.export_torch")
+        self.meta: dict[str, Any] = json.loads(extra[PROGRAM_META])
+        self.module = program.module()
+        self.tasks = self.meta.get("tasks")
+        self._run = program_runtime(self.module, self.meta).run
+        if threads is not None:
+            torch.set_num_threads(int(threads))
 
-    @torch.no_grad()
-    def __call__(self, batch: RecsysBatch) -> Tensor:
-        return self.model(batch).float()
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self._run(program_feeds(self.meta, args, kwargs)).float()
 
-    def predict_proba(self, batch: RecsysBatch) -> Tensor:
-        return torch.sigmoid(self(batch))
+    def predict_proba(self, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.sigmoid(self(*args, **kwargs))
 
 
 def load(path: str | Path, threads: int | None = None) -> Any:
@@ -97,6 +110,8 @@ def load(path: str | Path, threads: int | None = None) -> Any:
     path = Path(path)
     if path.is_file() and path.suffix == ".onnx":
         return OnnxPredictor(path, threads)
+    if path.is_file() and path.suffix == ".pt2":
+        return ProgramPredictor(path, threads)
     if not path.is_dir():
         raise FileNotFoundError(f"no quantized artifact at {path} (expected a .onnx file or an artifact directory)")
     meta_path = path / "meta.json"
@@ -106,11 +121,10 @@ def load(path: str | Path, threads: int | None = None) -> Any:
     if meta.get("format") == "onnx":
         return OnnxPredictor(path / "model.onnx", threads)
     if meta.get("format") == "torch":
-        from ..pipeline import rebuild_quantized_module
-
-        if threads is not None:
-            torch.set_num_threads(int(threads))
-        return TorchPredictor(rebuild_quantized_module(path, meta), meta)
+        if not (path / "model.pt2").is_file():
+            raise FileNotFoundError(f"{path} has no model.pt2: a format='torch' artifact from an earlier version "
+                                    "(a state dict); run lrs quantize --format torch again to get a self-contained one")
+        return ProgramPredictor(path / "model.pt2", threads)
     if meta.get("format") == "tensorrt":
         from .tensorrt import TensorRTPredictor
 

@@ -59,7 +59,7 @@ from ...data.batch import RecsysBatch
 from ..core.linear import Int8Linear
 from ..core.precisions import TENSORRT_PRECISIONS, TensorRTPrecision
 from .lowering import LoweredTable, lower_tables
-from .onnx import SEP, FlatRecsysModel, grow_batch, flatten_batch
+from .flat import SEP, FlatRecsysModel, flatten_batch, grow_batch
 
 __all__ = [
     "OUTPUT_FORMATS",
