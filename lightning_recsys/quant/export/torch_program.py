@@ -77,7 +77,7 @@ def export_torch(
         meta["inputs"]["tensors"] = _program_inputs(program, prepared.names)
     meta.update(extra_metadata or {})
     meta["parity"] = {"atol": atol, "rtol": rtol}
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}.pt2")  # torch.export wants the .pt2 suffix
     try:  # written under a temporary name, loaded back and verified, then renamed
         torch.export.save(program, str(tmp), extra_files={PROGRAM_META: json.dumps(meta)})
         if verify:
