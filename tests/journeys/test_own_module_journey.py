@@ -4,6 +4,7 @@ data module) goes Trainer -> checkpoint -> ``lrs quantize --module-class`` -> ``
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from .conftest import ROOT, run
@@ -18,6 +19,27 @@ from mymod import CTR, CTRData
 trainer = pl.Trainer(max_epochs=1, log_every_n_steps=10)
 trainer.fit(CTR(), CTRData())
 trainer.save_checkpoint("ctr.ckpt")
+'''
+
+SAVE_BATCH = '''
+import torch
+from mymod import Bags, collate
+
+torch.save(collate([Bags(777, 5)[i] for i in range(777)]), "held_out.pt")
+'''
+
+# run where the user's package is not importable: the torch.export artifact needs no class of theirs
+SCORE_WITHOUT_CLASS = '''
+import importlib.util
+import torch
+from torchmetrics.functional.classification import binary_auroc
+from lightning_recsys.quant import load
+
+assert importlib.util.find_spec("mymod") is None
+dense, ids, offsets, click = torch.load("held_out.pt")
+logits = load("art_torch")(dense, ids, offsets)
+assert logits.shape[0] == 777 and torch.isfinite(logits).all(), logits.shape
+print("auc", float(binary_auroc(torch.sigmoid(logits.reshape(-1)), click.long())))
 '''
 
 SCORE = '''
@@ -39,7 +61,8 @@ def test_own_lightning_module_trains_quantizes_loads_and_scores(tmp_path, monkey
     (tmp_path / "train.py").write_text(TRAIN)
     (tmp_path / "score.py").write_text(SCORE)
     (tmp_path / "data.yaml").write_text("class_path: mymod.CTRData\ninit_args: {batch_size: 512}\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # as a user with their own package on the path
+    outside = os.environ.get("PYTHONPATH", "")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), outside])))  # the user's package
     run(["python", "train.py"], tmp_path)
     refused = run(["lrs", "quantize", "ctr.ckpt", "--out", "art"], tmp_path, ok=(2,))
     assert "--module-class" in refused.stderr  # the option that fixes it is named
@@ -50,3 +73,16 @@ def test_own_lightning_module_trains_quantizes_loads_and_scores(tmp_path, monkey
     assert report["export_parity"]["rows"] == 512
     auc = float(run(["python", "score.py"], tmp_path).stdout.split()[-1])
     assert auc > 0.7
+    # --format torch: a self-contained torch.export program, scored by a process that cannot import mymod
+    run(["lrs", "quantize", "ctr.ckpt", "--out", "art_torch", "--format", "torch", "--module-class", "mymod.CTR",
+         "--data", "data.yaml"], tmp_path)  # fmt: skip
+    assert (tmp_path / "art_torch" / "model.pt2").is_file()
+    assert json.loads((tmp_path / "art_torch" / "report.json").read_text())["export_parity"]["rows_beyond_tol"] == 0
+    run(["python", "-c", SAVE_BATCH], tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("art_torch", "held_out.pt"):
+        shutil.move(str(tmp_path / name), elsewhere / name)
+    monkeypatch.setenv("PYTHONPATH", outside)
+    auc_torch = float(run(["python", "-c", SCORE_WITHOUT_CLASS], elsewhere).stdout.split()[-1])
+    assert abs(auc_torch - auc) < 1e-3, (auc_torch, auc)
