@@ -83,7 +83,7 @@ def test_fit_checkpoint_quantizes_loads_and_scores(fitted, tmp_path, fmt):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["bytes_ratio"] < 0.45 and summary["auc_fp32"] - summary["auc_quant"] < 0.005
     files = {p.name for p in (tmp_path / "art").iterdir()}
-    assert {f"model.{'onnx' if fmt == 'onnx' else 'pt'}", "meta.json", "report.json", "quant_config.yaml"} <= files
+    assert {f"model.{'onnx' if fmt == 'onnx' else 'pt2'}", "meta.json", "report.json", "quant_config.yaml"} <= files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging directory left behind
     (tmp_path / "score.py").write_text(SCORE)
     assert "scored (333, 2)" in run(["python", "score.py", "art"], tmp_path).stdout
