@@ -83,6 +83,7 @@ if __name__ == "__main__":
     report = quantize_checkpoint("ctr.ckpt", "art", module_class=CTR, datamodule=CTRData())  # lrs quantize ctr.ckpt --out art --module-class mymod.CTR --data data.yaml
     dense, ids, offsets, click = collate([Bags(100, 5)[i] for i in range(100)])
     logits = load("art")(dense, ids, offsets)            # the model's own call form, run by ONNX Runtime
+    # format="torch" (--format torch): a torch.export program; load("art") then needs no CTR class to score
 
     print(report["evaluation"], logits.shape)
     assert logits.shape[0] == 100 and report["evaluation"]["auc_quant"] > 0.7
