@@ -122,7 +122,7 @@ def test_plain_lightning_module_taking_tensors(precision):
     example = (torch.randint(0, 100, (6,)), torch.randint(0, 200, (6, 5)))
     prepared = prepare_tensorrt_program(model, example, precision, max_batch=16)
     assert not any("embedding_bag" in op for op in _ops(prepared.program))
-    assert prepared.meta["inputs"] == {"kind": "tensors", "names": ["input_0", "input_1"]}
+    assert prepared.meta["inputs"]["kind"] == "tree" and prepared.meta["input_names"] == ["user", "items"]
     run = prepared.program.module()
     for n in (1, 7):
         inputs = (torch.randint(0, 100, (n,)), torch.randint(0, 200, (n, 5)))
@@ -130,6 +130,58 @@ def test_plain_lightning_module_taking_tensors(precision):
             got, ref = run(*tensorrt_inputs(inputs, prepared.meta)), model(*inputs)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, ref, atol=1e-5 if precision == "fp32" else 1e-2, rtol=1e-2)
+
+
+class BagsDLRM(nn.Module):
+    """A DLRM written the usual way: ``forward(dense, ids, offsets)`` with per-table 1-D ids and offsets
+    (one table with ``include_last_offset``, one with ``per_sample_weights`` and max pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bags = nn.ModuleList([nn.EmbeddingBag(60, 8, mode="mean"), nn.EmbeddingBag(40, 8, mode="sum"),
+                                   nn.EmbeddingBag(30, 8, mode="sum", include_last_offset=True)])  # fmt: skip
+        self.bottom = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        self.top = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    def forward(self, dense, ids, offsets, weights):
+        pooled = [self.bags[0](ids[0], offsets[0]), self.bags[1](ids[1], offsets[1], per_sample_weights=weights),
+                  self.bags[2](ids[2], offsets[2])]  # fmt: skip
+        return self.top(torch.cat([self.bottom(dense), *pooled], 1))
+
+
+def _bags_batch(n, max_len, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids, offsets = [], []
+    for card, csr in ((60, False), (40, False), (30, True)):
+        lens = torch.randint(0, max_len + 1, (n,), generator=g)  # empty bags included
+        ids.append(torch.randint(0, card, (int(lens.sum()),), generator=g))
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+        offsets.append(starts if csr else starts[:-1])
+    return torch.rand(n, 4, generator=g), ids, offsets, torch.rand(ids[1].numel(), generator=g)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_model_taking_bag_ids_and_offsets(precision):
+    """1-D ids + offsets (and include_last_offset, per_sample_weights): the batch, the offsets and the ids
+    of every bag group are dynamic, each with its own range; other batch sizes and bag lengths run."""
+    torch.manual_seed(0)
+    model = BagsDLRM().eval()
+    quantize_(model, RecipeConfig(linears=FP32Config()))  # row-wise int8 tables; TensorRT compiles float linears
+    prepared = prepare_tensorrt_program(model, _bags_batch(6, 3, 0), precision, max_batch=32, max_bag_len=8)
+    shapes, labels = prepared.meta["shapes"], prepared.meta["dynamic_dims"]
+    assert shapes["dense"]["max"] == [32, 4] and shapes["offsets.2"]["max"] == [33] and shapes["ids.0"]["max"] == [256]
+    assert labels["offsets.2"] == {"0": "batch+1"} or labels["offsets.2"] == {0: "batch+1"}
+    assert labels["ids.1"] == labels["weights"]  # per_sample_weights share their ids' dim
+    assert not any("embedding_bag" in op for op in _ops(prepared.program))
+    run = prepared.program.module()
+    for n, max_len, seed in ((1, 1, 1), (9, 6, 2), (32, 8, 3)):
+        batch = _bags_batch(n, max_len, seed)
+        with torch.no_grad():
+            got, ref = run(*tensorrt_inputs(batch, prepared.meta)), model(*batch)
+        assert got.dtype == torch.float32 and got.shape == (n, 2)
+        torch.testing.assert_close(got, ref, atol=1e-5 if precision == "fp32" else 2e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match=r"input 'dense' has shape \(33, 4\), outside the exported range"):
+        tensorrt_inputs(_bags_batch(33, 2, 4), prepared.meta)
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the error raised when torch_tensorrt is NOT installed")
@@ -206,7 +258,7 @@ def test_bad_arguments(dlrm, programs, tmp_path):
         prepare_tensorrt_program(dlrm, b, single_hot=["zz"])
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         prepare_tensorrt_program("model.ckpt", b)
-    with pytest.raises(TypeError, match="example_batch must be a RecsysBatch"):
+    with pytest.raises(TypeError, match="example_batch holds no tensor"):
         prepare_tensorrt_program(dlrm, [1, 2])
     int8 = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,))
     quantize_(int8, RecipeConfig())  # default recipe: Int8Linear layers (ONNX Runtime kernels)

@@ -27,8 +27,8 @@ Two steps, so everything before the GPU is needed runs (and is tested) on CPU:
    max_shape, dtype)...])`` and ``torch_tensorrt.save(..., output_format=...)``; writes
    ``<out_dir>/model.ep`` (or ``model.ts`` / ``model.pt2``) and ``<out_dir>/meta.json``.
 
-:func:`tensorrt_inputs` flattens a :class:`~lightning_recsys.data.RecsysBatch` (or tensors) into the
-program's inputs from that metadata; :class:`TensorRTPredictor` loads an exported directory and feeds it.
+:func:`tensorrt_inputs` flattens a batch (a :class:`~lightning_recsys.data.RecsysBatch` or the model's own
+inputs) into the program's inputs from that metadata (:mod:`.tensorrt_layout`); :class:`TensorRTPredictor` loads an exported directory and feeds it.
 
 Example:
     >>> from lightning_recsys.quant.export.tensorrt import export_tensorrt, prepare_tensorrt_program  # doctest: +SKIP
@@ -55,11 +55,10 @@ import torch
 from torch import Tensor, nn
 
 from ..._validation import ConfigurationError, check_choice, check_int
-from ...data.batch import RecsysBatch
 from ..core.linear import Int8Linear
 from ..core.precisions import TENSORRT_PRECISIONS, TensorRTPrecision
 from .lowering import LoweredTable, lower_tables
-from .flat import SEP, FlatRecsysModel, flatten_batch, grow_batch
+from .tensorrt_layout import tensorrt_inputs, tensorrt_layout
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -167,64 +166,6 @@ def _validate(precision: str, max_batch: int, opt_batch: int | None, max_bag_len
     return opt
 
 
-def _layout(example_batch: Any, single_hot: str | list[str], min_len: int) -> tuple[dict[str, Any], list[str], tuple[Tensor, ...]]:
-    """Input layout metadata, names and example tensors (at least 2 rows: torch.export specialises size 1)."""
-    if isinstance(example_batch, RecsysBatch):
-        features = list(example_batch.sparse)
-        weighted = [n for n, f in example_batch.sparse.items() if f.weights is not None]
-        if single_hot == "auto":
-            single_hot = [n for n, f in example_batch.sparse.items() if bool((f.lengths == 1).all())]
-        unknown = sorted(set(single_hot) - set(features))
-        if unknown:
-            raise ValueError(f"single_hot names features {unknown} that example_batch does not have ({features})")
-        example = grow_batch(example_batch)
-        flat = flatten_batch(example, features, weighted, min_len=min_len, single_hot=list(single_hot))
-        layout = {"kind": "recsys", "features": features, "weighted": weighted, "single_hot": list(single_hot),
-                  "num_dense": int(example.dense.shape[1])}  # fmt: skip
-        return layout, list(flat), tuple(torch.from_numpy(v) for v in flat.values())
-    tensors = (example_batch,) if isinstance(example_batch, Tensor) else tuple(example_batch)
-    if not tensors or not all(isinstance(t, Tensor) and t.dim() >= 1 for t in tensors):
-        raise TypeError("example_batch must be a RecsysBatch, a Tensor or a tuple of Tensors with a batch dimension")
-    if any(t.shape[0] < 2 for t in tensors):
-        tensors = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in tensors)
-    names = [f"input_{i}" for i in range(len(tensors))]
-    return {"kind": "tensors", "names": names}, names, tuple(t.detach().cpu() for t in tensors)
-
-
-def _dynamic(names: list[str], layout: dict, max_batch: int, max_bag_len: int) -> tuple[list[dict], dict[str, dict]]:
-    """``torch.export`` dims per input and their labels (batch shared by all; each bag length its own)."""
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    lengths: dict[str, Any] = {}
-    dims, labels = [], {}
-    for n in names:
-        spec, label = {0: batch}, {0: "batch"}
-        feature, _, part = n.rpartition(SEP)
-        if layout["kind"] == "recsys" and part in ("ids", "weights") and feature not in layout["single_hot"]:
-            name = f"len_{feature}"  # a feature's weights share its ids' length
-            if name not in lengths:
-                lengths[name] = torch.export.Dim(re.sub(r"\W", "_", name), min=1, max=max_bag_len)
-            spec[1], label[1] = lengths[name], name
-        dims.append(spec)
-        labels[n] = label
-    return dims, labels
-
-
-def _shapes(args: tuple[Tensor, ...], names: list[str], labels: dict[str, dict], batch: tuple[int, int], max_len: int) -> dict:
-    """Per input: dtype and min/opt/max shapes (batch ``[1, opt, max]``; bag lengths ``[1, example, max]``)."""
-    out = {}
-    for n, t in zip(names, args):
-        shape = {"min": list(t.shape), "opt": list(t.shape), "max": list(t.shape)}
-        for dim, label in labels[n].items():
-            opt, hi = batch if label == "batch" else (int(t.shape[dim]), max_len)
-            if int(t.shape[dim]) > hi:
-                what = "rows" if label == "batch" else "ids in a bag"
-                limit = "max_batch" if label == "batch" else "max_bag_len"
-                raise ValueError(f"example_batch input {n!r} has {int(t.shape[dim])} {what}, more than {limit}={hi}")
-            shape["min"][dim], shape["opt"][dim], shape["max"][dim] = 1, opt, hi
-        out[n] = {**shape, "dtype": str(t.dtype).removeprefix("torch.")}
-    return out
-
-
 def _import_modelopt() -> tuple[Any, Any]:
     """``modelopt.torch.quantization`` and its ``export_torch_mode``, or a clear ImportError."""
     try:
@@ -257,7 +198,7 @@ def _modelopt_calibrate(mtq: Any, wrapper: nn.Module, calibration_batches: Itera
 
 def prepare_tensorrt_program(
     model: nn.Module,
-    example_batch: RecsysBatch | Tensor | tuple[Tensor, ...],
+    example_batch: Any,
     precision: TensorRTPrecision = "fp16",
     *,
     calibration_batches: Iterable | None = None,
@@ -268,9 +209,10 @@ def prepare_tensorrt_program(
     device: str | torch.device = "cpu",
 ) -> TensorRTProgram:
     """Lower, flatten, set the precision and ``torch.export`` ``model`` for Torch-TensorRT (no CUDA needed
-    with ``device="cpu"``). ``single_hot`` as in :func:`~lightning_recsys.quant.export_onnx`. The
-    TensorRT profile covers batch sizes ``[1, max_batch]`` (tuned for ``opt_batch``, default
-    ``max_batch``) and bags of ``[1, max_bag_len]`` ids."""
+    with ``device="cpu"``). ``example_batch``: a RecsysBatch or the model's own inputs (tensors,
+    tuples / lists / dicts of them, as :func:`~lightning_recsys.quant.export_onnx` takes them);
+    ``single_hot`` as there. The TensorRT profile covers batch sizes ``[1, max_batch]`` (tuned for
+    ``opt_batch``, default ``max_batch``) and bags of ``[1, max_bag_len]`` ids (:mod:`.tensorrt_layout`)."""
     opt = _validate(precision, max_batch, opt_batch, max_bag_len, calibration_batches)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -289,31 +231,28 @@ def prepare_tensorrt_program(
         )
     mtq, export_torch_mode = _import_modelopt() if precision == "int8" else (None, None)
     model.eval()
-    lowered = lower_tables(model).eval()
+    layout = tensorrt_layout(model, example_batch, single_hot, max_batch, max_bag_len, opt)
+    lowered = lower_tables(model, native=layout.kind == "tree").eval()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     _make_padding_safe(lowered, dtype)
-    layout, names, args = _layout(example_batch, single_hot, min_len=2)
-    if layout["kind"] == "recsys":
-        wrapper: nn.Module = FlatRecsysModel(lowered, layout["features"], layout["weighted"])
-    else:
-        wrapper = lowered
+    wrapper: nn.Module = layout.wrap(lowered)
+    args = layout.args
     if precision == "fp16":
         _to_half(wrapper)
         args = tuple(a.half() if a.is_floating_point() else a for a in args)
         wrapper = _Float32Logits(wrapper)
     wrapper = wrapper.to(device).eval()
     args = tuple(a.to(device) for a in args)
-    dims, labels = _dynamic(names, layout, max_batch, max_bag_len)
-    shapes = _shapes(args, names, labels, (opt, max_batch), max_bag_len)  # checks the example fits the ranges
-    if isinstance(wrapper, _Float32Logits):  # forward(*inputs)
-        dynamic_shapes: Any = (tuple(dims),)
-    else:
-        dynamic_shapes = (dims[0], tuple(dims[1:])) if layout["kind"] == "recsys" else tuple(dims)
-    meta: dict[str, Any] = {"format": "tensorrt", "version": 1, "precision": precision, "inputs": layout,
-                            "input_names": names, "output_names": ["logits"]}  # fmt: skip
+    dynamic_shapes: Any = layout.dynamic_shapes
+    if isinstance(wrapper, _Float32Logits) and layout.kind == "recsys":  # forward(*inputs)
+        dynamic_shapes = ((dynamic_shapes[0], *dynamic_shapes[1]),)
+    names = layout.meta["input_names"]
+    meta: dict[str, Any] = {"format": "tensorrt", "version": 1, "precision": precision, **layout.meta,
+                            "output_names": ["logits"]}  # fmt: skip
     mode: Any = contextlib.nullcontext()
     if precision == "int8":
-        feed = {"inputs": layout, "input_names": names, "dtypes": [str(a.dtype).removeprefix("torch.") for a in args]}
+        feed = {"inputs": layout.meta["inputs"], "input_names": names,
+                "dtypes": [str(a.dtype).removeprefix("torch.") for a in args]}  # fmt: skip
         meta["int8"] = _modelopt_calibrate(mtq, wrapper, calibration_batches, feed, device)
         mode = export_torch_mode()
     try:
@@ -330,38 +269,14 @@ def prepare_tensorrt_program(
     # as dead aten.zeros on the CPU; drop them so a CUDA program holds no host-side op
     program.graph_module.graph.eliminate_dead_code()
     program.graph_module.recompile()
-    meta["dynamic_dims"], meta["shapes"] = labels, shapes
     meta["max_batch"], meta["max_bag_len"] = max_batch, max_bag_len
     return TensorRTProgram(program, args, dynamic_shapes, meta)
-
-
-def tensorrt_inputs(batch: Any, meta: dict[str, Any], device: str | torch.device = "cpu") -> tuple[Tensor, ...]:
-    """The program's inputs for ``batch`` (layout, dtypes and shape limits from ``meta``)."""
-    layout, names = meta["inputs"], meta["input_names"]
-    dtypes = meta.get("dtypes") or [meta["shapes"][n]["dtype"] for n in names]
-    if layout["kind"] == "recsys":
-        flat = flatten_batch(batch, layout["features"], layout["weighted"], single_hot=layout["single_hot"])
-        tensors = [torch.from_numpy(flat[n]) for n in names]
-    else:
-        tensors = [batch] if isinstance(batch, Tensor) else list(batch)
-        if len(tensors) != len(names) or not all(isinstance(t, Tensor) for t in tensors):
-            raise TypeError(f"batch must be {len(names)} tensor(s) like the example batch, got {type(batch).__name__}")
-    out = []
-    for n, t, dt in zip(names, tensors, dtypes):
-        limits = meta.get("shapes", {}).get(n)
-        if limits and t.dim() and not all(lo <= s <= hi for s, lo, hi in zip(t.shape, limits["min"], limits["max"])):
-            raise ValueError(
-                f"input {n!r} has shape {tuple(t.shape)}, outside the exported range {limits['min']}..{limits['max']} "
-                "(re-export with a larger max_batch / max_bag_len)"
-            )
-        out.append(t.to(device=device, dtype=getattr(torch, dt)))
-    return tuple(out)
 
 
 def export_tensorrt(
     model: nn.Module,
     out_dir: str | Path,
-    example_batch: RecsysBatch | Tensor | tuple[Tensor, ...],
+    example_batch: Any,
     precision: TensorRTPrecision = "fp16",
     *,
     calibration_batches: Iterable | None = None,
