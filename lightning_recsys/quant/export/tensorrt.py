@@ -247,6 +247,8 @@ def prepare_tensorrt_program(
     if isinstance(wrapper, _Float32Logits) and layout.kind == "recsys":  # forward(*inputs)
         dynamic_shapes = ((dynamic_shapes[0], *dynamic_shapes[1]),)
     names = layout.meta["input_names"]
+    for n, a in zip(names, args):  # the dtypes the program takes (fp16 inputs for an fp16 program)
+        layout.meta["shapes"][n]["dtype"] = str(a.dtype).removeprefix("torch.")
     meta: dict[str, Any] = {"format": "tensorrt", "version": 1, "precision": precision, **layout.meta,
                             "output_names": ["logits"]}  # fmt: skip
     mode: Any = contextlib.nullcontext()
