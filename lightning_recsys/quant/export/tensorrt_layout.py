@@ -124,9 +124,9 @@ def _tree(model: nn.Module, example_batch: Any, opt: int, max_batch: int, max_ba
             ranges = {0: (1 + csr, opt + csr, max_batch + csr, "offsets", f"max_batch={max_batch} (+1)")}
         else:  # the 1-D ids / per_sample_weights of the bags of offsets leaf role[1]
             group = role[1]
-            ids_dims.setdefault(group, torch.export.Dim(f"ids_{len(ids_dims)}", min=1, max=most_ids))
+            ids_dims.setdefault(group, torch.export.Dim(f"ids_{len(ids_dims)}", min=0, max=most_ids))
             dim, label = {0: ids_dims[group]}, {0: f"ids of {names[group]}"}
-            ranges = {0: (1, int(t.shape[0]), most_ids, "ids", f"max_batch * max_bag_len={most_ids}")}
+            ranges = {0: (0, int(t.shape[0]), most_ids, "ids", f"max_batch * max_bag_len={most_ids}")}
         dims.append(dim)
         labels[n] = label
         _range(shapes, n, t, ranges)
