@@ -74,7 +74,7 @@ def test_unsupported_modules_and_bad_patterns():
 
 
 def test_config_validation_and_unknown_keys(tmp_path):
-    with pytest.raises(ValueError, match="bits must be 8 or 4"):
+    with pytest.raises(ValueError, match=r"RowwiseEmbeddingConfig.bits must be one of \[8, 4\], got 2"):
         RowwiseEmbeddingConfig(bits=2)
     with pytest.raises(ValueError, match="observer must be one of"):
         Int8LinearConfig(observer="median")

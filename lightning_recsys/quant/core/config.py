@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..._validation import ConfigurationError, check_choice, check_int, check_number
 from ..calibration.observers import OBSERVERS
 from .precisions import PRECISION_OPTIONS
 
@@ -57,12 +58,10 @@ class RowwiseEmbeddingConfig(QuantConfig):
     clip: Literal["minmax", "greedy"] = "minmax"
 
     def __post_init__(self) -> None:
-        if self.bits not in (8, 4):
-            raise ValueError(f"RowwiseEmbeddingConfig.bits must be 8 or 4, got {self.bits!r}")
-        if self.clip not in ("minmax", "greedy"):
-            raise ValueError(f"RowwiseEmbeddingConfig.clip must be 'minmax' or 'greedy', got {self.clip!r}")
+        check_choice("bits", self.bits, (8, 4), owner="RowwiseEmbeddingConfig.")
+        check_choice("clip", self.clip, ("minmax", "greedy"), owner="RowwiseEmbeddingConfig.")
         if self.clip == "greedy" and self.bits != 4:
-            raise ValueError("RowwiseEmbeddingConfig.clip='greedy' needs bits=4")
+            raise ConfigurationError("RowwiseEmbeddingConfig.clip='greedy' needs bits=4")
 
 
 @dataclass
@@ -79,14 +78,11 @@ class Int8LinearConfig(QuantConfig):
     bins: int = 2048
 
     def __post_init__(self) -> None:
-        if self.activation not in ("dynamic", "static"):
-            raise ValueError(f"Int8LinearConfig.activation must be 'dynamic' or 'static', got {self.activation!r}")
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"Int8LinearConfig.observer must be one of {sorted(OBSERVERS)}, got {self.observer!r}")
-        if not 50.0 < float(self.percentile) <= 100.0:
-            raise ValueError(f"Int8LinearConfig.percentile must lie in (50, 100], got {self.percentile!r}")
-        if not isinstance(self.bins, int) or self.bins < 512:
-            raise ValueError(f"Int8LinearConfig.bins must be an integer >= 512, got {self.bins!r}")
+        owner = "Int8LinearConfig."
+        check_choice("activation", self.activation, ("dynamic", "static"), owner=owner)
+        check_choice("observer", self.observer, sorted(OBSERVERS), owner=owner)
+        check_number("percentile", self.percentile, low=50.0, high=100.0, low_open=True, owner=owner)
+        check_int("bins", self.bins, low=512, owner=owner)
 
 
 @dataclass
