@@ -31,9 +31,25 @@ from torch import Tensor
 from .input_spec import tree_feeds
 from .flat import layout_feeds
 from .onnx import METADATA_KEY
-from .torch_program import PROGRAM_META, program_feeds, program_runtime
+from .torch_program import PROGRAM_META, program_runtime
 
-__all__ = ["load", "OnnxPredictor", "ProgramPredictor"]
+__all__ = ["batch_feeds", "load", "OnnxPredictor", "ProgramPredictor"]
+
+
+def batch_feeds(inputs: dict[str, Any], args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The named input arrays of an export whose input layout is ``inputs``, for a call in any of the
+    forms the module doc lists."""
+    if inputs["kind"] == "tree":
+        return tree_feeds(inputs, args, kwargs)
+    if len(args) != 1 or kwargs:
+        kind = "RecsysBatch" if inputs["kind"] == "recsys" else "tuple of tensors"
+        raise TypeError(f"this model was exported from a {kind} example; call the predictor with one batch, got "
+                        f"{len(args)} arguments and keywords {sorted(kwargs)}")  # fmt: skip
+    (batch,) = args
+    if inputs["kind"] == "recsys":
+        return layout_feeds(batch, inputs)
+    tensors = (batch,) if isinstance(batch, Tensor) else tuple(batch)  # ONNX files written before the "tree" kind
+    return {n: t.detach().cpu().numpy() for n, t in zip(inputs["names"], tensors)}
 
 
 class OnnxPredictor:
@@ -58,18 +74,7 @@ class OnnxPredictor:
 
     def feeds(self, *args: Any, **kwargs: Any) -> dict:
         """The ONNX Runtime inputs for a batch (see the module doc for the forms it takes)."""
-        inputs = self.meta["inputs"]
-        if inputs["kind"] == "tree":
-            return tree_feeds(inputs, args, kwargs)
-        if len(args) != 1 or kwargs:
-            kind = "RecsysBatch" if inputs["kind"] == "recsys" else "tuple of tensors"
-            raise TypeError(f"this model was exported from a {kind} example; call the predictor with one batch, got "
-                            f"{len(args)} arguments and keywords {sorted(kwargs)}")  # fmt: skip
-        (batch,) = args
-        if inputs["kind"] == "recsys":
-            return layout_feeds(batch, inputs)
-        tensors = (batch,) if isinstance(batch, Tensor) else tuple(batch)  # files written before the "tree" kind
-        return {n: t.detach().cpu().numpy() for n, t in zip(inputs["names"], tensors)}
+        return batch_feeds(self.meta["inputs"], args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         return torch.from_numpy(self.session.run(None, self.feeds(*args, **kwargs))[0])
@@ -99,7 +104,7 @@ class ProgramPredictor:
             torch.set_num_threads(int(threads))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
-        return self._run(program_feeds(self.meta, args, kwargs)).float()
+        return self._run(batch_feeds(self.meta["inputs"], args, kwargs)).float()
 
     def predict_proba(self, *args: Any, **kwargs: Any) -> Tensor:
         return torch.sigmoid(self(*args, **kwargs))
@@ -113,7 +118,7 @@ def load(path: str | Path, threads: int | None = None) -> Any:
     if path.is_file() and path.suffix == ".pt2":
         return ProgramPredictor(path, threads)
     if not path.is_dir():
-        raise FileNotFoundError(f"no quantized artifact at {path} (expected a .onnx file or an artifact directory)")
+        raise FileNotFoundError(f"no quantized artifact at {path} (expected a .onnx or .pt2 file or an artifact directory)")
     meta_path = path / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} has no meta.json: not an artifact written by quantize_checkpoint")

@@ -34,12 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data.batch import RecsysBatch
-from .flat import layout_feeds, prepare_call
-from .input_spec import tree_feeds
+from .flat import prepare_call
 from .parity import Runtime, verify_export
 
-__all__ = ["PROGRAM_META", "export_torch", "program_feeds", "program_runtime"]
+__all__ = ["PROGRAM_META", "export_torch", "program_runtime"]
 
 #: name of the JSON metadata file inside the ``.pt2`` archive (``torch.export.save``'s ``extra_files``)
 PROGRAM_META = "lightning_recsys.json"
@@ -101,17 +99,6 @@ def _program_inputs(program: torch.export.ExportedProgram, names: list[str]) -> 
         shape = [int(d) if isinstance(d, int) else str(d) for d in val.shape]
         out.append({"name": name, "dtype": str(val.dtype).removeprefix("torch."), "shape": shape})
     return out
-
-
-def program_feeds(meta: dict[str, Any], args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
-    """The program's inputs, by name, for a call in any form the export took (see :mod:`.flat`)."""
-    inputs = meta["inputs"]
-    if inputs["kind"] == "tree":
-        return tree_feeds(inputs, args, kwargs)
-    if len(args) != 1 or kwargs or not isinstance(args[0], RecsysBatch):
-        raise TypeError(f"this model was exported from a RecsysBatch example; call it with one RecsysBatch, got "
-                        f"{len(args)} arguments and keywords {sorted(kwargs)}")  # fmt: skip
-    return layout_feeds(args[0], inputs)
 
 
 def program_runtime(module: nn.Module, meta: dict[str, Any]) -> Runtime:
