@@ -182,6 +182,8 @@ def test_model_taking_bag_ids_and_offsets(precision):
         torch.testing.assert_close(got, ref, atol=1e-5 if precision == "fp32" else 2e-2, rtol=1e-2)
     with pytest.raises(ValueError, match=r"input 'dense' has shape \(33, 4\), outside the exported range"):
         tensorrt_inputs(_bags_batch(33, 2, 4), prepared.meta)
+    with pytest.raises(ValueError, match=r"input 'dense' has shape \(1, 4\), outside the exported range \[2, 4\]"):
+        tensorrt_inputs(_bags_batch(1, 2, 4), prepared.meta)  # include_last_offset bags: 2 rows or more
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the error raised when torch_tensorrt is NOT installed")

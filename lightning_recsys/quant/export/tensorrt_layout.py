@@ -9,8 +9,9 @@ TensorRT compiles one optimisation profile per input: every dynamic dim needs a 
   are flattened leaf by leaf; the role of each leaf comes from one eager call
   (:func:`~.example_rows.infer_roles`): batch-major leaves get the batch dim, ``nn.EmbeddingBag``
   offsets the batch dim (``+ 1`` with ``include_last_offset``), and the 1-D ids (and
-  ``per_sample_weights``) of a bag group one dim of ``[1, max_batch * max_bag_len]`` ids. Every other
-  dim keeps the example's size.
+  ``per_sample_weights``) of a bag group one dim of ``[0, max_batch * max_bag_len]`` ids. Every other
+  dim keeps the example's size. With ``include_last_offset`` bags the batch starts at 2 rows
+  (torch.export specialises the one-bag case of ``batch + 1`` offsets).
 
 Example:
     >>> import torch
@@ -109,8 +110,11 @@ def _tree(model: nn.Module, example_batch: Any, opt: int, max_batch: int, max_ba
     if b < 2:  # torch.export specialises a dim of size 1: the example's one row twice
         leaves, b = select_rows(leaves, roles, [0] * 2), 2
     leaves = [t.detach().cpu() for t in leaves]
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    rows = (1, opt, max_batch, "rows", f"max_batch={max_batch}")
+    # torch.export specialises a bag count of 1 derived from include_last_offset offsets (batch + 1):
+    # such programs take batches of 2 rows or more, and the profile says so
+    least = 2 if any(r[0] == "offsets" and r[1] for r in roles.values()) else 1
+    batch = torch.export.Dim("batch", min=least, max=max_batch)
+    rows = (least, opt, max_batch, "rows", f"max_batch={max_batch}")
     most_ids = max_batch * max_bag_len
     ids_dims: dict[int, Any] = {}
     dims, labels, shapes = [], {}, {}
@@ -121,7 +125,7 @@ def _tree(model: nn.Module, example_batch: Any, opt: int, max_batch: int, max_ba
         elif role[0] == "offsets":
             csr = int(role[1])
             dim, label = {0: batch + csr if csr else batch}, {0: "batch+1" if csr else "batch"}
-            ranges = {0: (1 + csr, opt + csr, max_batch + csr, "offsets", f"max_batch={max_batch} (+1)")}
+            ranges = {0: (least + csr, opt + csr, max_batch + csr, "offsets", f"max_batch={max_batch} (+1)")}
         else:  # the 1-D ids / per_sample_weights of the bags of offsets leaf role[1]
             group = role[1]
             ids_dims.setdefault(group, torch.export.Dim(f"ids_{len(ids_dims)}", min=0, max=most_ids))
