@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_recsys.quant import FP32Config, RecipeConfig, export_onnx, load, quantize_
+from lightning_recsys.quant import FP32Config, RecipeConfig, export_onnx, export_torch, load, quantize_
 from lightning_recsys.quant.export.parity import Runtime, verify
 from lightning_recsys.quant.export.input_spec import tree_feeds
 
@@ -215,6 +215,29 @@ def test_user_model_export_runs_other_sizes(tmp_path, kind, quantized):
         np.testing.assert_array_equal(predictor(**other).numpy(), got.numpy())
 
 
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_user_model_torch_program_scores_other_sizes_without_its_class(tmp_path, kind):
+    """export_torch: a self-contained torch.export program of the quantized model, verified at export on
+    another size, loaded by load() and called in the model's own forms (the class is never imported)."""
+    torch.manual_seed(0)
+    model = MODELS[kind]().eval()
+    quantize_(model, RecipeConfig(overrides={"maxed": FP32Config()} if kind == "fixed_bags" else {}))
+    example, other = _inputs(kind, 12, 0), _inputs(kind, 5, 1)
+    meta = export_torch(model, tmp_path / "m.pt2", example, verify_batches=[other] if kind in OWN_POOLING else [])
+    assert meta["inputs"]["kind"] == "tree" and meta["parity"]["rows_beyond_tol"] == 0
+    predictor = load(tmp_path / "m.pt2")
+    with torch.no_grad():
+        ref = _call(model, other)
+    torch.testing.assert_close(predictor(other), ref, atol=1e-5, rtol=1e-5)
+    if isinstance(other, tuple):
+        torch.testing.assert_close(predictor(*other), ref, atol=1e-5, rtol=1e-5)
+    if kind == "weighted_bags":  # include_last_offset: torch.export specialises one bag of batch + 1 offsets
+        with pytest.raises(ValueError, match="score at least 2 rows, or export with format='onnx'"):
+            predictor(_inputs(kind, 1, 2))
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        export_torch(model, tmp_path / "m.pt2", example)
+
+
 class AllBagForms(nn.Module):
     """Every nn.EmbeddingBag input form on the same ids: offsets with and without the last entry, 2-D
     ids, per_sample_weights, padding_idx; sum, mean and max."""
@@ -250,11 +273,13 @@ def test_every_embedding_bag_form_matches_torch(tmp_path):
     model = AllBagForms().eval()
     meta = export_onnx(model, tmp_path / "m.onnx", _all_forms_batch(9, 0))
     assert meta["parity"]["other_size"]["rows"] == 4 and meta["parity"]["max_abs_diff"] < 1e-5
-    predictor = load(tmp_path / "m.onnx")
-    for n, seed in ((2, 1), (6, 2), (17, 3)):
-        batch = _all_forms_batch(n, seed)
-        with torch.no_grad():
-            torch.testing.assert_close(predictor(batch), model(*batch), atol=1e-6, rtol=1e-6)
+    export_torch(model, tmp_path / "m.pt2", _all_forms_batch(9, 0))
+    for path in ("m.onnx", "m.pt2"):
+        predictor = load(tmp_path / path)
+        for n, seed in ((2, 1), (6, 2), (17, 3)):
+            batch = _all_forms_batch(n, seed)
+            with torch.no_grad():
+                torch.testing.assert_close(predictor(batch), model(*batch), atol=1e-6, rtol=1e-6)
 
 
 def test_single_row_example_and_numpy_inputs(tmp_path):

@@ -107,7 +107,16 @@ def program_runtime(module: nn.Module, meta: dict[str, Any]) -> Runtime:
 
     def run(feeds: dict[str, np.ndarray]) -> torch.Tensor:
         order = names if names is not None else list(feeds)
-        with torch.no_grad():
-            return module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in order))
+        try:
+            with torch.no_grad():
+                return module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in order))
+        except (AssertionError, RuntimeError) as e:
+            if "Guard failed" not in str(e):
+                raise
+            raise ValueError(
+                f"the torch.export program cannot take this batch ({e}): the trace fixed a size this batch does not "
+                "have. A batch of one row for bags with include_last_offset is such a case (torch.export specialises "
+                "one bag of batch + 1 offsets): score at least 2 rows, or export with format='onnx'"
+            ) from e
 
     return Runtime("the torch.export program", run)
