@@ -5,6 +5,7 @@ The table-wise sharded collection lives in :mod:`lightning_recsys.distributed`."
 from .chunked import ChunkedEmbedding, ChunkedEmbeddingBag, ChunkedEmbeddingBase
 from .collection import EmbeddingBagCollection
 from .convert import chunk_modules, chunked_modules, export_compact, to_dense_modules
+from .rq_vae import rq_vae
 from .semantic_codes import kmeans, residual_kmeans
 from .semantic_id import (
     HashedEmbeddingBag,
@@ -31,5 +32,6 @@ __all__ = [
     "prefix_ranges",
     "prefix_tokens",
     "residual_kmeans",
+    "rq_vae",
     "to_dense_modules",
 ]

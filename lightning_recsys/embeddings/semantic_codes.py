@@ -2,7 +2,7 @@
 
 Level 1 clusters the content vectors; level ``l`` clusters the residuals ``r_l = x - sum_{i<l} v^i_{c_i}``
 that the earlier levels leave (Singh et al., arXiv 2306.08121; Zheng et al., arXiv 2504.02137 use an
-RQ-VAE, of which this is the simple, deterministic alternative). k-means++ seeding and Lloyd's
+RQ-VAE, :mod:`.rq_vae`, of which this is the simple, deterministic alternative). k-means++ seeding and Lloyd's
 iterations run in float64 from a ``torch.Generator`` seeded with ``seed``: the same content and seed
 give the same codes on every machine and rank.
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_int
+from .._validation import ConfigurationError, check_int
 
-__all__ = ["kmeans", "residual_kmeans"]
+__all__ = ["check_content", "kmeans", "residual_kmeans"]
 
 
 def _plus_plus(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
@@ -77,6 +77,19 @@ def kmeans(x: Tensor, k: int, seed: int = 0, iters: int = 25) -> tuple[Tensor, T
     return idx, centres
 
 
+def check_content(content: Tensor, codebook_size: int) -> None:
+    """Raise unless ``content`` is a finite 2-D float tensor with at least ``codebook_size`` rows."""
+    check_int("codebook_size", codebook_size, low=1)
+    if not isinstance(content, Tensor) or not content.is_floating_point():
+        raise TypeError(f"content must be a floating-point tensor, got {getattr(content, 'dtype', type(content).__name__)}")
+    if content.dim() != 2 or content.shape[0] < 1:
+        raise ConfigurationError(f"content must be a 2-D [num_items, features] tensor with rows, got shape {tuple(content.shape)}")
+    if codebook_size > content.shape[0]:
+        raise ConfigurationError(f"codebook_size ({codebook_size}) must not exceed the number of items ({content.shape[0]})")
+    if not torch.isfinite(content).all():
+        raise ConfigurationError("content holds NaN or infinite values")
+
+
 def residual_kmeans(
     content: Tensor, num_levels: int = 3, codebook_size: int = 256, seed: int = 0, iters: int = 25
 ) -> tuple[Tensor, Tensor]:
@@ -85,16 +98,8 @@ def residual_kmeans(
     Level ``l`` runs :func:`kmeans` with seed ``seed + l`` on what the previous levels left unexplained.
     """
     check_int("num_levels", num_levels, low=1)
-    check_int("codebook_size", codebook_size, low=1)
     check_int("iters", iters, low=1)
-    if not isinstance(content, Tensor) or not content.is_floating_point():
-        raise TypeError(f"content must be a floating-point tensor, got {getattr(content, 'dtype', type(content).__name__)}")
-    if content.dim() != 2 or content.shape[0] < 1:
-        raise ValueError(f"content must be a 2-D [num_items, features] tensor with rows, got shape {tuple(content.shape)}")
-    if codebook_size > content.shape[0]:
-        raise ValueError(f"codebook_size ({codebook_size}) must not exceed the number of items ({content.shape[0]})")
-    if not torch.isfinite(content).all():
-        raise ValueError("content holds NaN or infinite values")
+    check_content(content, codebook_size)
     residual = content.detach().to(torch.float64)
     codes, books = [], []
     for level in range(num_levels):

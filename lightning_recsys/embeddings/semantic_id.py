@@ -30,11 +30,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import ConfigurationError, check_int
+from .._validation import ConfigurationError, check_choice, check_int
+from .rq_vae import rq_vae
 from .semantic_codes import residual_kmeans
 
 __all__ = [
@@ -178,7 +180,9 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
             holds ``sum(range_sizes)`` rows, fewer than ``H`` when the prefix spaces are smaller.
         num_levels: code levels ``L``; codebook_size: values per level ``K``.
         ngram: longest prefix used (default ``L``): ``ngram`` tokens per item.
-        seed: seeds the residual k-means and the hashing.
+        seed: seeds the codes (residual k-means or RQ-VAE) and the hashing.
+        code_method: ``"residual_kmeans"`` (:func:`~lightning_recsys.embeddings.residual_kmeans`) or
+            ``"rq_vae"`` (:func:`~lightning_recsys.embeddings.rq_vae`), how :meth:`fit_codes` finds codes.
         codes: optional precomputed codes ``[num_embeddings, L]``; otherwise call :meth:`fit_codes`
             (``RecsysModule`` does it in ``setup`` from the data module's ``content_vectors(feature)``).
 
@@ -194,9 +198,11 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
         codebook_size: int = 256,
         ngram: int | None = None,
         seed: int = 0,
+        code_method: Literal["residual_kmeans", "rq_vae"] = "residual_kmeans",
         codes: Tensor | None = None,
     ) -> None:
         check_int("num_levels", num_levels, low=1)
+        check_choice("code_method", code_method, ("residual_kmeans", "rq_vae"))
         check_int("codebook_size", codebook_size, low=1)
         ngram = num_levels if ngram is None else ngram
         if not 1 <= check_int("ngram", ngram) <= num_levels:
@@ -206,6 +212,7 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
         self.budget = num_embeddings if num_rows is None else num_rows
         self.ranges = ranges
         self.num_levels, self.codebook_size, self.ngram, self.seed = num_levels, codebook_size, ngram, seed
+        self.code_method = code_method
         self.register_buffer("codes", torch.full((num_embeddings, num_levels), -1, dtype=torch.long))
         self.register_buffer("fitted", torch.tensor(False))
         if codes is not None:
@@ -237,12 +244,15 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
         self.fitted.fill_(True)
 
     def fit_codes(self, content: Tensor, iters: int = 25) -> None:
-        """Residual k-means (:func:`~lightning_recsys.embeddings.residual_kmeans`, seeded with ``seed``)
-        over ``content`` [num_embeddings, C], one content vector per id; stores the codes."""
+        """Codes of ``content`` [num_embeddings, C], one content vector per id, by ``code_method``
+        (seeded with ``seed``; ``iters``: k-means iterations); stores them."""
         if not isinstance(content, Tensor) or content.dim() != 2 or content.shape[0] != self.num_embeddings:
             got = getattr(content, "shape", content)
             raise ValueError(f"content must be a [num_embeddings={self.num_embeddings}, features] tensor, got {got!r}")
-        codes, _ = residual_kmeans(content.cpu(), self.num_levels, self.codebook_size, seed=self.seed, iters=iters)
+        if self.code_method == "rq_vae":
+            codes, _ = rq_vae(content.cpu(), self.num_levels, self.codebook_size, seed=self.seed)
+        else:
+            codes, _ = residual_kmeans(content.cpu(), self.num_levels, self.codebook_size, seed=self.seed, iters=iters)
         self.set_codes(codes)
 
     def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:

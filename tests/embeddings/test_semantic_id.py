@@ -17,6 +17,7 @@ from lightning_recsys.embeddings import (
     prefix_ranges,
     prefix_tokens,
     residual_kmeans,
+    rq_vae,
 )
 from lightning_recsys.models import DLRM, RecsysModule
 from lightning_recsys.optim import route_muon
@@ -52,6 +53,26 @@ def test_residual_kmeans_is_deterministic_per_seed_and_refines():
         errors.append(float((x - recon).square().sum()))
     assert errors[0] > errors[1] > errors[2]
     assert torch.equal(codes[:, 0], residual_kmeans(x, 1, 6, seed=1)[0][:, 0])  # level 1 is plain k-means
+
+
+def test_rq_vae_codes_are_deterministic_and_follow_the_content():
+    x = _content()  # 6 well separated clusters
+    codes, books = rq_vae(x, num_levels=2, codebook_size=6, seed=3, epochs=120)
+    assert torch.equal(codes, rq_vae(x, num_levels=2, codebook_size=6, seed=3, epochs=120)[0])
+    assert codes.shape == (N_ITEMS, 2) and books.shape == (2, 6, 16) and int(codes.max()) < 6
+    cluster = torch.arange(N_ITEMS) % 6
+    for c in range(6):  # every content cluster gets one first-level code of its own
+        assert codes[cluster == c, 0].unique().numel() == 1
+    assert codes[:, 0].unique().numel() == 6
+    state = torch.random.get_rng_state()
+    rq_vae(x, num_levels=1, codebook_size=6, seed=0, epochs=8)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left alone
+    table = _table(code_method="rq_vae")
+    assert bool(table.fitted) and table.codes.shape == (N_ITEMS, 3)
+    with pytest.raises(ValueError, match=r"code_method must be one of \['residual_kmeans', 'rq_vae'\]"):
+        SemanticIdEmbedding(N_ITEMS, 8, code_method="vq")
+    with pytest.raises(ValueError, match="codebook_size"):
+        rq_vae(x[:4], num_levels=1, codebook_size=6)
 
 
 def test_prefix_ranges_are_disjoint_and_tokens_stay_in_their_range():
