@@ -4,11 +4,13 @@ Every candidate trains the same DLRM (same seed, same batches, Adam) with a real
 MovieLens-100K (the headline) and on synthetic Criteo-like data, at budgets of 50/75/90/95% of the dense
 embedding bytes removed; 3 seeds. Bytes count every method's pool, index, masks and per-row metadata
 (``benchmarks/_pruning.py``). Each method gets its own learning rate (picked on the validation split at the
-90% budget, seed 0, from ``lrs``). Reported: test AUC / NE (mean, std over seeds), bytes, and the training
+90% budget, seed 0, from ``LRS``). Reported: test AUC / NE (mean, std over seeds), bytes, and the training
 step time of FIITED at every budget relative to the trained dense model (interleaved timing, median).
-Pareto plots (bytes vs test AUC) go beside the JSON as ``fiited_<dataset>.png``.
+Pareto plots (bytes vs test AUC) go beside the JSON as ``fiited_<dataset>.png``. The full run also measures
+the suspects of FIITED's gap to the uniform dimension one by one on MovieLens
+(``benchmarks/_fiited_diagnosis.py``, under ``metrics.movielens.diagnosis``).
 
-    python benchmarks/fiited.py [--quick] [--threads 1] [--skip-movielens]
+    python benchmarks/fiited.py [--quick] [--threads 1] [--skip-movielens] [--skip-diagnosis]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torchmetrics.classification import BinaryAUROC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import interleaved_times, parse_args, tensor_bytes, write_results  # noqa: E402
+from benchmarks._fiited_diagnosis import diagnose  # noqa: E402
 from benchmarks._pruning import pep_attach, pep_budget_masks, pep_bytes, pep_fix_masks  # noqa: E402
 from lightning_recsys.callbacks.fiited import FIITED  # noqa: E402
 from lightning_recsys.data import SyntheticCTRDataModule  # noqa: E402
@@ -38,9 +41,11 @@ from lightning_recsys.models import DLRM, RecsysModule  # noqa: E402
 
 BUDGETS = (0.5, 0.75, 0.9, 0.95)
 METHODS = ("fiited", "uniform", "row", "pep")
-# FIITED as shipped for this benchmark: per-row dimension (chunk 1, prefix rule), every accessed row keeps
-# >= 1 column, utility = per-access gradient norm
-FIITED_KW = dict(chunk_size=1, prefix=True, min_chunks=1, utility_norm="mean")
+# FIITED as shipped for this benchmark: per-row dimension (chunk 1, prefix rule), warm-started at the uniform
+# dimension that fits the budget (kept as the floor of every accessed row), the rest of the budget to the rows
+# of highest utility (frequency x gradient norm, the spec's)
+FIITED_KW = dict(chunk_size=1, prefix=True, warm_start="uniform", utility_norm="none")
+LRS = (1e-3, 3e-3, 1e-2, 3e-2)  # every method picks its own (validation AUC at 90%, seed 0)
 PEP_INIT = -8.0  # sigmoid(-8) = 3e-4: below the initial |weights|, so the soft threshold starts almost inactive
 
 
@@ -112,7 +117,8 @@ def train_one(method: str, b: float, seed: int, lr: float, data: dict, cfg: dict
     rows = sum(spec.cardinalities.values())
     budget = _budget_bytes(rows * dim * 4, b)
     steps = len(train) * epochs
-    sched = dict(start_step=int(0.1 * steps), end_step=int(0.6 * steps), interval=max(2, steps // 20))
+    start, end, events = cfg.get("schedule", (0.1, 0.6, 20))
+    sched = dict(start_step=int(start * steps), end_step=int(end * steps), interval=max(2, steps // events))
     pl.seed_everything(seed, verbose=False)
     extra: dict[str, Any] = {}
     cb = None
@@ -123,7 +129,9 @@ def train_one(method: str, b: float, seed: int, lr: float, data: dict, cfg: dict
     else:
         module = _module(spec, dim, lr, seed)
     if method == "fiited":
-        cb = FIITED(target_bytes=budget, **FIITED_KW, **sched)
+        kw = dict(cfg.get("fiited_kw", {}))
+        kw = {k: v for k, v in kw.items() if k != "_replace"} if kw.get("_replace") else {**FIITED_KW, **kw}
+        cb = FIITED(target_bytes=budget, **kw, **sched)
     elif method == "row":
         cb = FIITED(target_bytes=budget, chunk_size=dim, prefix=True, **sched)
     t0 = time.perf_counter()
@@ -145,6 +153,7 @@ def train_one(method: str, b: float, seed: int, lr: float, data: dict, cfg: dict
     res.update(extra, budget_bytes=budget, lr=lr)
     if cb is not None:
         res["fiited_overhead_bytes"] = cb.training_overhead_bytes()
+        res["lookup_cache_bytes"] = sum(t.cache_bytes() for t in cb.tables.values())
     return module, res
 
 
@@ -240,10 +249,15 @@ def _summary(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _extra_args(p) -> None:
+    p.add_argument("--skip-movielens", action="store_true")
+    p.add_argument("--skip-diagnosis", action="store_true", help="leave out the suspects one by one (MovieLens, ~4 min)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args("fiited", argv, extra=lambda p: p.add_argument("--skip-movielens", action="store_true"))
+    args = parse_args("fiited", argv, extra=_extra_args)
     quick = args.quick
-    seeds, lrs = ((0,), (3e-3,)) if quick else ((0, 1, 2), (3e-3, 1e-2))
+    seeds, lrs = ((0,), (3e-3,)) if quick else ((0, 1, 2), LRS)
     syn_cfg = dict(
         num_train=10_240 if quick else 204_800, num_test=8_192 if quick else 51_200, batch_size=1024,
         max_rows=2_000 if quick else 20_000, num_sparse=8, dim=32, epochs=1, seeds=seeds, lrs=lrs, repeats=5 if quick else 15,
@@ -262,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             ml = run_dataset("movielens", ml_data, ml_cfg)
             metrics["movielens"] = ml
+            if not quick and not args.skip_diagnosis:
+                ml["diagnosis"] = diagnose(train_one, ml_data, ml_cfg, ml["lr"]["fiited"], FIITED_KW)
             ratios.update({f"movielens_{k}": v for k, v in _summary(ml).items()})
             if not quick:
                 _pareto_plot("MovieLens-100K", ml, plots / "fiited_movielens.png")

@@ -54,7 +54,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from ..embeddings.checkpoint import dense_optimizer_state, pool_optimizer_state
+from ..embeddings.checkpoint import load_optimizer_layout, save_optimizer_layout
 from ..embeddings.chunked import ChunkedEmbeddingBase
 from ..embeddings.convert import chunk_modules
 from .._validation import ConfigurationError, check_choice, check_int, check_number
@@ -69,6 +69,7 @@ _CHOICES = {
     "granularity": ("chunk", "row"),
     "threshold": ("global", "per_table"),
     "utility_norm": ("none", "sqrt", "mean"),
+    "warm_start": ("none", "uniform", "uniform_free"),
 }
 
 
@@ -116,6 +117,15 @@ class FIITED(Callback):
             ``min_chunks`` chunks before any row gets more (as far as the budget allows).
         utility_norm: divide a row's utilities by its (decayed) access count: ``"none"`` (frequency times
             gradient norm), ``"sqrt"`` (by its square root) or ``"mean"`` (per-access gradient norm).
+        warm_start: ``"none"`` (train dense, prune along the schedule), ``"uniform"`` or ``"uniform_free"``
+            (with ``prefix``: before the first step every row keeps the same first ``k`` chunks, the largest
+            ``k`` within the budget, i.e. a uniformly smaller dimension; the budget is the target from then
+            on and every event gives the rest of the budget to the rows of highest utility. ``"uniform"``
+            keeps ``k`` as the floor of every row accessed since the start (``min_chunks`` raised to ``k``):
+            a row only grows, so the model holds the uniformly smaller one; ``"uniform_free"`` lets rows
+            shrink below ``k`` too). Recommended: ``FIITED(chunk_size=1, prefix=True, warm_start="uniform",
+            target_bytes=B)`` (``benchmarks/fiited.py``). Needs ``k >= 1``. A pruned column's utility is the
+            gradient it would get: under a dot interaction only partners holding that column give one.
         granularity: ``"chunk"`` (FIITED) or ``"row"`` (whole rows by summed utility: the ITEP/AdaEmbed
             row-pruning baseline at the same byte budget).
         threshold: ``"global"`` (one utility threshold over all tables) or ``"per_table"`` (every table
@@ -145,6 +155,7 @@ class FIITED(Callback):
         index_block: int = 16,
         min_chunks: int = 0,
         utility_norm: Literal["none", "sqrt", "mean"] = "none",
+        warm_start: Literal["none", "uniform"] = "none",
         granularity: Literal["chunk", "row"] = "chunk",
         threshold: Literal["global", "per_table"] = "global",
         pattern: str | None = None,
@@ -166,10 +177,12 @@ class FIITED(Callback):
         check_number("readmit_margin", readmit_margin, low=0.0, owner=_OWNER)
         for arg, val in (("readmit_scale", readmit_scale), ("readmit_std", readmit_std)):
             check_number(arg, val, low=0.0, low_open=True, owner=_OWNER)
+        if warm_start != "none" and not (prefix and granularity == "chunk"):
+            raise ConfigurationError(f"{_OWNER}warm_start={warm_start!r} needs prefix=True and granularity='chunk'")
         if min_chunks and not prefix:
             raise ConfigurationError(f"{_OWNER}min_chunks needs prefix=True (got min_chunks={min_chunks}, prefix=False)")
         for arg, val in (("schedule", schedule), ("readmit_init", readmit_init), ("granularity", granularity),
-                         ("threshold", threshold), ("utility_norm", utility_norm)):  # fmt: skip
+                         ("threshold", threshold), ("utility_norm", utility_norm), ("warm_start", warm_start)):  # fmt: skip
             check_choice(arg, val, _CHOICES[arg], owner=_OWNER)
         self.chunk_size = chunk_size
         self.target_sparsity = None if target_sparsity is None else float(target_sparsity)
@@ -181,6 +194,8 @@ class FIITED(Callback):
         self.readmit_scale, self.readmit_std = float(readmit_scale), float(readmit_std)
         self.prefix, self.granularity, self.threshold = prefix, granularity, threshold
         self.index_block, self.min_chunks, self.utility_norm = index_block, min_chunks, utility_norm
+        self.warm_start = warm_start
+        self.floor = 0  # min_chunks raised by the warm start
         self.access: dict[str, Tensor] = {}
         self.pattern = pattern
         self.seed = seed
@@ -212,7 +227,11 @@ class FIITED(Callback):
                 table.track_grad_norms(True)
                 self.utility[name] = torch.zeros_like(table.grad_norm_acc)
                 self.access[name] = torch.zeros_like(table.access_acc)
-            self._target_pool_bytes()  # validate the budget early
+            if self._uniform_chunks() < 1 and self.warm_start != "none":  # also validates the budget early
+                raise ConfigurationError(
+                    f"{_OWNER}warm_start={self.warm_start!r} needs a budget of at least one chunk per row; "
+                    f"use a smaller chunk_size (now {self.chunk_size}) or a larger target"
+                )
             if trainer.world_size > 1:
                 # pools change shape: keep them out of DDP's reducer, their gradients are averaged in on_before_optimizer_step
                 ignore = list(getattr(pl_module, "_ddp_params_and_buffers_to_ignore", []))
@@ -228,6 +247,32 @@ class FIITED(Callback):
             for table in self.tables.values():  # DDP does not sync what it ignores: start from rank 0's tables
                 for t in (table.pool.data, table.mask, table.base):
                     torch.distributed.broadcast(t, src=0)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.warm_start != "none" and self.num_events == 0 and self.last_event_step < 0:
+            self._warm_start(trainer)
+
+    @torch.no_grad()
+    def _warm_start(self, trainer: pl.Trainer) -> None:
+        """Every row keeps its first ``k`` chunks, the largest ``k`` whose pool fits the target budget."""
+        k = self._uniform_chunks()
+        self.floor = k if self.warm_start == "uniform" else 0
+        for table in self.tables.values():
+            keep = torch.zeros(table.num_embeddings, table.num_chunks, dtype=torch.bool, device=table.pool.device)
+            keep[:, : min(k, table.num_chunks)] = True
+            if torch.equal(keep, table.kept_mask()):
+                continue
+            old = table.pool
+            src = table.set_kept(keep)
+            for optimizer in trainer.optimizers:
+                remap_optimizer_state(optimizer, old, table.pool, src)
+
+    def _uniform_chunks(self) -> int:
+        """The largest ``k`` such that the first ``k`` chunks of every row fit the target pool budget (a table
+        with fewer chunks keeps all of them)."""
+        per_chunk = sum(t.num_embeddings * self._chunk_bytes(t) for t in self.tables.values())
+        return min(max((t.num_chunks for t in self.tables.values()), default=0), self._target_pool_bytes() // max(per_chunk, 1))
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
@@ -261,40 +306,14 @@ class FIITED(Callback):
         holds them), so that the checkpoint resumes a plain module too; note where it went for
         :meth:`on_load_checkpoint`. State without a dense form (one value per pool slot, e.g. CounterSGD's
         counts) moves to this callback's state: a plain module restarts it, a resume with FIITED gets it back."""
-        where: dict[str, list[dict[str, Any]]] = {}
-        for i, (optimizer, saved) in enumerate(zip(trainer.optimizers, checkpoint.get("optimizer_states", []))):
-            index = {
-                id(p): j for live, packed in zip(optimizer.param_groups, saved["param_groups"]) for p, j in zip(live["params"], packed["params"])
-            }
-            for name, table in self.tables.items():
-                j = index.get(id(table.pool))
-                if j is None or j not in saved["state"]:
-                    continue
-                dense, slot0 = dense_optimizer_state(table, saved["state"][j])
-                if dense is None:
-                    where.setdefault(name, []).append({"optimizer": i, "param": j, "state": saved["state"].pop(j)})
-                else:
-                    saved["state"][j] = dense  # a new dict: the live optimizer state is untouched
-                    where.setdefault(name, []).append({"optimizer": i, "param": j, "slot0": slot0})
+        where = save_optimizer_layout(self.tables, trainer.optimizers, checkpoint.get("optimizer_states", []))
         checkpoint["callbacks"][self.state_key]["optimizer_layout"] = where
 
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         """Put the tables' optimizer state back in the pool layout saved in this callback's state (the tables
         themselves are re-pruned by :meth:`load_state_dict`, before the optimizers load)."""
-        state = checkpoint.get("callbacks", {}).get(self.state_key) or {}
-        for name, entries in state.get("optimizer_layout", {}).items():
-            if name not in self.tables:
-                continue  # not chunked in this run: its dense state fits the plain weight
-            table = self.tables[name]
-            keep = table.kept_mask(state["layout"][name].to(table.mask.device))
-            for entry in entries:
-                saved = checkpoint["optimizer_states"][entry["optimizer"]]["state"]
-                j = entry["param"]
-                if "state" in entry:
-                    saved[j] = entry["state"]
-                elif j in saved:
-                    saved[j] = pool_optimizer_state(table, saved[j], keep, entry["slot0"])
+        load_optimizer_layout(self.tables, checkpoint.get("callbacks", {}).get(self.state_key) or {}, checkpoint)
 
     # ------------------------------------------------------------------ state
     @override
@@ -309,6 +328,7 @@ class FIITED(Callback):
             "layout": {n: t.mask.clone() for n, t in self.tables.items()},
             "last_event_step": self.last_event_step,
             "num_events": self.num_events,
+            "floor": self.floor,
         }
 
     @override
@@ -316,6 +336,7 @@ class FIITED(Callback):
         self._pending = {k: v for k, v in state_dict.items() if k != "optimizer_layout"}  # that one is on_load_checkpoint's
         self.last_event_step = int(state_dict["last_event_step"])
         self.num_events = int(state_dict["num_events"])
+        self.floor = int(state_dict.get("floor", 0))
         if self.tables:
             self._apply_pending()
 
@@ -346,7 +367,8 @@ class FIITED(Callback):
         return sum(sum(t.storage_bytes().values()) for t in self.tables.values())
 
     def training_overhead_bytes(self) -> int:
-        """Bytes FIITED adds during training: utilities and gradient-norm accumulators."""
+        """Bytes FIITED adds during training: utilities and gradient-norm accumulators (the small tables' lookup
+        caches, derived from the index, are :meth:`~ChunkedEmbeddingBase.cache_bytes`)."""
         accs = [a for t in self.tables.values() for a in (t.grad_norm_acc, t.access_acc) if a is not None]
         return sum(x.numel() * x.element_size() for x in [*self.utility.values(), *self.access.values(), *accs])
 
@@ -370,6 +392,8 @@ class FIITED(Callback):
         """Scheduled fraction of the pool bytes pruned at ``step``."""
         full = sum(t.num_embeddings * t.num_chunks * self._chunk_bytes(t) for t in self.tables.values())
         final = 1 - self._target_pool_bytes() / full
+        if self.warm_start != "none":
+            return final
         if step < self.start_step:
             return 0.0
         p = 1.0 if self.end_step == self.start_step else min(1.0, (step - self.start_step) / (self.end_step - self.start_step))
@@ -434,7 +458,7 @@ class FIITED(Callback):
             must = torch.zeros_like(kept)
             if self.prefix and self.granularity == "chunk":
                 score = torch.cummin(score, dim=1).values
-                must[:, : self.min_chunks] = (self.access[name] > 0).unsqueeze(1)
+                must[:, : max(self.min_chunks, self.floor)] = (self.access[name] > 0).unsqueeze(1)
             if not self.readmit:
                 score[~kept] = -math.inf
             cost = self._chunk_bytes(table)

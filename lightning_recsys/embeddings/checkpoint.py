@@ -33,7 +33,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .chunked import ChunkedEmbeddingBase
 
-__all__ = ["dense_layout", "dense_optimizer_state", "load_dense", "pool_optimizer_state"]
+__all__ = ["dense_layout", "dense_optimizer_state", "load_dense", "load_optimizer_layout", "pool_optimizer_state", "save_optimizer_layout"]
 
 _COMPACT_KEYS = ("pool", "mask", "base")  # the format of chunked checkpoints before the dense weight
 
@@ -132,3 +132,42 @@ def pool_optimizer_state(table: ChunkedEmbeddingBase, state: dict[str, Any], kee
         chunks = value.reshape(table.num_embeddings, table.num_chunks, table.chunk_size)
         out[key] = torch.cat([row.to(value).unsqueeze(0), chunks[keep.to(value.device)]])
     return out
+
+
+def save_optimizer_layout(tables: dict[str, ChunkedEmbeddingBase], optimizers: list, saved_states: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rewrite the tables' entries of a checkpoint's ``optimizer_states`` (``saved_states``, in place) in the
+    dense layout of their ``weight``; return where they went (for :func:`load_optimizer_layout`). State without
+    a dense form (one value per pool slot) is moved out of the optimizer state into the returned record."""
+    where: dict[str, list[dict[str, Any]]] = {}
+    for i, (optimizer, saved) in enumerate(zip(optimizers, saved_states)):
+        index = {
+            id(p): j for live, packed in zip(optimizer.param_groups, saved["param_groups"]) for p, j in zip(live["params"], packed["params"])
+        }
+        for name, table in tables.items():
+            j = index.get(id(table.pool))
+            if j is None or j not in saved["state"]:
+                continue
+            dense, slot0 = dense_optimizer_state(table, saved["state"][j])
+            if dense is None:
+                where.setdefault(name, []).append({"optimizer": i, "param": j, "state": saved["state"].pop(j)})
+            else:
+                saved["state"][j] = dense  # a new dict: the live optimizer state is untouched
+                where.setdefault(name, []).append({"optimizer": i, "param": j, "slot0": slot0})
+    return where
+
+
+def load_optimizer_layout(tables: dict[str, ChunkedEmbeddingBase], state: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    """Put the tables' optimizer state of ``checkpoint`` back in the pool layout recorded in the callback
+    ``state`` (``optimizer_layout`` and ``layout``)."""
+    for name, entries in state.get("optimizer_layout", {}).items():
+        if name not in tables:
+            continue  # not chunked in this run: its dense state fits the plain weight
+        table = tables[name]
+        keep = table.kept_mask(state["layout"][name].to(table.mask.device))
+        for entry in entries:
+            saved = checkpoint["optimizer_states"][entry["optimizer"]]["state"]
+            j = entry["param"]
+            if "state" in entry:
+                saved[j] = entry["state"]
+            elif j in saved:
+                saved[j] = pool_optimizer_state(table, saved[j], keep, entry["slot0"])

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from .._validation import ConfigurationError, check_int
 from .checkpoint import dense_layout, load_dense
-from .chunked_lookup import AllKeptLookup, PrunedLookup
+from .chunked_lookup import AllKeptLookup, DenseForm, PrunedLookup, chunk_norms, kept_positions, record
 
 __all__ = ["ChunkedEmbedding", "ChunkedEmbeddingBag", "ChunkedEmbeddingBase", "mask_dtype_for"]
 
@@ -70,12 +70,6 @@ def _rank_lut(k: int, device: torch.device) -> Tensor:
     """``[2^k, k]``: rank of chunk ``c`` among the kept chunks of mask ``m``, or a large negative if pruned."""
     bits = (torch.arange(1 << k).unsqueeze(1) >> torch.arange(k)) & 1
     return torch.where(bits == 1, bits.cumsum(1) - 1, -(1 << 40)).to(device)
-
-
-@functools.cache
-def _chunk_indicator(k: int, c: int, device: torch.device) -> Tensor:
-    """``[k * c, k]`` 0/1 matrix: column ``j`` sums the ``c`` columns of chunk ``j``."""
-    return torch.eye(k, device=device).repeat_interleave(c, dim=0)
 
 
 def _check_shape(num_embeddings: int, embedding_dim: int, chunk_size: int) -> None:
@@ -143,6 +137,8 @@ class ChunkedEmbeddingBase(nn.Module):
         self.register_buffer("base", (torch.arange(num_embeddings, device=pool.device) * k + 1).to(torch.int32), False)
         self.grad_norm_acc: Tensor | None = None
         self.access_acc: Tensor | None = None
+        self._acc: Tensor | None = None  # [num_rows, K + 1]: grad_norm_acc and access_acc are views of it
+        self._pos_cache: tuple[Any, Tensor] | None = None  # see :meth:`_kept_positions`
 
     # ---------------------------------------------------------------- index
     @torch.no_grad()
@@ -206,11 +202,18 @@ class ChunkedEmbeddingBase(nn.Module):
         return PrunedLookup.apply(self.pool, self, flat_ids, True)
 
     def _small(self, input: Tensor) -> Tensor | None:
-        """A table with at most 4 rows per id of the batch: its dense ``[num_rows, d]`` form (at most 4x the
-        lookup's own output) for the dense lookup path, else ``None``."""
+        """A table with at most 4 rows per id of the batch: its dense ``[num_rows, d]`` form (<= 4x the lookup's
+        own output; one ``index_copy`` of the pool, a gather backward) for the dense lookup path, else None."""
         if self.num_embeddings > 4 * input.numel():
             return None
-        return PrunedLookup.apply(self.pool, self, torch.arange(self.num_embeddings, device=input.device), False)
+        return DenseForm.apply(self.pool, self, self._kept_positions())
+
+    def _kept_positions(self) -> Tensor:
+        return kept_positions(self)  # row-major position of every pool slot after the zero slot (cached)
+
+    def cache_bytes(self) -> int:
+        """Bytes of the lookup cache of small tables (derived from the index, rebuilt at will; not storage)."""
+        return 0 if self._pos_cache is None else self._pos_cache[1].numel() * 4
 
     def _check_ids(self, ids: Tensor) -> None:
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32):
@@ -231,18 +234,18 @@ class ChunkedEmbeddingBase(nn.Module):
         return input.reshape(-1), None, None
 
     def _chunk_norms(self, grad: Tensor) -> Tensor:
-        """Per-chunk L2 norms ``[N, K]`` of ``grad [N, d]`` (a matmul with a 0/1 chunk indicator: far faster
-        on CPU than a reduction over C-wide blocks)."""
-        sq = grad.detach().float().square()
-        return (sq @ _chunk_indicator(self.num_chunks, self.chunk_size, sq.device)).sqrt_()
+        return chunk_norms(grad, self.num_chunks, self.chunk_size)  # per-chunk L2 norms [N, K] of grad [N, d]
 
     # ---------------------------------------------------------------- pruning
     def track_grad_norms(self, enabled: bool = True) -> None:
         """Start (zeroed ``[num_rows, K]`` accumulator) or stop recording per-chunk gradient norms."""
-        self.grad_norm_acc = (
-            torch.zeros(self.num_embeddings, self.num_chunks, device=self.pool.device) if enabled else None
-        )
-        self.access_acc = torch.zeros(self.num_embeddings, device=self.pool.device) if enabled else None
+        self._acc = torch.zeros(self.num_embeddings, self.num_chunks + 1, device=self.pool.device) if enabled else None
+        self.grad_norm_acc = None if self._acc is None else self._acc[:, : self.num_chunks]
+        self.access_acc = None if self._acc is None else self._acc[:, self.num_chunks]
+
+    def _record(self, ids: Tensor, grad: Tensor, bag_of: Tensor | None = None, factor: Tensor | None = None) -> None:
+        """Per-access chunk norms and access counts into the accumulators (:func:`~.chunked_lookup.record`)."""
+        record(self, ids, grad, bag_of, factor)
 
     @torch.no_grad()
     def set_kept(self, keep: Tensor, fresh_init: Tensor | None = None) -> Tensor:

@@ -292,9 +292,10 @@ def _state(module, cb):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("variant", ["chunk", "prefix_floor"])
+@pytest.mark.parametrize("variant", ["chunk", "prefix_floor", "warm"])
 def test_resume_from_checkpoint_continues_exactly(tmp_path, variant):
-    extra = {"chunk": {}, "prefix_floor": {"prefix": True, "min_chunks": 1, "utility_norm": "mean", "index_block": 4}}[variant]
+    extra = {"chunk": {}, "prefix_floor": {"prefix": True, "min_chunks": 1, "utility_norm": "mean", "index_block": 4},
+             "warm": {"prefix": True, "warm_start": "uniform", "index_block": 4}}[variant]  # fmt: skip
 
     def run(epochs, ckpt=None, save=None):
         pl.seed_everything(0)
@@ -347,6 +348,37 @@ def test_prefix_floor_keeps_a_first_chunk_for_every_accessed_row(norm):
         FIITED(min_chunks=1)
     with pytest.raises(ValueError, match="utility_norm"):
         FIITED(utility_norm="log")
+
+
+@pytest.mark.parametrize("mode", ["uniform", "uniform_free"])
+def test_warm_start_begins_at_the_uniform_dimension(mode):
+    module, seen = Plain(), []
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 0:
+                seen.extend(t.kept_mask().sum(1) for t in cb.tables.values())
+
+    cb = FIITED(chunk_size=1, target_sparsity=0.7, start_step=2, end_step=4, interval=1, prefix=True, warm_start=mode)
+    data = _data(48)
+    _trainer([cb, Watch()], max_steps=6).fit(module, DataLoader(data, batch_size=8))
+    assert all(bool((k == 2).all()) for k in seen)  # 30% of DIM = 8: every row keeps its first 2 columns
+    assert cb.sparsity_at(0) == cb.sparsity_at(5) == 0.7 and cb.num_events == 5  # steps 2..6
+    assert sum(t.num_kept for t in cb.tables.values()) <= 0.3 * 2 * ROWS * DIM
+    for name, t in cb.tables.items():
+        k = t.kept_mask().sum(1)
+        ids = (data.tensors[0] if name == "user" else data.tensors[1].flatten()).unique()
+        assert (k > 2).any()  # the rest of the budget went to some rows
+        if mode == "uniform":
+            assert (k[ids] >= 2).all() and cb.floor == 2  # accessed rows never below the uniform dimension
+    assert cb.state_dict()["floor"] == (2 if mode == "uniform" else 0)
+    with pytest.raises(ValueError, match="warm_start"):
+        FIITED(warm_start="uniform")  # needs prefix=True
+    with pytest.raises(ValueError, match="warm_start"):
+        FIITED(prefix=True, warm_start="dense")
+    with pytest.raises(ValueError, match="at least one chunk per row"):  # 10% of one 8-column chunk: k = 0
+        tiny = FIITED(chunk_size=8, target_sparsity=0.9, prefix=True, warm_start="uniform")
+        _trainer([tiny], max_steps=1).fit(Plain(), DataLoader(data, batch_size=8))
 
 
 class LazyModel(Plain):

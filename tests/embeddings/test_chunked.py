@@ -325,3 +325,35 @@ def test_prefix_index_lookup_and_bytes(bag, rows):
     assert table.pool.grad[0].abs().sum() == 0
     with pytest.raises(ValueError, match="prefix"):
         table.set_kept(torch.arange(4).flip(0).unsqueeze(0).expand(rows, 4) < 2)
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_small_table_lookup_cache_follows_the_index_and_column_norms(pruned):
+    """chunk_size 1: a small table's dense form is rebuilt after every set_kept; norms are |grad| per access."""
+    torch.manual_seed(0)
+    rows, dim = 12, 4
+    dense = nn.EmbeddingBag(rows, dim, mode="sum")
+    table = ChunkedEmbeddingBag.from_dense(dense, chunk_size=1)
+    table.use_prefix_index(block=4)
+    table.track_grad_norms(True)
+    ids = torch.randint(0, rows, (16,))
+    offsets = torch.arange(16)
+    norms, counts = torch.zeros(rows, dim), torch.zeros(rows)
+    for step in range(3):
+        k = torch.randint(0, dim + 1, (rows,)) if pruned else torch.full((rows,), dim - step)
+        keep = torch.arange(dim) < k.unsqueeze(1)
+        table.set_kept(keep, torch.randn(int((keep & ~table.kept_mask()).sum()), 1))
+        ref = table.dense_weight().clone().requires_grad_()
+        table.pool.grad = None
+        out = table(ids, offsets)
+        want = F.embedding_bag(ids, ref, offsets, mode="sum")
+        torch.testing.assert_close(out, want)
+        g = torch.randn_like(out)
+        out.backward(g)
+        want.backward(g)
+        torch.testing.assert_close(_dense_grad(table), ref.grad * keep)
+        norms.index_add_(0, ids, g.abs())
+        counts.index_add_(0, ids, torch.ones(16))
+        assert table.cache_bytes() == (0 if table.all_kept and step == 0 else 4 * table.num_kept)
+    torch.testing.assert_close(table.grad_norm_acc, norms)  # pruned columns too: the gradient they would get
+    torch.testing.assert_close(table.access_acc, counts)
