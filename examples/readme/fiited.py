@@ -11,7 +11,7 @@ dm = lrs.SyntheticCTRDataModule(num_train=150_000, max_rows=10_000, num_sparse=8
 module = lrs.RecsysModule(feature_spec=dm.feature_spec, embedding_dim=32)
 dense_bytes = sum(p.numel() * 4 for n, p in module.named_parameters() if "tables" in n)
 
-fiited = FIITED(chunk_size=4, target_sparsity=0.9, start_step=20, end_step=200, interval=10)
+fiited = FIITED(chunk_size=1, prefix=True, warm_start="uniform", target_sparsity=0.9, start_step=20, end_step=200, interval=10)
 pl.Trainer(max_epochs=1, callbacks=[fiited]).fit(module, dm)   # any LightningModule with nn.Embedding / nn.EmbeddingBag
 compact = export_compact(module)   # {table: {pool [P, C], mask, base, ...}}: what the quantizer takes
 to_dense_modules(module)           # plain nn.Embedding / nn.EmbeddingBag again (pruned chunks read 0)
