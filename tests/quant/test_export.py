@@ -7,7 +7,7 @@ from torch import nn
 
 from lightning_recsys.data import RecsysBatch, SparseFeature
 from lightning_recsys.models import DLRM
-from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, load, quantize_
+from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, load, pack_rowwise, quantize_
 from lightning_recsys.quant.export.lowering import lower_tables
 
 from .test_api_config import UserModel
@@ -144,23 +144,22 @@ def test_single_hot_export_parity_batch1_and_empty_bags(tmp_path, precision):
             torch.testing.assert_close(predictor(batch), model(batch), atol=2e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("fbgemm_packed", [False, True])
-def test_int8_tables_dequantize_with_zero_points(tmp_path, fbgemm_packed):
-    """Our int8 rows carry integer zero points: the graph dequantizes with one ``DequantizeLinear``
-    and no float bias add; rows packed by FBGEMM (float bias) still export exactly, with the add."""
+@pytest.mark.parametrize("grid", ["exact", "anchored"])
+def test_int8_table_grids_export_exactly(tmp_path, grid):
+    """Default (FBGEMM's exact-range) int8 rows carry a float bias: the graph dequantizes with one
+    ``DequantizeLinear`` and a bias add; anchored rows (integer zero points) need no add."""
     torch.manual_seed(3)
     model = DLRM(4, CARDS, embedding_dim=6, bottom_mlp=(8,), top_mlp=(8,)).eval()
+    floats = {k: t.weight.detach().clone() + 0.5 for k, t in model.backbone.embeddings.tables.items()}
     quantize_(model, RecipeConfig())
-    if fbgemm_packed:
-        for table in model.backbone.embeddings.tables.values():
-            w = torch.randn(table.num_embeddings, table.embedding_dim) + 0.5
-            table.packed.copy_(torch.ops.quantized.embedding_bag_byte_prepack(w))
+    for k, table in model.backbone.embeddings.tables.items():
+        table.packed.copy_(pack_rowwise(floats[k], 8, grid=grid))
     single = _batch({k: [[i % c] for i in range(8)] for k, c in CARDS.items()}, 8, weighted=())
     meta = export_onnx(model, tmp_path / "m.onnx", single)  # raises unless ORT matches the PyTorch model
     assert meta["parity"]["max_abs_diff"] <= 1e-3
     assert sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node) == 1
     fused = lower_tables(model).backbone.embeddings.fused
-    assert hasattr(fused, "scale_bias") == fbgemm_packed and hasattr(fused, "scale_zp") != fbgemm_packed
+    assert hasattr(fused, "scale_bias") == (grid == "exact") and hasattr(fused, "scale_zp") == (grid == "anchored")
 
 
 def _big_rows(model):

@@ -27,9 +27,12 @@ def _check_bound(w, bits):
     q, scale, bias = unpack_rowwise(packed, bits, w.shape[1])
     deq = dequantize_rowwise(packed, bits, w.shape[1])
     err = (deq.double() - w.double()).abs()
+    step = scale.double().abs()[:, None]
     # half a step, plus float32 rounding of q * scale + bias
-    slack = 4 * torch.finfo(torch.float32).eps * (w.double().abs() + scale.double()[:, None] * (2**bits - 1)).clamp(min=1e-30)
-    assert bool((err <= scale.double()[:, None] / 2 + slack).all()), (err.max(), scale)
+    slack = 4 * torch.finfo(torch.float32).eps * (w.double().abs() + step * (2**bits - 1)).clamp(min=1e-30)
+    if bits == 4:  # FBGEMM's fp16 bias / scale are rounded to nearest: the grid can miss the row's ends a little
+        slack = slack + 2.0**-10 * (w.double().abs().amax(1, keepdim=True) + step * 15)
+    assert bool((err <= step / 2 + slack).all()), (err.max(), scale)
     assert int(q.max()) <= 2**bits - 1
     if bits == 8:  # constant rows are exact: the fp32 bias holds the value (int4's bias is fp16)
         const = w.amax(1) == w.amin(1)

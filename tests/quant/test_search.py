@@ -64,7 +64,9 @@ def test_meets_budget_where_all_int8_does_not(dlrm, dlrm_result):
 def test_greedy_fallback_rechecks_whole_model():
     """Two moderately fragile tables each fit the budget alone but not together: the search must step
     the most sensitive module up one precision at a time until the WHOLE model fits."""
-    model = fragile_bag_model(hidden_a=1e3, hidden_b=1e3)
+    # 300 (not 1e3): on FBGEMM's exact-range grid a 1e3 outlier makes int8 rows (step ~4) worse than an
+    # int4 one collapsing to the row minimum; at 300 int8 stays the milder precision, as the test needs
+    model = fragile_bag_model(hidden_a=300.0, hidden_b=300.0)
     runner = TrialRunner(model, None, bag_batches(16, seed=1), TrialOptions(label_fn=bag_labels, eval_batches=8, confirm_batches=8))
     sens = sensitivity_with_runner(runner)
     solo = max(sens.module(n).trials["int8"]["ne_rel_delta"] for n in ("bag_a", "bag_b"))

@@ -7,10 +7,12 @@ an empty bag is a row of ``-1``) and gathers from a table with one extra all-zer
 Models exported with their own inputs keep ``nn.EmbeddingBag``'s contract instead (1-D ids + offsets
 pooled by a scatter into the bags, 2-D ids, sum / mean / max: :class:`LoweredTable` ``native``).
 Row-wise int8/int4 tables stay row-wise in the graph: ``Gather`` on the uint8 codes and one on the
-per-row ``[scale, bias]`` pairs, then ``q * scale + bias``. int8 rows quantized with integer zero points
-(:func:`~lightning_recsys.quant.pack_rowwise`) gather ``[scale, zero point]`` and dequantize with one
-per-axis ``DequantizeLinear``; int4 bytes are re-packed at export so that a bitwise ``And``, a
-``BitShift`` and a ``Concat`` recover the uint8 codes. ORT 1.31's fused
+per-row ``[scale, bias]`` pairs, then ``q * scale + bias`` (int8: a per-axis ``DequantizeLinear`` and a
+bias ``Add``; default rows keep FBGEMM's exact range, so their bias is a float). int8 rows on the
+anchored grid (``pack_rowwise(grid="anchored")``: integer zero points) gather ``[scale, zero point]``
+and dequantize with the ``DequantizeLinear`` alone (faster: ``ours_onnx_int8_anchored`` in
+benchmarks/results/quant.json; at up to 2-3x the row error on rows of one sign); int4 bytes are
+re-packed at export so that a bitwise ``And``, a ``BitShift`` and a ``Concat`` recover the uint8 codes. ORT 1.31's fused
 ``com.microsoft.GatherBlockQuantized`` (bits=8, block_size=D) measured slower than this on CPU (8.1 vs 3.2 ms for 512 x 26 rows of 64 on 2 threads), so it is not used.
 
 Model-specific blocks get their export versions from lowerings registered with
@@ -53,15 +55,15 @@ _LOWERINGS: dict[type[nn.Module], Lowering] = {}
 
 
 @torch.library.custom_op("lrs_quant::dequantize_rows", mutates_args=())
-def dequantize_rows(codes: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+def dequantize_rows(codes: Tensor, scale: Tensor, zero_point: Tensor | None = None) -> Tensor:
     """``(codes [..., D] - zero_point [..., 1]) * scale [..., 1]`` in float32 (``zero_point`` holds
-    integers in 0..255); exported as one per-axis ``DequantizeLinear``, which ONNX Runtime runs several
-    times faster than ``Cast`` + ``Mul`` + a broadcast bias ``Add``."""
-    return (codes.float() - zero_point) * scale
+    integers in 0..255; ``None``: 0); exported as one per-axis ``DequantizeLinear`` (with no zero-point
+    input for ``None``), which ONNX Runtime runs several times faster than ``Cast`` + ``Mul``."""
+    return codes.float() * scale if zero_point is None else (codes.float() - zero_point) * scale
 
 
 @dequantize_rows.register_fake
-def _(codes: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+def _(codes: Tensor, scale: Tensor, zero_point: Tensor | None = None) -> Tensor:
     return codes.new_empty(codes.shape, dtype=torch.float32)
 
 
@@ -146,13 +148,13 @@ class LoweredTable(nn.Module):
         sb = F.embedding(ids, self.scale_bias)
         if self.kind == "int8":
             scale, bias = sb.split(1, -1)
-            return dequantize_rows(F.embedding(ids, self.q), scale, torch.zeros_like(scale)) + bias
+            return dequantize_rows(F.embedding(ids, self.q), scale) + bias
         packed = F.embedding(ids, self.q)  # int4: uint8 codes from both nibbles, no float arithmetic
         codes = unpack_nibbles(packed)
         if codes.shape[-1] != self.dim:
             codes = codes[..., : self.dim]
         scale, bias = sb.split(1, -1)
-        return dequantize_rows(codes, scale, torch.zeros_like(scale)) + bias
+        return dequantize_rows(codes, scale) + bias
 
     def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
         if not self.bag:

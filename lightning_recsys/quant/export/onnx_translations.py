@@ -58,11 +58,14 @@ def onnx_translations() -> dict:
         xq = op.QuantizeLinear(x, x_scale, zp)
         return matmul_integer_to_float(xq, wq_t, x_scale, w_scale, zp, None, bias)
 
-    def dequantize_rows(codes, scale, zero_point):
+    def dequantize_rows(codes, scale, zero_point=None):
         flat = op.Reshape(codes, op.Concat(op.Constant(value_ints=[-1]), op.Shape(codes, start=-1), axis=0))
         per_row = op.Constant(value_ints=[-1])
-        zp = op.Cast(op.Reshape(zero_point, per_row), to=2)  # uint8
-        rows = op.DequantizeLinear(flat, op.Reshape(scale, per_row), zp, axis=0)
+        if zero_point is None:  # zero point 0: DequantizeLinear's default, no input (and no zeros to make)
+            rows = op.DequantizeLinear(flat, op.Reshape(scale, per_row), axis=0)
+        else:
+            zp = op.Cast(op.Reshape(zero_point, per_row), to=2)  # uint8
+            rows = op.DequantizeLinear(flat, op.Reshape(scale, per_row), zp, axis=0)
         return op.Reshape(rows, op.Shape(codes))
 
     def unpack_nibbles(packed):
