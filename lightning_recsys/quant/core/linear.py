@@ -8,6 +8,18 @@ to even), weights ``wq = round(w / sw)`` (int8, symmetric, one scale per output 
 ops below compute exactly that in eager mode and export to ``DynamicQuantizeLinear`` +
 ``MatMulInteger`` / ``QuantizeLinear`` + ``MatMulIntegerToFloat`` (see ``quant.export``).
 
+Eager CPU calls run the same arithmetic on fbgemm's packed int8 GEMM through torch
+(``quantized::linear_dynamic`` and ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``, the
+weights prepacked once per weight version): 3-4x faster than the float emulation and than an fp32
+``nn.Linear`` at batch 512. The codes, scales and zero points are the same; fbgemm quantizes
+activations as ``round(x * (1 / sx)) + zx`` where ONNX Runtime computes ``round(x / sx) + zx``, so a
+value within a float ulp of a rounding tie can land one code apart (the export's parity check
+tolerates exactly such ties). fbgemm's kernels accumulate ``u8 x s8`` products exactly on CPUs with
+AVX512-VNNI / AVX-VNNI; on other x86 CPUs (AVX2, AVX512 without VNNI) its ``vpmaddubsw`` path
+saturates pairs of products at 32767 (``255 * 127 * 2`` does not fit), so :func:`fbgemm_is_exact`
+probes the kernels once and, where they saturate, every call uses the float emulation. Traced code
+(``torch.export``, ``torch.compile``, ONNX export) and non-CPU / non-float32 inputs use the custom ops.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -20,7 +32,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+import warnings
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +43,14 @@ from torch import Tensor, nn
 from ..calibration.observers import Observer, make_observer
 from .embedding import weight_sqnr_db
 
-__all__ = ["Int8Linear", "FP16Linear", "quantize_activation_params", "int8_weight_per_channel"]
+__all__ = [
+    "Int8Linear", "FP16Linear", "quantize_activation_params", "int8_weight_per_channel", "fbgemm_pack_int8_weight",
+    "fbgemm_is_exact",
+]
+
+# resolved overloads (``torch.ops`` attribute lookups cost microseconds per call)
+_LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default
+_LINEAR_STATIC = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32.default
 
 
 def quantize_activation_params(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,6 +104,65 @@ def int8_weight_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
     return wq, scale
 
 
+def fbgemm_pack_int8_weight(wq: Tensor, scale: Tensor, bias: Tensor | None):
+    """fbgemm packed weights (``quantized::linear_prepack``) holding exactly the codes ``wq`` [out, in]
+    int8 with per-output-channel ``scale`` [out] and zero point 0.
+
+    Example:
+        >>> import torch
+        >>> wq, s = int8_weight_per_channel(torch.randn(4, 8))
+        >>> packed = fbgemm_pack_int8_weight(wq, s, torch.zeros(4))
+        >>> torch.ops.quantized.linear_dynamic(torch.randn(2, 8), packed, False).shape
+        torch.Size([2, 4])
+    """
+    if wq.dtype != torch.int8 or wq.dim() != 2 or scale.shape != (wq.shape[0],):
+        raise ValueError(f"wq must be int8 [out, in] and scale [out]; got {wq.dtype} {tuple(wq.shape)}, scale {tuple(scale.shape)}")
+    zeros = torch.zeros(wq.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated as a user API; fbgemm's prepack reads them
+        warnings.simplefilter("ignore", UserWarning)
+        # |wq * scale / scale - wq| <= 127 * 2**-23: the per-channel quantization gives back exactly wq
+        qw = torch.quantize_per_channel(wq.float() * scale.float()[:, None], scale.double(), zeros, 0, torch.qint8)
+        if not torch.equal(qw.int_repr(), wq):
+            raise RuntimeError("fbgemm_pack_int8_weight: re-quantizing the int8 weight did not give back its codes")
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.float().contiguous())
+
+
+@functools.cache
+def fbgemm_is_exact() -> bool:
+    """Whether fbgemm's int8 GEMMs (dynamic and static activations) compute ``u8 x s8`` sums exactly on
+    this CPU: one probe per process, with activation codes of 255 against weights of 127, whose
+    pairwise sums (64770) saturate the int16 ``vpmaddubsw`` path of CPUs without VNNI.
+
+    Example:
+        >>> isinstance(fbgemm_is_exact(), bool)
+        True
+    """
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    wq, scale = torch.full((8, 64), 127, dtype=torch.int8), torch.full((8,), 0.01)
+    x = torch.full((4, 64), 2.55)  # dynamic range [0, 2.55] and static scale 0.01: codes of 255
+    exact = x @ (wq.float() * scale[:, None]).t()
+    try:
+        packed = fbgemm_pack_int8_weight(wq, scale, None)
+        outs = (_LINEAR_DYNAMIC(x, packed, False), _LINEAR_STATIC(x, 0.01, 0, packed))
+    except RuntimeError:  # no fbgemm kernels for this CPU
+        return False
+    return all(torch.allclose(out, exact, rtol=1e-4, atol=1e-3) for out in outs)
+
+
+class _PackedCache:
+    """Holds packed weights outside the module's attributes (``torch.export`` would try to trace a
+    script object found there)."""
+
+    __slots__ = ("tensors", "versions", "packed", "x_qparams")
+
+    def __init__(self) -> None:
+        self.tensors: tuple[Tensor, ...] = ()  # the buffers the packed weights were built from, and their versions
+        self.versions: tuple[int, ...] = ()
+        self.packed: Any = None
+        self.x_qparams: tuple[float, int] = (1.0, 0)  # the static activation scale and zero point as Python numbers
+
+
 class Int8Linear(nn.Module):
     """int8 ``nn.Linear`` replacement with the same ``forward(x)``.
 
@@ -123,6 +203,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("x_zero_point", torch.zeros(()))
         self.register_buffer("calibrated", torch.tensor(activation == "dynamic"))
         self._calibrated = activation == "dynamic"  # python mirror of the buffer (no data-dependent branch)
+        self._fbgemm = _PackedCache()  # fbgemm packed weights for eager CPU calls (rebuilt when the buffers change)
 
     @classmethod
     def from_float(cls, module: nn.Linear, activation: str = "dynamic", observer: str = "minmax",
@@ -162,20 +243,50 @@ class Int8Linear(nn.Module):
         if prefix + "calibrated" in state_dict:
             self._calibrated = bool(state_dict[prefix + "calibrated"])
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # the packed weights are a cache: copies and pickles rebuild them
+        state["_fbgemm"] = _PackedCache()
+        return state
+
+    def _fbgemm_weight(self, x: Tensor) -> Any:
+        """fbgemm packed weights when ``x`` can run on them (eager, CPU, float32), else ``None``."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling() or not fbgemm_is_exact():
+            return None
+        cache = self._fbgemm
+        b = self._buffers  # (plain dict reads: Module.__getattr__ costs about a microsecond per buffer)
+        tensors = (b["wq_t"], b["w_scale"], b["bias"], b["x_scale"], b["x_zero_point"])
+        versions = tuple(t._version for t in tensors)
+        if versions != cache.versions or any(a is not b for a, b in zip(tensors, cache.tensors)) or not cache.tensors:
+            if torch.backends.quantized.engine not in ("x86", "fbgemm"):  # another engine's packing: emulate
+                return None
+            cache.packed = fbgemm_pack_int8_weight(self.wq_t.t(), self.w_scale, self.bias)
+            cache.x_qparams = (float(self.x_scale), int(self.x_zero_point))
+            cache.tensors, cache.versions = tensors, versions
+        return cache.packed
+
+    def _dynamic(self, x: Tensor) -> Tensor:
+        packed = self._fbgemm_weight(x)
+        if packed is None:
+            return torch.ops.lrs_quant.int8_linear_dynamic(x, self.wq_t, self.w_scale, self.bias)
+        return _LINEAR_DYNAMIC(x.contiguous(), packed, False)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.activation == "dynamic":
-            return torch.ops.lrs_quant.int8_linear_dynamic(x, self.wq_t, self.w_scale, self.bias)
+            return self._dynamic(x)
         if self.calibrating:
             if self.observer is None:
                 self.reset_observer()
             self.observer.observe(x)
-            return torch.ops.lrs_quant.int8_linear_dynamic(x, self.wq_t, self.w_scale, self.bias)
+            return self._dynamic(x)
         if not self._calibrated:
             raise RuntimeError(
                 "Int8Linear(activation='static') is not calibrated: run "
                 "lightning_recsys.quant.calibrate(model, dataloader, num_batches) first"
             )
-        return torch.ops.lrs_quant.int8_linear_static(x, self.x_scale, self.x_zero_point, self.wq_t, self.w_scale, self.bias)
+        packed = self._fbgemm_weight(x)
+        if packed is None:
+            return torch.ops.lrs_quant.int8_linear_static(x, self.x_scale, self.x_zero_point, self.wq_t, self.w_scale, self.bias)
+        return _LINEAR_STATIC(x.contiguous(), *self._fbgemm.x_qparams, packed)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, activation={self.activation}"
