@@ -6,7 +6,8 @@
   one zero row before each table's block, so an empty bag (id ``-1``) needs no ``Where``, and the
   export's stacked ``[B, F]`` id matrix is read directly.
 - ``DLRMBackbone``: its ``DotInteraction`` becomes a :class:`FoldedDotInteraction` when every layer
-  reading it is an ``Int8Linear`` (a quantized DLRM): the consumers are widened (zero weights) to read
+  reading it is an ``Int8Linear`` (a quantized DLRM) and widening them costs less than the selection
+  (:data:`FOLD_MACS_PER_VALUE`: narrow top layers): the consumers are widened (zero weights) to read
   all products ``[x, E x, E E^T]``, so no selection runs at all.
 - any other ``DotInteraction`` -> :class:`LoweredDotInteraction` (same function): the pairwise dot
   products without the ``[B, F+1, D]`` concat, and the lower triangle read with one ``Gather`` of rows
@@ -33,7 +34,7 @@ from ....models.dlrm import DLRM, MLP, DLRMBackbone, DotInteraction, EmbeddingBa
 from ...core.linear import Int8Linear
 from ..lowering import FusedCollection, LoweredTable, register_lowering
 
-__all__ = ["LoweredDotInteraction", "FoldedDotInteraction"]
+__all__ = ["LoweredDotInteraction", "FoldedDotInteraction", "FOLD_MACS_PER_VALUE"]
 
 
 class LoweredDotInteraction(nn.Module):
@@ -133,10 +134,19 @@ def _interaction_consumers(model: nn.Module, backbone: nn.Module) -> list[tuple[
     return [(s, next(iter(s._modules))) for s in mlps if type(s) is MLP and len(s)]
 
 
+#: fold only while the widened layers' extra multiply-accumulates per sample stay below this many per
+#: folded value: ONNX Runtime 1.32 on 2 AVX512-VNNI cores runs about 3 ps per int8 MAC against about
+#: 0.5 ns per value for the selection's transposes and gather. The reference DLRM (26 x 64, top
+#: 512-512-256) widens 415 -> 766 inputs of a 512-wide layer: folded 5.1-5.3 ms, selected 4.4-4.8 ms
+#: at batch 512; with a 128-wide top layer folding still wins.
+FOLD_MACS_PER_VALUE = 170
+
+
 def _fold_interaction(model: nn.Module, backbone: nn.Module, native: bool) -> None:
     """Swap a DLRM backbone's ``DotInteraction`` for :class:`FoldedDotInteraction` (in place) when every
-    layer reading it is an ``Int8Linear`` (each widened to the folded layout). A float consumer is left
-    alone: widened, its float matmul costs more than the selection it saves."""
+    layer reading it is an ``Int8Linear`` (each widened to the folded layout) and the widening costs fewer
+    multiply-accumulates than the selection it saves (:data:`FOLD_MACS_PER_VALUE`). A float consumer is
+    left alone: widened, its float matmul costs more than the selection it saves."""
     if type(backbone) is not DLRMBackbone:
         return None
     inter, consumers = backbone.interaction, _interaction_consumers(model, backbone)
@@ -145,6 +155,8 @@ def _fold_interaction(model: nn.Module, backbone: nn.Module, native: bool) -> No
     firsts = [mlp._modules[name] for mlp, name in consumers]
     cols, width = FoldedDotInteraction.columns(inter, backbone.bottom_mlp.out_features)
     if not all(isinstance(m, Int8Linear) and m.in_features == cols.numel() for m in firsts):
+        return None
+    if (width - cols.numel()) * sum(m.out_features for m in firsts) > FOLD_MACS_PER_VALUE * width:
         return None
     masked = any(m.activation == "dynamic" for m in firsts)
     backbone.interaction = FoldedDotInteraction(int(inter.rows.max()), inter.include_dense, masked)
