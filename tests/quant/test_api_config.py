@@ -93,6 +93,28 @@ def test_config_validation_and_unknown_keys(tmp_path):
     assert recipe.linears == Int8LinearConfig(activation="static", observer="entropy")
 
 
+def test_anchored_int8_grid_from_config_and_yaml(tmp_path):
+    """``grid="anchored"`` reaches the tables from the config and from a recipe's ``int8_grid`` key, and
+    round-trips through the YAML form; int4 has no anchored grid."""
+    from lightning_recsys.quant import pack_rowwise
+    from lightning_recsys.quant.core.config import config_to_dict
+
+    path = tmp_path / "q.yaml"
+    path.write_text("embeddings: {precision: int8, int8_grid: anchored}\n")
+    recipe = load_recipe(path)
+    assert recipe.embeddings == RowwiseEmbeddingConfig(bits=8, grid="anchored")
+    assert recipe_from_dict(config_to_dict(recipe)) == recipe
+    model = UserModel()
+    weight = model.user.weight.detach().clone()
+    quantize_(model, recipe)
+    assert torch.equal(model.user.packed, pack_rowwise(weight, 8, grid="anchored"))
+    assert not torch.equal(model.user.packed, pack_rowwise(weight, 8))  # not the default (exact) grid
+    with pytest.raises(ValueError, match=r"grid='anchored' needs bits=8"):
+        RowwiseEmbeddingConfig(bits=4, grid="anchored")
+    with pytest.raises(ValueError, match=r"unknown keys \['int8_grid'\]"):
+        recipe_from_dict({"embeddings": {"precision": "int4", "int8_grid": "anchored"}})
+
+
 def test_chunked_tables_are_quantized_through_their_dense_export():
     chunked = pytest.importorskip("lightning_recsys.embeddings.chunked")
     bag = nn.EmbeddingBag(50, 8, mode="sum")

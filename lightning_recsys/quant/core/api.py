@@ -113,7 +113,7 @@ def _rowwise(m: nn.Module, config: RowwiseEmbeddingConfig, fqn: str) -> nn.Modul
         raise _unsupported(m, fqn, config, "nn.Embedding, nn.EmbeddingBag and dense-exportable tables")
     dense = _dense_table(m, fqn)
     cls = QuantizedEmbeddingBag if isinstance(dense, nn.EmbeddingBag) else QuantizedEmbedding
-    return cls.from_float(dense, precision=f"int{config.bits}", clip=config.clip)
+    return cls.from_float(dense, precision=f"int{config.bits}", clip=config.clip, grid=config.grid)
 
 
 @register_quant_handler(Int8LinearConfig, is_linear)

@@ -24,7 +24,7 @@ TABLE_BITS: dict[str, int] = {"int8": 8, "int4": 4}
 
 #: the precisions a recipe dict accepts per module kind, each with the option keys it allows
 PRECISION_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "embedding": {"int8": (), "int4": ("int4_clip",), "fp16": (), "fp32": ()},
+    "embedding": {"int8": ("int8_grid",), "int4": ("int4_clip",), "fp16": (), "fp32": ()},
     "linear": {"int8": ("activation", "observer", "percentile", "bins"), "fp16": (), "fp32": ()},
 }
 
