@@ -95,6 +95,20 @@ def test_int8_linear_on_fbgemm_matches_the_export_arithmetic(activation):
     torch.testing.assert_close(q(x), q.bias.expand(64, -1), atol=0.0, rtol=0.0)
 
 
+@pytest.mark.parametrize("activation", ["dynamic", "static"])
+def test_int8_linear_takes_every_input_rank_nn_linear_takes(activation):
+    """fbgemm's kernels want 2-D or more: a 1-D input (which nn.Linear takes) runs the emulation."""
+    lin = nn.Linear(8, 4)
+    q = Int8Linear.from_float(lin, activation=activation)
+    q.set_activation_range(-3.0, 3.0)
+    for shape in [(8,), (2, 3, 8), (0, 8)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            out, ref = q(x), lin(x)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, atol=0.05, rtol=0.0)
+
+
 SATURATING = """
 import torch
 from torch import nn

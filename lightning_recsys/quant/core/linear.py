@@ -10,8 +10,8 @@ ops below compute exactly that in eager mode and export to ``DynamicQuantizeLine
 
 Eager CPU calls run the same arithmetic on fbgemm's packed int8 GEMM through torch
 (``quantized::linear_dynamic`` and ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``, the
-weights prepacked once per weight version): 3-4x faster than the float emulation and than an fp32
-``nn.Linear`` at batch 512. The codes, scales and zero points are the same; fbgemm quantizes
+weights prepacked once per weight version): a 512 x 512 layer at batch 512 on 2 threads runs about
+3.4x faster than an fp32 ``nn.Linear`` and 10x faster than the float emulation. The codes, scales and zero points are the same; fbgemm quantizes
 activations as ``round(x * (1 / sx)) + zx`` where ONNX Runtime computes ``round(x / sx) + zx``, so a
 value within a float ulp of a rounding tie can land one code apart (the export's parity check
 tolerates exactly such ties). fbgemm's kernels accumulate ``u8 x s8`` products exactly on CPUs with
@@ -249,14 +249,16 @@ class Int8Linear(nn.Module):
         return state
 
     def _fbgemm_weight(self, x: Tensor) -> Any:
-        """fbgemm packed weights when ``x`` can run on them (eager, CPU, float32), else ``None``."""
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.compiler.is_compiling() or not fbgemm_is_exact():
+        """fbgemm packed weights when ``x`` can run on them (eager, CPU, float32, at least 2-D), else ``None``."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 2 or torch.compiler.is_compiling():
+            return None
+        if not fbgemm_is_exact():
             return None
         cache = self._fbgemm
-        b = self._buffers  # (plain dict reads: Module.__getattr__ costs about a microsecond per buffer)
-        tensors = (b["wq_t"], b["w_scale"], b["bias"], b["x_scale"], b["x_zero_point"])
+        bufs = self._buffers  # (plain dict reads: Module.__getattr__ costs about a microsecond per buffer)
+        tensors = (bufs["wq_t"], bufs["w_scale"], bufs["bias"], bufs["x_scale"], bufs["x_zero_point"])
         versions = tuple(t._version for t in tensors)
-        if versions != cache.versions or any(a is not b for a, b in zip(tensors, cache.tensors)) or not cache.tensors:
+        if versions != cache.versions or any(t is not c for t, c in zip(tensors, cache.tensors)) or not cache.tensors:
             if torch.backends.quantized.engine not in ("x86", "fbgemm"):  # another engine's packing: emulate
                 return None
             cache.packed = fbgemm_pack_int8_weight(self.wq_t.t(), self.w_scale, self.bias)
