@@ -54,8 +54,9 @@ class RowwiseEmbeddingConfig(QuantConfig):
 
     ``clip="greedy"`` (int4 only) picks each row's clipping range by FBGEMM's greedy L2 search.
     ``grid="exact"`` (default) is FBGEMM's row range; ``grid="anchored"`` (int8 only) extends it to 0
-    with an integer zero point, which ONNX Runtime dequantizes faster, at up to 2-3x the error on rows
-    of one sign (:func:`~lightning_recsys.quant.pack_rowwise`).
+    with an integer zero point, which spares ONNX Runtime the bias add (no reliable speed gain in
+    benchmarks/quant.py) at up to 2-3x the error on rows of one sign
+    (:func:`~lightning_recsys.quant.pack_rowwise`).
 
     Example:
         >>> RowwiseEmbeddingConfig(bits=8, grid="anchored").grid

@@ -10,8 +10,9 @@ Row-wise int8/int4 tables stay row-wise in the graph: ``Gather`` on the uint8 co
 per-row ``[scale, bias]`` pairs, then ``q * scale + bias`` (int8: a per-axis ``DequantizeLinear`` and a
 bias ``Add``; default rows keep FBGEMM's exact range, so their bias is a float). int8 rows on the
 anchored grid (``pack_rowwise(grid="anchored")``: integer zero points) gather ``[scale, zero point]``
-and dequantize with the ``DequantizeLinear`` alone (faster: ``ours_onnx_int8_anchored`` in
-benchmarks/results/quant.json; at up to 2-3x the row error on rows of one sign); int4 bytes are
+and dequantize with the ``DequantizeLinear`` alone (no bias add; ``ours_onnx_int8_anchored`` in
+benchmarks/results/quant.json: -6% to +3% of the default graph's time, so no reliable gain; at up to
+2-3x the row error on rows of one sign); int4 bytes are
 re-packed at export so that a bitwise ``And``, a ``BitShift`` and a ``Concat`` recover the uint8 codes. ORT 1.31's fused
 ``com.microsoft.GatherBlockQuantized`` (bits=8, block_size=D) measured slower than this on CPU (8.1 vs 3.2 ms for 512 x 26 rows of 64 on 2 threads), so it is not used.
 
