@@ -18,28 +18,16 @@ Example::
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks._common import median_time
 from lightning_recsys.quant import dequantize_rowwise, pack_rowwise
 from lightning_recsys.quant.core.linear import fbgemm_pack_int8_weight, int8_weight_per_channel
 
 _INT_MATMULS = {"MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul"}
-
-
-def _median_s(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def int8_peak(threads: int, size: int = 2048, repeats: int = 5) -> dict:
@@ -52,9 +40,9 @@ def int8_peak(threads: int, size: int = 2048, repeats: int = 5) -> dict:
         x = torch.rand(size, size, generator=g)
         wq, scale = int8_weight_per_channel(torch.randn(size, size, generator=g))
         packed = fbgemm_pack_int8_weight(wq, scale, None)
-        fb = _median_s(lambda: torch.ops.quantized.linear_dynamic(x, packed, False), repeats)
+        fb = median_time(lambda: torch.ops.quantized.linear_dynamic(x, packed, False), repeats, warmup=2)
         xi, wt = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=g), wq.t().contiguous()
-        mm = _median_s(lambda: torch._int_mm(xi, wt), repeats)
+        mm = median_time(lambda: torch._int_mm(xi, wt), repeats, warmup=2)
     finally:
         torch.set_num_threads(old)
     macs = size**3
@@ -90,7 +78,7 @@ def gather_figures(batch: int, tables: int, dim: int, threads: int, table_rows: 
         table = torch.randint(0, 255, (table_rows, dim + 8), dtype=torch.uint8)
         ids = [torch.randint(0, table_rows, (lookups,)) for _ in range(8)]
         k = iter(range(10**9))
-        t = _median_s(lambda: torch.index_select(table, 0, ids[next(k) % 8]), 15)
+        t = median_time(lambda: torch.index_select(table, 0, ids[next(k) % 8]), 15, warmup=2)
     finally:
         torch.set_num_threads(old)
     return {"lookups": lookups, "int8_bytes": int8_bytes, "fp32_bytes": fp32_bytes,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import median_time  # noqa: E402
 from lightning_recsys.data import RecsysBatch, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
 
@@ -65,17 +65,6 @@ def _slice(batch: RecsysBatch, n: int) -> RecsysBatch:
     return RecsysBatch(batch.dense[:n], sparse, {k: v[:n] for k, v in batch.labels.items()})
 
 
-def _time_ms(fn, warmup: int = 10, repeats: int = 50) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def tensorrt_section(dry_run: bool) -> dict[str, Any]:
     """Build, load and time fp16 and int8 engines (``dry_run``: prepare the fp16 program on CPU only)."""
     from lightning_recsys.quant.export.tensorrt import TensorRTPredictor, export_tensorrt, prepare_tensorrt_program
@@ -97,7 +86,7 @@ def tensorrt_section(dry_run: bool) -> dict[str, Any]:
     for bs in (64, 512):
         b = _slice(batches[0], bs).to("cuda")
         with torch.no_grad():
-            out[f"pytorch_fp32_cuda_ms_b{bs}"] = _time_ms(lambda: cuda_model(b).float().cpu())
+            out[f"pytorch_fp32_cuda_ms_b{bs}"] = median_time(lambda: cuda_model(b).float().cpu(), repeats=50, warmup=10) * 1e3
     model = model.to("cpu")
     with torch.no_grad():
         reference = model(batches[1])
@@ -119,7 +108,7 @@ def tensorrt_section(dry_run: bool) -> dict[str, Any]:
             res["max_abs_logit_diff_vs_fp32"] = float((predictor(batches[1]) - reference).abs().max())
             for bs in (64, 512):
                 b = _slice(batches[2], bs)
-                res[f"ms_b{bs}"] = _time_ms(lambda: predictor(b))
+                res[f"ms_b{bs}"] = median_time(lambda: predictor(b), repeats=50, warmup=10) * 1e3
             out[precision] = res
     return out
 
