@@ -109,6 +109,22 @@ def test_int8_linear_takes_every_input_rank_nn_linear_takes(activation):
         torch.testing.assert_close(out, ref, atol=0.05, rtol=0.0)
 
 
+def test_int8_linear_quantized_under_inference_mode():
+    """Buffers made under torch.inference_mode have no version counter: the module still runs (inside
+    and outside it) and a new calibrated range set there is used by the next call."""
+    lin = nn.Linear(16, 8)
+    x = torch.randn(32, 16)
+    with torch.inference_mode():
+        q = Int8Linear.from_float(lin, activation="static")
+        q.set_activation_range(-3.0, 3.0)
+        first = q(x)
+        q.set_activation_range(-0.5, 0.5)  # clips most of x: a visibly different output
+        ref = torch.ops.lrs_quant.int8_linear_static(x, q.x_scale, q.x_zero_point, q.wq_t, q.w_scale, q.bias)
+        torch.testing.assert_close(q(x), ref, atol=1e-4, rtol=1e-5)
+        assert not torch.allclose(q(x), first, atol=1e-2)
+    torch.testing.assert_close(q(x), ref, atol=1e-4, rtol=1e-5)
+
+
 SATURATING = """
 import torch
 from torch import nn

@@ -237,11 +237,16 @@ class Int8Linear(nn.Module):
         self.x_zero_point.copy_(zp)
         self.calibrated.fill_(True)
         self._calibrated = True
+        self._forget_packed()
+
+    def _forget_packed(self) -> None:
+        self._fbgemm = _PackedCache()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "calibrated" in state_dict:
             self._calibrated = bool(state_dict[prefix + "calibrated"])
+        self._forget_packed()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # the packed weights are a cache: copies and pickles rebuild them
@@ -257,7 +262,9 @@ class Int8Linear(nn.Module):
         cache = self._fbgemm
         bufs = self._buffers  # (plain dict reads: Module.__getattr__ costs about a microsecond per buffer)
         tensors = (bufs["wq_t"], bufs["w_scale"], bufs["bias"], bufs["x_scale"], bufs["x_zero_point"])
-        versions = tuple(t._version for t in tensors)
+        # inference tensors (a model quantized under torch.inference_mode) have no version counter: their
+        # changes through this module's own setters clear the cache (_forget_packed)
+        versions = tuple(-1 if t.is_inference() else t._version for t in tensors)
         if versions != cache.versions or any(t is not c for t, c in zip(tensors, cache.tensors)) or not cache.tensors:
             if torch.backends.quantized.engine not in ("x86", "fbgemm"):  # another engine's packing: emulate
                 return None
