@@ -101,3 +101,14 @@ def test_unsupported_bag_modes_are_clear():
         QuantizedEmbeddingBag.from_float(nn.EmbeddingBag(5, 2, mode="max"))
     with pytest.raises(TypeError, match="max_norm"):
         QuantizedEmbedding.from_float(nn.Embedding(5, 2, max_norm=1.0))
+
+
+@pytest.mark.parametrize("bits,grid", [(8, "exact"), (4, "exact"), (8, "anchored")])
+def test_large_tables_are_packed_in_row_chunks_with_the_same_result(monkeypatch, bits, grid):
+    """Tables are quantized a chunk of rows at a time (bounded memory); the result is the same."""
+    import lightning_recsys.quant.core.rowwise as rowwise
+
+    w = torch.randn(100, 7) * torch.linspace(0.01, 3.0, 100)[:, None]
+    whole = pack_rowwise(w, bits, grid=grid)
+    monkeypatch.setattr(rowwise, "_CHUNK_ROWS", 16)
+    assert torch.equal(pack_rowwise(w, bits, grid=grid), whole)

@@ -98,6 +98,9 @@ def _nearest_codes(w: Tensor, q: Tensor, scale: Tensor, bias: Tensor, top: int) 
     return best.to(torch.uint8)
 
 
+_CHUNK_ROWS = 1 << 16  # rows quantized at a time
+
+
 def pack_rowwise(weight: Tensor, bits: int = 8, clip: str = "minmax", grid: str = "exact") -> Tensor:
     """Quantize ``weight`` [N, D] row-wise and pack it (uint8 [N, packed_row_bytes(bits, D)]).
 
@@ -133,6 +136,8 @@ def pack_rowwise(weight: Tensor, bits: int = 8, clip: str = "minmax", grid: str 
         if bits != 4:
             raise ValueError("clip='greedy' is only available for bits=4")
         return torch.ops.quantized.embedding_bag_4bit_prepack(w, optimized_qparams=True)
+    if n > _CHUNK_ROWS:  # bounded temporaries: the code search holds about 30 bytes per value
+        return torch.cat([pack_rowwise(w[i : i + _CHUNK_ROWS], bits, clip, grid) for i in range(0, n, _CHUNK_ROWS)])
     if grid == "anchored":
         scale, zp = _qparams_anchored(w)
         q = (torch.round(w.double() / scale.double()[:, None]) + zp.double()[:, None]).clamp_(0, 255).to(torch.uint8)
