@@ -11,14 +11,15 @@ ops below compute exactly that in eager mode and export to ``DynamicQuantizeLine
 Eager CPU calls run the same arithmetic on fbgemm's packed int8 GEMM through torch
 (``quantized::linear_dynamic`` and ``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``, the
 weights prepacked once per weight version): a 512 x 512 layer at batch 512 on 2 threads runs about
-3.4x faster than an fp32 ``nn.Linear`` and 10x faster than the float emulation. The codes, scales and zero points are the same; fbgemm quantizes
-activations as ``round(x * (1 / sx)) + zx`` where ONNX Runtime computes ``round(x / sx) + zx``, so a
-value within a float ulp of a rounding tie can land one code apart (the export's parity check
-tolerates exactly such ties). fbgemm's kernels accumulate ``u8 x s8`` products exactly on CPUs with
+3.4x faster than an fp32 ``nn.Linear`` and 10x faster than the float emulation. The codes, scales and
+zero points are the same; fbgemm quantizes activations as ``round(x * (1 / sx)) + zx`` where ONNX
+Runtime computes ``round(x / sx) + zx``, so a value within a float ulp of a rounding tie can land
+one code apart (the export's parity check tolerates exactly such ties). fbgemm's kernels accumulate ``u8 x s8`` products exactly on CPUs with
 AVX512-VNNI / AVX-VNNI; on other x86 CPUs (AVX2, AVX512 without VNNI) its ``vpmaddubsw`` path
 saturates pairs of products at 32767 (``255 * 127 * 2`` does not fit), so :func:`fbgemm_is_exact`
 probes the kernels once and, where they saturate, every call uses the float emulation. Traced code
-(``torch.export``, ``torch.compile``, ONNX export) and non-CPU / non-float32 inputs use the custom ops.
+(``torch.export``, ``torch.compile``, ONNX export) and non-CPU, non-float32 or 1-D inputs use the
+custom ops.
 
 Example:
     >>> import torch

@@ -109,7 +109,8 @@ def pack_rowwise(weight: Tensor, bits: int = 8, clip: str = "minmax", grid: str 
     (``quantized::embedding_bag_byte_prepack`` / ``embedding_bag_4bit_prepack``) and each code then
     re-chosen as the nearest one (:func:`_nearest_codes`): per value, never a larger error than FBGEMM's.
     ``grid="anchored"`` (int8 only): the range extended to 0 with an integer zero point
-    (:func:`_qparams_anchored`), one fused dequantize in graph runtimes (no bias add) at up to 2-3x FBGEMM's error.
+    (:func:`_qparams_anchored`), one fused dequantize in graph runtimes (no bias add) at up to 2-3x
+    FBGEMM's error.
     ``clip="greedy"`` (int4 only) searches a per-row clipping range that minimises the row's L2
     error (Guan et al. 2019, FBGEMM's ``optimized_qparams``); values outside it are clipped, so the
     half-step error bound then holds only inside the range.
