@@ -5,7 +5,7 @@ anchored-grid variant of ours.
   (``torch.ao.nn.quantized.EmbeddingBag`` with row-wise int8 weights + dynamic int8 linears);
 * :func:`compiled_fp32`: ``torch.compile`` of the fp32 model (inductor, default mode, static shapes);
 * :func:`with_anchored_tables`: ours with the int8 tables re-packed on the anchored grid
-  (``pack_rowwise(grid="anchored")``, integer zero points: a speed option for graph runtimes).
+  (``pack_rowwise(grid="anchored")``, integer zero points: no bias add in the graph).
 
 Example::
 

@@ -19,7 +19,7 @@ one process on the same test batches with 2 threads:
   (static activations calibrated with the MSE observer on 8 training batches), eager and
   exported with ``export_onnx`` (tables on FBGEMM's exact-range grid, linears on fbgemm's int8 GEMM
   in eager); ``ours_onnx_int8_dynamic``: the same with dynamic activations; ``ours_onnx_int8_anchored``:
-  the same with the int8 tables on the anchored grid (integer zero points, the ONNX speed option);
+  the same with the int8 tables on the anchored grid (integer zero points: no bias add in the graph);
 * ``ours_budget_onnx``: the smallest plan the budgeted search picks per table / linear (int4 / int8 /
   fp16 / fp32) for a ``--budget-ne`` relative NE budget (default 0.1 %), searched on validation
   batches and confirmed on the test batches, exported with ``export_onnx``; ``ours_budget_latency_onnx``:
@@ -184,7 +184,7 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     ort_stock_int8(fp32_onnx, stock_onnx, calib, layout)
     onnx_paths = [("ort_fp32", fp32_onnx), ("ort_stock_int8", stock_onnx), ("ours_onnx_int8", ours_onnx),
                   ("ours_onnx_int8_dynamic", tmp / f"{tag}_ours_dynamic.onnx")]  # fmt: skip
-    if timing:  # the anchored-grid speed option (synthetic section only)
+    if timing:  # the anchored-grid option (synthetic section only)
         export_onnx(with_anchored_tables(ours, fp32), tmp / f"{tag}_ours_anchored.onnx", example)
         onnx_paths.append(("ours_onnx_int8_anchored", tmp / f"{tag}_ours_anchored.onnx"))
     budget = budget_latency = None
