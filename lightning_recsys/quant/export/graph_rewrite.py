@@ -37,14 +37,15 @@ def _scalar(name: str, initializers: dict[str, Any], constants: dict[str, Any]) 
 _DATA_MOVEMENT = {"Transpose", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 
 
-def _hoist_quantize(graph: Any, nodes: list, initializers: dict, constants: dict) -> None:
+def _hoist_quantize(graph: Any, nodes: list, initializers: dict, constants: dict) -> int:
     """Swap every per-tensor ``QuantizeLinear`` with the data-movement node that feeds it (its data input:
     the output has no other reader and is not a graph output), repeatedly, in ``nodes`` (in place; the
-    list stays topologically sorted: the quantize takes the mover's place and the mover the quantize's)."""
+    list stays topologically sorted: the quantize takes the mover's place and the mover the quantize's).
+    Returns how many swaps were made."""
     from onnx import NodeProto
 
     outputs = {o.name for o in graph.output}
-    moved = True
+    swaps, moved = 0, True
     while moved:
         moved = False
         producer = {out: n for n in nodes for out in n.output}
@@ -71,7 +72,9 @@ def _hoist_quantize(graph: Any, nodes: list, initializers: dict, constants: dict
             for v in [v for v in graph.value_info if v.name == old]:  # float shape info of a gone tensor
                 graph.value_info.remove(v)
             moved = True
+            swaps += 1
             break
+    return swaps
 
 
 def quantize_before_concat(proto: Any) -> int:
@@ -89,9 +92,7 @@ def quantize_before_concat(proto: Any) -> int:
     outputs = {o.name for o in graph.output}
     initializers = {i.name: i for i in graph.initializer}
     constants = {n.output[0]: n for n in nodes if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
-    before = [n.SerializeToString() for n in nodes]
-    _hoist_quantize(graph, nodes, initializers, constants)
-    hoisted = [n.SerializeToString() for n in nodes] != before
+    hoisted = _hoist_quantize(graph, nodes, initializers, constants)
     producer = {out: n for n in nodes for out in n.output}
     readers: dict[str, int] = {}
     for n in nodes:
