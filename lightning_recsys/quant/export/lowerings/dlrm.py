@@ -37,41 +37,25 @@ from ..lowering import FusedCollection, LoweredTable, register_lowering
 __all__ = ["LoweredDotInteraction", "FoldedDotInteraction", "FOLD_MACS_PER_VALUE"]
 
 
-class LoweredDotInteraction(nn.Module):
+class LoweredDotInteraction(DotInteraction):
     """Export version of the project's ``DotInteraction`` (same output, same order).
 
     ``cat([x, lower-triangle of T T^T])`` with ``T = [x; E]`` is computed as ``E E^T`` and ``E x``
     (no ``[B, F+1, D]`` concat), then ``[x, E x, flat(E E^T)]`` is concatenated once and the wanted
-    entries are read with one ``Gather`` (on the transposed products: ORT gathers whole rows fast).
+    entries (:meth:`~lightning_recsys.models.DotInteraction.product_index`) are read with one ``Gather``
+    of rows of the transposed products (ORT's ``Gather`` on axis 1 copies element by element; on axis 0
+    it copies whole rows).
     """
-
-    def __init__(self, num_vectors: int, rows: Tensor, cols: Tensor, include_dense: bool) -> None:
-        super().__init__()
-        self.include_dense = include_dense
-        self.num_vectors = int(num_vectors)
-        self.register_buffer("rows", rows.clone(), persistent=False)
-        self.register_buffer("cols", cols.clone(), persistent=False)
-
-    def _index(self, dim: int | None) -> Tensor:
-        """Positions in ``[x (dim), E x (F), flat(E E^T) (F*F)]`` (``flat(E E^T)`` alone without ``x``)."""
-        if dim is None:
-            return self.rows * self.num_vectors + self.cols
-        f = self.num_vectors - 1
-        r, c = self.rows - 1, self.cols - 1  # embedding indices; c == -1 is the dense vector
-        pair = torch.where(c < 0, dim + r, dim + f + r * f + c.clamp(min=0))
-        head = torch.arange(dim) if self.include_dense else torch.empty(0, dtype=torch.long)
-        return torch.cat([head, pair])
 
     def forward(self, dense_vec: Tensor | None, embeddings: Tensor) -> Tensor:
         ee = torch.bmm(embeddings, embeddings.transpose(1, 2)).flatten(1)  # [B, F*F]
         if dense_vec is None:
-            return self._select(ee, self._index(None))
+            return self._select(ee, self.product_index(None))
         ex = torch.bmm(embeddings, dense_vec.unsqueeze(2)).flatten(1)  # [B, F]
-        return self._select(torch.cat([dense_vec, ex, ee], 1), self._index(dense_vec.shape[1]))
+        return self._select(torch.cat([dense_vec, ex, ee], 1), self.product_index(dense_vec.shape[1]))
 
     @staticmethod
     def _select(flat: Tensor, index: Tensor) -> Tensor:
-        # ORT's Gather on axis 1 copies element by element; on axis 0 it copies whole rows
         return torch.index_select(flat.t(), 0, index).t()
 
 
@@ -99,14 +83,11 @@ class FoldedDotInteraction(nn.Module):
         return torch.cat([*head, ex, ee.flatten(1)], 1)
 
     @staticmethod
-    def columns(inter: nn.Module, dense_dim: int) -> tuple[Tensor, int]:
+    def columns(inter: DotInteraction, dense_dim: int) -> tuple[Tensor, int]:
         """Where each output column of ``DotInteraction`` ``inter`` sits in the folded output, and the
         folded width."""
-        f = int(inter.rows.max()) if inter.rows.numel() else 0  # embeddings; vector 0 is the dense one
-        r, c = inter.rows - 1, inter.cols - 1
-        head = dense_dim if inter.include_dense else 0
-        pair = head + torch.where(c < 0, r, f + r * f + c.clamp(min=0))
-        return torch.cat([torch.arange(head), pair]), head + f + f * f
+        f, head = inter.num_vectors - 1, dense_dim if inter.include_dense else 0  # vector 0 is the dense one
+        return inter.product_index(dense_dim) - (dense_dim - head), head + f + f * f
 
 
 def _widen_int8_linear(m: nn.Module, cols: Tensor, width: int) -> nn.Module:
@@ -159,7 +140,7 @@ def _fold_interaction(model: nn.Module, backbone: nn.Module, native: bool) -> No
     if (width - cols.numel()) * sum(m.out_features for m in firsts) > FOLD_MACS_PER_VALUE * width:
         return None
     masked = any(m.activation == "dynamic" for m in firsts)
-    backbone.interaction = FoldedDotInteraction(int(inter.rows.max()), inter.include_dense, masked)
+    backbone.interaction = FoldedDotInteraction(inter.num_vectors - 1, inter.include_dense, masked)
     for (mlp, name), m in zip(consumers, firsts):
         mlp._modules[name] = _widen_int8_linear(m, cols, width)
     return None
@@ -169,8 +150,7 @@ def _lower_interaction(model: nn.Module, m: nn.Module, native: bool) -> nn.Modul
     """:class:`LoweredDotInteraction` for a (not folded) ``DotInteraction``."""
     if type(m) is not DotInteraction:
         return None
-    n = int(m.rows.max()) + 1 if m.rows.numel() else 1
-    return LoweredDotInteraction(n, m.rows, m.cols, m.include_dense)
+    return LoweredDotInteraction(m.num_vectors, m.include_dense)
 
 
 def _fuse_collection(model: nn.Module, m: nn.Module, native: bool) -> nn.Module | None:
