@@ -8,6 +8,12 @@ never share a row); a length whose prefix space ``K^n`` fits its range maps pref
 a larger one is hashed (a seeded cubic polynomial over a prime field) into its range. Ranges are sized shortest first,
 each taking ``min(K^n, equal share of the rows left)``.
 
+Cold start (:class:`SemanticIdEmbedding`, ``backoff=True``): the table records which ids it was
+trained on (buffer ``seen``); in evaluation an id reads only the prefixes that some trained id shares,
+so a new item is the sum of its shared coarse prefixes instead of also reading rows that its unseen
+deep prefixes collide into (rows trained for unrelated items). ``prefix_dropout`` drops an access's
+deepest prefixes at random in training, so that coarse prefixes also learn to stand alone.
+
 Both modules here are drop-in ``nn.EmbeddingBag(mode="sum")`` tables of item ids (``forward(input,
 offsets=None, per_sample_weights=None)``; bags of ids sum) that map each id to a fixed list of tokens
 (buffer ``tokens`` [num_embeddings, G], saved with the model) and look the tokens up in an inner
@@ -33,9 +39,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._validation import ConfigurationError, check_choice, check_int
+from .._validation import ConfigurationError, check_choice, check_int, check_number
 from .rq_vae import rq_vae
 from .semantic_codes import residual_kmeans
 
@@ -104,6 +111,32 @@ def prefix_tokens(codes: Tensor, codebook_size: int, num_rows: int, ngram: int |
     return torch.stack(columns, 1)
 
 
+def _shared_depth(codes: Tensor, seen: Tensor) -> Tensor:
+    """Per id, how many of its leading prefixes ``(c1)``, ``(c1, c2)``, ... some seen id shares ``[N]``."""
+    group = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+    shared = torch.ones_like(seen)
+    depth = torch.zeros_like(group)
+    for n in range(codes.shape[1]):  # exact prefix identity: group of (c1..cn) = unique (group of c1..c(n-1), cn)
+        _, group = torch.unique(group * (int(codes[:, n].max()) + 1) + codes[:, n], return_inverse=True)
+        hit = torch.zeros(int(group.max()) + 1 if group.numel() else 0, dtype=torch.bool, device=codes.device)
+        hit[group[seen]] = True
+        shared &= hit[group]
+        depth += shared.long()
+    return depth
+
+
+def _gather_ids(ids: Tensor) -> Tensor:
+    """The ids of every rank (padded to the longest, all-gathered, padding dropped)."""
+    n = torch.tensor([ids.numel()], device=ids.device)
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
+    padded = ids.new_full((int(n),), -1)
+    padded[: ids.numel()] = ids
+    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, padded)
+    out = torch.cat(parts)
+    return out[out >= 0]
+
+
 class TokenizedEmbeddingBag(nn.Module):
     """``nn.EmbeddingBag(mode="sum")``-like table whose id ``i`` is the sum of the inner ``bag``'s rows
     ``tokens[i]`` (buffer [num_embeddings, tokens_per_id]).
@@ -127,10 +160,24 @@ class TokenizedEmbeddingBag(nn.Module):
         nn.init.uniform_(self.bag.weight, -bound, bound)
         self.register_buffer("tokens", torch.zeros(num_embeddings, tokens_per_id, dtype=torch.long))
 
+    def _tokens_of(self, ids: Tensor) -> Tensor:
+        """``[*ids.shape, G]`` tokens of ids ``>= 0``; ``-1`` marks a token left out (subclasses)."""
+        return self.tokens[ids]
+
     def _lookup(self, ids: Tensor) -> Tensor:
         """``[*ids.shape, G]`` tokens; id ``-1`` (export padding) gives tokens ``-1``."""
-        tokens = self.tokens[ids.clamp(min=0)]
+        tokens = self._tokens_of(ids.clamp(min=0))
         return torch.where(ids.unsqueeze(-1) >= 0, tokens, -1)
+
+    @staticmethod
+    def _left_out_as_weights(tokens: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Eager lookups: tokens ``-1`` read row 0 with weight 0 (``nn.EmbeddingBag`` has no padding id ``-1``;
+        the export's lowered tables treat ``-1`` as padding)."""
+        keep = tokens >= 0
+        if torch.compiler.is_exporting() or bool(keep.all()):
+            return tokens, weights
+        w = keep.to(torch.float32 if weights is None else weights.dtype)
+        return tokens.clamp(min=0), w if weights is None else weights * w
 
     def forward(self, input: Tensor, offsets: Tensor | None = None, per_sample_weights: Tensor | None = None) -> Tensor:
         """``[num_bags, embedding_dim]``: 1-D ``input`` with ``offsets`` (bag starts), or 2-D fixed-length bags."""
@@ -140,14 +187,16 @@ class TokenizedEmbeddingBag(nn.Module):
             if offsets is not None and not exporting:
                 raise ValueError("offsets must be None when input is 2-D (fixed-length bags), as in nn.EmbeddingBag")
             w = None if per_sample_weights is None else per_sample_weights.repeat_interleave(g, dim=1)
-            return self.bag(self._lookup(input).flatten(1), None, w)
+            tokens, w = self._left_out_as_weights(self._lookup(input).flatten(1), w)
+            return self.bag(tokens, None, w)
         if input.dim() != 1 or offsets is None or offsets.dim() != 1:
             raise ValueError(f"input must be 1-D with 1-D offsets, or 2-D, as in nn.EmbeddingBag; got input {tuple(input.shape)}")
         if exporting and input.shape[0] == offsets.shape[0]:  # single-hot: one id per bag, -1 = empty bag
             w = None if per_sample_weights is None else per_sample_weights.unsqueeze(1).expand(-1, g)
             return self.bag(self._lookup(input), None, w)
         w = None if per_sample_weights is None else per_sample_weights.repeat_interleave(g)
-        return self.bag(self._lookup(input).flatten(), offsets * g, w)
+        tokens, w = self._left_out_as_weights(self._lookup(input).flatten(), w)
+        return self.bag(tokens, offsets * g, w)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, num_rows={self.num_rows}, tokens_per_id={self.tokens.shape[1]}"
@@ -185,8 +234,14 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
             ``"rq_vae"`` (:func:`~lightning_recsys.embeddings.rq_vae`), how :meth:`fit_codes` finds codes.
         codes: optional precomputed codes ``[num_embeddings, L]``; otherwise call :meth:`fit_codes`
             (``RecsysModule`` does it in ``setup`` from the data module's ``content_vectors(feature)``).
+        backoff: in evaluation, an id reads only the prefixes shared with some id seen in training
+            (:meth:`served_tokens`); ids seen in training, and every id before any training, read all.
+        prefix_dropout: in training, the share of accesses whose deepest prefixes (a random number of
+            them, at least one prefix kept) are left out; ``0`` keeps all.
 
-    Buffers ``codes``, ``tokens`` and ``fitted`` travel in the state dict (the codes are part of the model).
+    Buffers ``codes``, ``tokens``, ``fitted`` and ``seen`` travel in the state dict (the codes are part of
+    the model). Under ``torch.distributed`` the ids a training step marks as seen are gathered from every
+    rank (like ``SyncBatchNorm``, every rank must run the training forward).
     """
 
     def __init__(
@@ -200,8 +255,11 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
         seed: int = 0,
         code_method: Literal["residual_kmeans", "rq_vae"] = "residual_kmeans",
         codes: Tensor | None = None,
+        backoff: bool = True,
+        prefix_dropout: float = 0.0,
     ) -> None:
         check_int("num_levels", num_levels, low=1)
+        check_number("prefix_dropout", prefix_dropout, low=0.0, high=1.0, high_open=True)
         check_choice("code_method", code_method, ("residual_kmeans", "rq_vae"))
         check_int("codebook_size", codebook_size, low=1)
         ngram = num_levels if ngram is None else ngram
@@ -215,8 +273,61 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
         self.code_method = code_method
         self.register_buffer("codes", torch.full((num_embeddings, num_levels), -1, dtype=torch.long))
         self.register_buffer("fitted", torch.tensor(False))
+        self.backoff, self.prefix_dropout = bool(backoff), float(prefix_dropout)
+        self.register_buffer("seen", torch.zeros(num_embeddings, dtype=torch.bool))
+        self.register_buffer("served", self.tokens.clone(), persistent=False)  # see served_tokens
+        self._served_key: tuple | None = None
         if codes is not None:
             self.set_codes(codes)
+
+    # ------------------------------------------------------------------ cold start
+    def _tokens_of(self, ids: Tensor) -> Tensor:
+        if torch.compiler.is_exporting():
+            return self.served[ids]
+        if not self.training:
+            return self.served_tokens()[ids]
+        self._mark_seen(ids)
+        tokens = self.tokens[ids]
+        g = tokens.shape[-1]
+        if self.prefix_dropout > 0 and g > 1:  # leave out the deepest (g - cut) prefixes of a random share
+            drop = torch.rand(ids.shape, device=ids.device) < self.prefix_dropout
+            cut = torch.randint(1, g, ids.shape, device=ids.device)
+            left_out = drop.unsqueeze(-1) & (torch.arange(g, device=ids.device) >= cut.unsqueeze(-1))
+            tokens = tokens.masked_fill(left_out, -1)
+        return tokens
+
+    @torch.no_grad()
+    def _mark_seen(self, ids: Tensor) -> None:
+        ids = ids.flatten()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ids = _gather_ids(ids)
+        self.seen[ids] = True
+
+    @torch.no_grad()
+    def served_tokens(self) -> Tensor:
+        """Tokens read in evaluation ``[num_embeddings, G]``: with ``backoff``, an id's prefixes beyond the
+        longest one shared with an id seen in training are ``-1`` (left out); all tokens without ``backoff``
+        or before any training. Cached until ``seen`` or the tokens change."""
+        key = (self.seen._version, self.tokens._version, self.backoff, self.seen.data_ptr())
+        if key != self._served_key:
+            depth = _shared_depth(self.codes[:, : self.ngram], self.seen) if self.backoff and bool(self.seen.any()) else None
+            g = self.tokens.shape[1]
+            served = self.tokens if depth is None else self.tokens.masked_fill(
+                torch.arange(g, device=depth.device) >= depth.unsqueeze(1), -1)  # fmt: skip
+            self.served.copy_(served)
+            self._served_key = key
+        return self.served
+
+    def train(self, mode: bool = True) -> SemanticIdEmbedding:
+        super().train(mode)
+        if not mode:  # fresh for the export's trace, which cannot refresh it
+            self.served_tokens()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if prefix + "seen" not in state_dict and prefix + "tokens" in state_dict:  # saved before ``seen`` existed
+            state_dict[prefix + "seen"] = torch.ones_like(self.seen)  # every id counts as seen: no back-off
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     @property
     def range_starts(self) -> list[int]:
