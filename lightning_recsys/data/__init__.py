@@ -1,7 +1,8 @@
 """Data: the recsys batch type, the model contract (how to call a model on a batch, where its labels
-are) and data modules (synthetic Criteo-like, MovieLens-100K)."""
+are) and data modules (synthetic Criteo-like, MovieLens-100K, Women's E-Commerce Clothing Reviews)."""
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature, collate_samples
+from .clothing_reviews import ClothingReviewsDataModule
 from .contract import ModelContract
 from .movielens import MovieLens100KDataModule
 from .movielens_items import MovieLens100KItemsDataModule
@@ -10,6 +11,7 @@ from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCT
 
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
+    "ClothingReviewsDataModule",
     "FeatureSpec",
     "ModelContract",
     "MovieLens100KDataModule",

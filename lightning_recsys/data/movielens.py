@@ -30,22 +30,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from .._validation import check_int
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
 from .movielens_download import (RECBOLE_FILES, RECBOLE_VERSION, default_cache_dir, download_movielens_100k,
                                  extract_recbole_ml100k)
-from .resumable import ResumableDataLoader
+from .splits import EpochShuffleSampler, RandomSplitDataModule, RowsDataset
 
 __all__ = [
     "MovieLens100KDataModule",
     "MovieLensDataset",
-    "EpochShuffleSampler",
+    "EpochShuffleSampler",  # re-exported from .splits
     "default_cache_dir",  # re-exported from .movielens_download
     "download_movielens_100k",
     "extract_recbole_ml100k",
@@ -262,51 +259,12 @@ class _Tables:
         return RecsysBatch(dense, sparse, {t: y[rows] for t, y in self.labels.items()})
 
 
-# -------------------------------------------------------------------------------- dataset / sampler
-class MovieLensDataset(Dataset):
-    """The ratings of one split. ``dataset[i]`` is one sample as ``(dense, {feature: ids}, {task: label})``
-    (the input of :func:`~lightning_recsys.data.collate_samples`); a ``DataLoader`` with a batch size
-    fetches whole :class:`RecsysBatch` es at once through ``__getitems__``."""
-
-    def __init__(self, tables: _Tables, rows: Tensor) -> None:
-        self.tables = tables
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return int(self.rows.numel())
-
-    def __getitems__(self, indices: Sequence[int]) -> RecsysBatch:
-        return self.tables.batch(self.rows[torch.as_tensor(indices, dtype=torch.long)])
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-        b = self.__getitems__([index])
-        return b.dense[0], {k: f.values for k, f in b.sparse.items()}, {t: float(y[0]) for t, y in b.labels.items()}
-
-
-def _passthrough(batch: RecsysBatch) -> RecsysBatch:
-    return batch
-
-
-class EpochShuffleSampler(RandomSampler):
-    """A fresh permutation per epoch derived from ``(seed, epoch)``: reproducible across runs and exact
-    on resume (Lightning calls ``set_epoch`` before each epoch; without it the epoch counts up)."""
-
-    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
-        super().__init__(data_source)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch + 1) % (2**63))
-        self.epoch += 1
-        return iter(torch.randperm(len(self.data_source), generator=gen).tolist())
+class MovieLensDataset(RowsDataset):
+    """The ratings of one split (see :class:`~lightning_recsys.data.splits.RowsDataset`)."""
 
 
 # ------------------------------------------------------------------------------------- data module
-class MovieLens100KDataModule(pl.LightningDataModule):
+class MovieLens100KDataModule(RandomSplitDataModule):
     """MovieLens-100K ratings as :class:`RecsysBatch` es (see the module docstring for the features).
 
     Args:
@@ -321,6 +279,8 @@ class MovieLens100KDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers (0 is fastest here: batches are plain tensor gathers).
     """
 
+    rows_name = "ratings"
+
     def __init__(
         self,
         data_dir: str | None = None,
@@ -331,35 +291,13 @@ class MovieLens100KDataModule(pl.LightningDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, split_fractions, seed, shuffle, num_workers)
         if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
             raise TypeError(f"data_dir must be a path string or None, got {type(data_dir).__name__}")
-        for arg, val, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
-            check_int(arg, val, low=lo)
-        check_int("seed", seed)
-        fractions = list(split_fractions) if isinstance(split_fractions, Sequence) else None
-        if (
-            fractions is None
-            or len(fractions) != 3
-            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 for f in fractions)
-            or abs(sum(fractions) - 1.0) > 1e-6
-        ):
-            raise ValueError(
-                f"split_fractions must be three numbers [train, val, test], each in (0, 1), summing to 1; "
-                f"got {split_fractions!r}"
-            )
         self.save_hyperparameters()
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_cache_dir()
         self.download = bool(download)
-        self.batch_size = batch_size
-        self.split_fractions = tuple(float(f) for f in fractions)
-        self.seed = seed
-        self.shuffle = bool(shuffle)
-        self.num_workers = num_workers
         self._tables: _Tables | None = None
-        self.train_dataset: MovieLensDataset | None = None
-        self.val_dataset: MovieLensDataset | None = None
-        self.test_dataset: MovieLensDataset | None = None
 
     # -- files
     def _find(self) -> tuple[str, Path] | None:
@@ -413,49 +351,3 @@ class MovieLens100KDataModule(pl.LightningDataModule):
                     f"{t.num_items_without_info} rated items lack an item row; their features use id 0 (missing)"
                 )
         return self._tables
-
-    @property
-    def feature_spec(self) -> FeatureSpec:
-        """Dense width, table sizes (id 0 = missing) and tasks; reads (or downloads) the files on first use."""
-        return self._load().spec
-
-    # -- splits and loaders
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return
-        tables = self._load()
-        n = len(tables)
-        n_val = round(self.split_fractions[1] * n)
-        n_test = round(self.split_fractions[2] * n)
-        n_train = n - n_val - n_test
-        if min(n_train, n_val, n_test) < 1:
-            raise ValueError(
-                f"split_fractions {list(self.split_fractions)} of {n} ratings leave a split empty "
-                f"(train {n_train}, val {n_val}, test {n_test})"
-            )
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        self.train_dataset = MovieLensDataset(tables, perm[:n_train].sort().values)
-        self.val_dataset = MovieLensDataset(tables, perm[n_train : n_train + n_val].sort().values)
-        self.test_dataset = MovieLensDataset(tables, perm[n_train + n_val :].sort().values)
-
-    def _loader(self, dataset: MovieLensDataset | None, train: bool = False) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for a dataloader (the Trainer does it for you)")
-        kwargs = {"batch_size": self.batch_size, "collate_fn": _passthrough, "num_workers": self.num_workers,
-                  "persistent_workers": self.num_workers > 0}  # fmt: skip
-        if train:  # resumes mid-epoch exactly (see ResumableDataLoader)
-            sampler = EpochShuffleSampler(dataset, self.seed) if self.shuffle else None
-            return ResumableDataLoader(dataset, sampler=sampler, datamodule=self, **kwargs)
-        return DataLoader(dataset, **kwargs)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset)
