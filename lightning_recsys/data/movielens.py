@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -280,24 +279,7 @@ class MovieLens100KDataModule(RandomSplitDataModule):
     """
 
     rows_name = "ratings"
-
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        download: bool = False,
-        batch_size: int = 1024,
-        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-        seed: int = 0,
-        shuffle: bool = True,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(batch_size, split_fractions, seed, shuffle, num_workers)
-        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-            raise TypeError(f"data_dir must be a path string or None, got {type(data_dir).__name__}")
-        self.save_hyperparameters()
-        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_cache_dir()
-        self.download = bool(download)
-        self._tables: _Tables | None = None
+    cache_name = "ml-100k"
 
     # -- files
     def _find(self) -> tuple[str, Path] | None:
@@ -332,10 +314,6 @@ class MovieLens100KDataModule(RandomSplitDataModule):
                 f"or unzip GroupLens' ml-100k.zip there."
             )
         return found
-
-    def prepare_data(self) -> None:
-        """Download the files if needed (Lightning runs this on local rank 0 only)."""
-        self._locate()
 
     def _load(self) -> _Tables:
         if self._tables is None:

@@ -1,9 +1,12 @@
-"""Data modules over one table of interactions split at random into train / validation / test.
+"""Data modules over one table of interactions read from files and split at random into train /
+validation / test.
 
-:class:`RandomSplitDataModule` holds what MovieLens-100K and the clothing reviews share: argument
-checks, the seeded split, per-epoch seeded shuffling (:class:`EpochShuffleSampler`), resumable training
-loaders and :class:`RowsDataset`, whose batches are gathers from tensors built once. A subclass loads
-its "tables" (``len(tables)`` rows, ``tables.batch(rows) -> RecsysBatch``, ``tables.spec``) in ``_load``.
+:class:`RandomSplitDataModule` holds what MovieLens-100K and the clothing reviews share: the files'
+folder (``data_dir``, default a per-dataset cache folder) and ``download``, argument checks, the seeded
+split, per-epoch seeded shuffling (:class:`EpochShuffleSampler`), resumable training loaders and
+:class:`RowsDataset`, whose batches are gathers from tensors built once. A subclass finds (or fetches)
+its files in ``_locate`` and loads its "tables" (``len(tables)`` rows, ``tables.batch(rows) ->
+RecsysBatch``, ``tables.spec``) in ``_load``.
 
 Example:
     >>> from lightning_recsys.data import MovieLens100KDataModule
@@ -17,6 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import os
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
@@ -24,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .._validation import check_int
 from .batch import FeatureSpec, RecsysBatch
+from .movielens_download import default_cache_dir
 from .resumable import ResumableDataLoader
 
 __all__ = ["EpochShuffleSampler", "RandomSplitDataModule", "RowsDataset"]
@@ -73,12 +80,16 @@ class EpochShuffleSampler(RandomSampler):
 
 class RandomSplitDataModule(pl.LightningDataModule):
     """Rows split at random by ``seed`` into ``split_fractions`` (train, val, test); subclasses load the
-    rows in ``_load``. ``rows_name`` names them in messages (``"ratings"``, ``"reviews"``)."""
+    rows in ``_load``. ``rows_name`` names them in messages (``"ratings"``, ``"reviews"``); ``data_dir``
+    defaults to ``~/.cache/lightning_recsys/<cache_name>``."""
 
     rows_name = "rows"
+    cache_name = "data"
 
     def __init__(
         self,
+        data_dir: str | None = None,
+        download: bool = False,
         batch_size: int = 1024,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         seed: int = 0,
@@ -86,6 +97,8 @@ class RandomSplitDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"data_dir must be a path string or None, got {type(data_dir).__name__}")
         for arg, val, lo in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
             check_int(arg, val, low=lo)
         check_int("seed", seed)
@@ -100,6 +113,9 @@ class RandomSplitDataModule(pl.LightningDataModule):
                 f"split_fractions must be three numbers [train, val, test], each in (0, 1), summing to 1; "
                 f"got {split_fractions!r}"
             )
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else default_cache_dir(self.cache_name)
+        self.download = bool(download)
         self.batch_size = batch_size
         self.split_fractions = tuple(float(f) for f in fractions)
         self.seed = seed
@@ -108,9 +124,17 @@ class RandomSplitDataModule(pl.LightningDataModule):
         self.train_dataset: RowsDataset | None = None
         self.val_dataset: RowsDataset | None = None
         self.test_dataset: RowsDataset | None = None
+        self._tables: Any = None
+
+    def _locate(self) -> Any:
+        raise NotImplementedError
 
     def _load(self) -> Any:
         raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        """Download the files if needed (Lightning runs this on local rank 0 only)."""
+        self._locate()
 
     @property
     def feature_spec(self) -> FeatureSpec:
