@@ -325,9 +325,12 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        if prefix + "seen" not in state_dict and prefix + "tokens" in state_dict:  # saved before ``seen`` existed
-            state_dict[prefix + "seen"] = torch.ones_like(self.seen)  # every id counts as seen: no back-off
+        old = prefix + "seen" not in state_dict and prefix + "tokens" in state_dict  # saved before ``seen`` existed
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if old:
+            if prefix + "seen" in missing_keys:
+                missing_keys.remove(prefix + "seen")
+            self.seen.fill_(True)  # every id counts as seen: no back-off
 
     @property
     def range_starts(self) -> list[int]:

@@ -84,7 +84,8 @@ def test_seen_is_checkpointed_and_old_checkpoints_load_without_back_off():
     torch.testing.assert_close(fresh(ids, offsets), table(ids, offsets))
     del state["seen"]  # a checkpoint written before the table tracked seen ids
     old = _table()
-    old.load_state_dict(state)
+    old.load_state_dict(state)  # strict: no missing key
+    assert "seen" not in state and bool(old.seen.all())
     old.eval()
     torch.testing.assert_close(old(ids, offsets), _rows(old, [1, 9, 12], [4] * 3))
 
