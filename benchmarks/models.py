@@ -11,10 +11,9 @@ better of DLRM and DCNv2 on the main task (``like``; ``click`` on synthetic).
 
 Part 2 (MovieLens-100K with 10% of the movies held out of training): DLRM whose item table is a
 Semantic-ID prefix-ngram table (residual k-means codes, L=4, K=32, over genres / year / title words;
-back-off for new items), random hashing, or one row per item, all with as many rows
-as there are item ids; the same table with RQ-VAE codes; an ablation runs the same prefix-ngram table over
-codes of random vectors (structure without content). Each method gets its
-own tuned learning rate; seeds change the initialisation and shuffling only (same split), so the
+back-off for new items), random hashing, or one row per item, all with as many rows as there are item
+ids; the same table with RQ-VAE codes; an ablation runs the same prefix-ngram table over codes of random
+vectors (structure without content). Each method gets its own tuned learning rate; seeds change the initialisation and shuffling only (same split), so the
 stability figure is the per-row variance of the predicted probability across the seeds, averaged over
 the test rows. AUC of ``like`` on all test rows, tail items (1-20 training ratings) and new items.
 
@@ -297,8 +296,7 @@ def compare_item_tables(dm: MovieLens100KItemsDataModule, seeds: list[int], lrs:
         "random_codes_new_item_auc_gain_vs_hashing": out["semantic_id_random_codes"]["auc_new"]["mean"] - hsh["auc_new"]["mean"],
         "random_codes_tail_auc_gain_vs_hashing": out["semantic_id_random_codes"]["auc_tail"]["mean"] - hsh["auc_tail"]["mean"],
     }
-    for group in ("", "tail_", "new_item_"):  # the RQ-VAE codes (the paper's quantizer) instead of residual k-means
-        key = {"": "auc_all", "tail_": "auc_tail", "new_item_": "auc_new"}[group]
+    for key, group in (("auc_all", ""), ("auc_tail", "tail_"), ("auc_new", "new_item_")):  # RQ-VAE codes (the paper's)
         ratios[f"semid_rq_vae_{group}auc_gain_vs_hashing"] = out["semantic_id_rq_vae"][key]["mean"] - hsh[key]["mean"]
     layout = {"ranges": table.ranges, "hashed_lengths": table.hashed_lengths,
               "test_rows": {g: int(m.sum()) for g, m in dm.test_groups.items()}}  # fmt: skip
