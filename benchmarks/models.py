@@ -13,9 +13,9 @@ Part 2 (MovieLens-100K with 10% of the movies held out of training): DLRM whose 
 Semantic-ID prefix-ngram table (residual k-means codes, L=4, K=32, over genres / year / title words;
 back-off for new items), random hashing, or one row per item, all with as many rows as there are item
 ids; the same table with RQ-VAE codes; an ablation runs the same prefix-ngram table over codes of random
-vectors (structure without content). Each method gets its own tuned learning rate; seeds change the initialisation and shuffling only (same split), so the
-stability figure is the per-row variance of the predicted probability across the seeds, averaged over
-the test rows. AUC of ``like`` on all test rows, tail items (1-20 training ratings) and new items.
+vectors (structure without content). Each method gets its own tuned learning rate; seeds change the
+initialisation and shuffling only (same split), so the stability figure is the per-row variance of the
+predicted probability across the seeds, averaged over the test rows. AUC of ``like`` on all test rows, tail items (1-20 training ratings) and new items.
 
 Architecture and Semantic-ID settings were chosen on development splits the figures do not use (see
 ``SELECTION``).
