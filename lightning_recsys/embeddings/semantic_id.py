@@ -260,6 +260,8 @@ class SemanticIdEmbedding(TokenizedEmbeddingBag):
     ) -> None:
         check_int("num_levels", num_levels, low=1)
         check_number("prefix_dropout", prefix_dropout, low=0.0, high=1.0, high_open=True)
+        if not isinstance(backoff, bool):
+            raise TypeError(f"backoff must be True or False, got {backoff!r}")
         check_choice("code_method", code_method, ("residual_kmeans", "rq_vae"))
         check_int("codebook_size", codebook_size, low=1)
         ngram = num_levels if ngram is None else ngram

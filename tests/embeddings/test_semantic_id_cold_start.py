@@ -70,6 +70,8 @@ def test_prefix_dropout_leaves_out_the_deepest_prefixes_in_training_only():
     torch.testing.assert_close(table(ids, ids.clone()), _rows(table, list(range(32)), [4] * 32))
     with pytest.raises(ValueError, match="prefix_dropout"):
         _table(prefix_dropout=1.0)
+    with pytest.raises(TypeError, match="backoff must be True or False"):
+        _table(backoff="no")
 
 
 def test_seen_is_checkpointed_and_old_checkpoints_load_without_back_off():
