@@ -18,7 +18,9 @@ one process on the same test batches with 2 threads:
 * ``ours_torch_int8`` / ``ours_onnx_int8``: ``quantize_`` with row-wise int8 tables and int8 linears
   (static activations calibrated with the MSE observer on 8 training batches), eager and
   exported with ``export_onnx`` (tables on FBGEMM's exact-range grid, linears on fbgemm's int8 GEMM
-  in eager); ``ours_onnx_int8_dynamic``: the same with dynamic activations; ``ours_onnx_int8_anchored``:
+  in eager; the 26 tables read with one FBGEMM call, ``QuantizedEmbeddingBagCollection``);
+  ``ours_torch_int8_per_table``: the same eager model with one call per table (what the fused call
+  saves; timing only); ``ours_onnx_int8_dynamic``: the same with dynamic activations; ``ours_onnx_int8_anchored``:
   the same with the int8 tables on the anchored grid (integer zero points: no bias add in the graph);
 * ``ours_budget_onnx``: the smallest plan the budgeted search picks per table / linear (int4 / int8 /
   fp16 / fp32) for a ``--budget-ne`` relative NE budget (default 0.1 %), searched on validation
@@ -79,7 +81,7 @@ from benchmarks._quant_parts import budget_summary, monitor, ort_stock_int8, tor
 from benchmarks._roofline import gather_figures, int8_peak, onnx_int8_macs, rowwise_error_study  # noqa: E402
 from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
-from lightning_recsys.quant import Int8LinearConfig, RecipeConfig, calibrate, export_onnx, layout_feeds, quantize_  # noqa: E402
+from lightning_recsys.quant import Int8LinearConfig, QuantizedEmbeddingBagCollection, RecipeConfig, calibrate, export_onnx, layout_feeds, quantize_  # noqa: E402
 from lightning_recsys.quant.cli import budget_fraction  # noqa: E402
 from lightning_recsys.quant.core.precisions import LATENCY_TABLE_LADDER  # noqa: E402
 from lightning_recsys.quant.search.report import eval_metrics, state_bytes  # noqa: E402
@@ -206,6 +208,7 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     }  # fmt: skip
     if timing:  # compiled for each batch size on its first call (not timed)
         fns["torch_compile_fp32"] = compiled_fp32(fp32)
+        fns["ours_torch_int8_per_table"] = _per_table(ours)
         fns["ours_onnx_int8_anchored"] = ort_fn("ours_onnx_int8_anchored")
     if budget is not None:
         fns["ours_budget_onnx"] = ort_fn("ours_budget_onnx")
@@ -253,6 +256,15 @@ def _ours(fp32: nn.Module, calib: list[RecsysBatch]) -> nn.Module:
     quantize_(ours, RecipeConfig(linears=OURS_LINEARS))
     calibrate(ours, calib, num_batches=len(calib))
     return ours
+
+
+def _per_table(ours: nn.Module) -> nn.Module:
+    """``ours`` reading its int8 tables one kernel call per table (what the fused collection saves)."""
+    out = copy.deepcopy(ours)
+    for m in out.modules():
+        if isinstance(m, QuantizedEmbeddingBagCollection):
+            m.fuse_lookups = False
+    return out
 
 
 def _timing_calls(fns: dict, sessions: dict, batches: list[RecsysBatch], layout: dict) -> dict:
@@ -419,6 +431,8 @@ def main(argv: list[str] | None = None) -> dict:
     ratios["torch_int8_speedup_vs_fp32_eager_b512"] = fp["latency_ms"]["b512"] / m["ours_torch_int8"]["latency_ms"]["b512"]
     ratios["torch_int8_speedup_vs_fbgemm_torch_b512"] = (m["fbgemm_torch_int8"]["latency_ms"]["b512"]
                                                          / m["ours_torch_int8"]["latency_ms"]["b512"])  # fmt: skip
+    ratios["torch_int8_per_table_speedup_vs_fp32_eager_b512"] = (fp["latency_ms"]["b512"]
+                                                                / m["ours_torch_int8_per_table"]["latency_ms"]["b512"])  # fmt: skip
     ratios["torch_compile_fp32_speedup_vs_fp32_eager_b512"] = fp["latency_ms"]["b512"] / m["torch_compile_fp32"]["latency_ms"]["b512"]
     ratios["ne_delta_ours_anchored"] = m["ours_onnx_int8_anchored"]["ne"] - fp["ne"]
     ratios["ne_delta_fbgemm_torch"] = m["fbgemm_torch_int8"]["ne"] - fp["ne"]

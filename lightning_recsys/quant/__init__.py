@@ -32,6 +32,7 @@ from .core.config import (
     load_recipe,
     recipe_from_dict,
 )
+from .core.collection import QuantizedEmbeddingBagCollection
 from .core.embedding import QuantizedEmbedding, QuantizedEmbeddingBag
 from .core.linear import FP16Linear, Int8Linear
 from .core.rowwise import dequantize_rowwise, pack_rowwise, unpack_rowwise
@@ -62,6 +63,7 @@ __all__ = [
     "QuantConfig",
     "QuantizedEmbedding",
     "QuantizedEmbeddingBag",
+    "QuantizedEmbeddingBagCollection",
     "RecipeConfig",
     "RowwiseEmbeddingConfig",
     "SearchResult",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .collection import fuse_collections
 from .config import FP16Config, FP32Config, Int8LinearConfig, QuantConfig, RecipeConfig, RowwiseEmbeddingConfig
 from .embedding import QuantizedEmbedding, QuantizedEmbeddingBag
 from .linear import FP16Linear, Int8Linear
@@ -171,6 +172,9 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
     """Replace, in place, every module of ``model`` selected by ``filter_fn(module, fqn)`` (default:
     the module types the config's handler converts) with its quantized version.
 
+    Afterwards every ``EmbeddingBagCollection`` with two or more row-wise tables of one precision and
+    width reads them with one kernel call (:class:`~lightning_recsys.quant.QuantizedEmbeddingBagCollection`).
+
     Raises ``TypeError`` for a config without handler or a selected module the handler cannot
     convert, and ``ValueError`` when a :class:`RecipeConfig` override pattern matches no module.
     """
@@ -199,7 +203,20 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
                     f"override pattern {pattern!r} matches no quantizable module; candidates: "
                     f"{[fqn for fqn, _ in targets][:12]}{' ...' if len(targets) > 12 else ''}"
                 )
+    aliases = [(fqn, m) for fqn, m in model.named_modules(remove_duplicate=False) if fqn]  # before any swap
+    replaced: dict[int, nn.Module] = {}
     for fqn, m in targets:
         new = handler.convert(m, config, fqn)
         if new is not m:
             set_submodule(model, fqn, new)
+            replaced[id(m)] = new
+    for fqn, m in aliases:  # a module shared under several names (tied tables) is replaced under every name
+        if id(m) not in replaced:
+            continue
+        try:
+            current = model.get_submodule(fqn)
+        except AttributeError:  # the path runs through a module that was itself replaced
+            continue
+        if current is m:
+            set_submodule(model, fqn, replaced[id(m)])
+    fuse_collections(model)
