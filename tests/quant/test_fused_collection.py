@@ -159,3 +159,15 @@ def test_quantize_replaces_a_shared_module_under_every_name() -> None:
     quantize_(model, RecipeConfig())
     assert type(model["user"]).__name__ == "QuantizedEmbeddingBag" and model["also_user"] is model["user"]
     assert type(model["tower"][0]).__name__ == "Int8Linear" and model["tower"][2] is model["tower"][0]
+
+
+def test_an_id_past_its_table_raises_instead_of_reading_the_next_table() -> None:
+    model = _model()
+    quantize_(model, RowwiseEmbeddingConfig())
+    for batch in _batches().values():
+        for bad_id in (CARDS["a"], -1):  # the next table's first row / the previous table's last row
+            values = batch["a"].values.clone()
+            values[0] = bad_id
+            bad = {**batch, "a": SparseFeature(values, batch["a"].offsets, batch["a"].weights)}
+            with pytest.raises(IndexError, match=r"feature 'a': ids must be in \[0, 50\)"):
+                model.embeddings(bad)

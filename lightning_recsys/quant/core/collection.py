@@ -71,6 +71,7 @@ class _Group:
     tables: list[QuantizedEmbeddingBag]
     fused: Tensor
     base: Tensor
+    sizes: Tensor
 
 
 class QuantizedEmbeddingBagCollection(EmbeddingBagCollection):
@@ -117,7 +118,8 @@ class QuantizedEmbeddingBagCollection(EmbeddingBagCollection):
                 t._buffers["packed"] = fused[row : row + t.num_embeddings]
                 first[id(t)], row = row, row + t.num_embeddings
             base = torch.tensor([first[id(t)] for t in tables], dtype=torch.long, device=fused.device)
-            self._groups.append(_Group(precision, [n for _, n in members], [p for p, _ in members], tables, fused, base))
+            sizes = torch.tensor([t.num_embeddings for t in tables], dtype=torch.long, device=fused.device)
+            self._groups.append(_Group(precision, [n for _, n in members], [p for p, _ in members], tables, fused, base, sizes))
         self._warned = False
 
     def _intact(self) -> bool:
@@ -173,17 +175,32 @@ class QuantizedEmbeddingBagCollection(EmbeddingBagCollection):
         lengths = ends - offsets[:-1]  # [B, G]
         weighted = any(f.weights is not None for f in feats)
         if bool((lengths == 1).all()) and bool((offsets[0] == 0).all()):  # single-hot: no reordering
-            ids = (torch.stack(values, 1) + g.base).reshape(-1)
+            stacked = torch.stack(values, 1)  # [B, G]
+            if batch:
+                _check_ids(g, stacked.amin(0), stacked.amax(0))
+            ids = (stacked + g.base).reshape(-1)
             weights = torch.stack([f.weights if f.weights is not None else torch.ones(batch) for f in feats], 1).reshape(-1) \
                 if weighted else None  # fmt: skip
             bag_starts = torch.arange(batch * width)
         else:
+            nonempty = [v if v.numel() else v.new_zeros(1) for v in values]
+            _check_ids(g, torch.stack([v.min() for v in nonempty]), torch.stack([v.max() for v in nonempty]))
             ids, weights, bag_starts = _batch_major(g.base, values, feats, offsets[0], lengths, weighted)
         psw = None if weights is None else weights.float()
         # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights, per_sample_weights,
         #  compressed_indices_mapping, include_last_offset)
         out = _BAG_OPS[g.precision](g.fused, ids, bag_starts, False, 0, False, psw, None, False)
         return out.view(batch, width, out.shape[-1])
+
+
+def _check_ids(g: _Group, lows: Tensor, highs: Tensor) -> None:
+    """Raise ``IndexError`` naming the feature when an id is outside its table (an id past its table
+    would read the next table's rows)."""
+    bad = (lows < 0) | (highs >= g.sizes)
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        raise IndexError(f"sparse feature {g.names[j]!r}: ids must be in [0, {int(g.sizes[j])}) (its table's rows), "
+                         f"got ids from {int(lows[j])} to {int(highs[j])}")  # fmt: skip
 
 
 def _batch_major(base: Tensor, values: list[Tensor], feats: list[SparseFeature], firsts: Tensor, lengths: Tensor,
