@@ -13,7 +13,9 @@ Part 2 (MovieLens-100K with 10% of the movies held out of training): DLRM whose 
 Semantic-ID prefix-ngram table (residual k-means codes, L=4, K=32, over genres / year / title words;
 back-off for new items), random hashing, or one row per item, all with as many rows as there are item
 ids; the same table with RQ-VAE codes; an ablation runs the same prefix-ngram table over codes of random
-vectors (structure without content). Each method gets its own tuned learning rate; seeds change the
+vectors (structure without content). Semantic ID and hashing run again with a quarter and a sixteenth
+of a row per item id (``ROW_FRACTIONS``: many ids per row, as in the paper's setting; keys ending in
+``_rows_1_4`` / ``_rows_1_16``, beside the headline keys). Each method gets its own tuned learning rate; seeds change the
 initialisation and shuffling only (same split), so the stability figure is the per-row variance of the
 predicted probability across the seeds, averaged over the test rows. AUC of ``like`` on all test rows, tail items (1-20 training ratings) and new items.
 
@@ -73,20 +75,24 @@ SELECTION = (
 SEMID = {"num_levels": 4, "codebook_size": 32, "seed": 0}
 
 
-def _random_codes(n: int) -> SemanticIdEmbedding:
+def _random_codes(n: int, rows: int) -> SemanticIdEmbedding:
     """Ablation: the same prefix-ngram table over residual k-means codes of random vectors (no content)."""
-    table = SemanticIdEmbedding(n, DIM, num_rows=n, **SEMID)
+    table = SemanticIdEmbedding(n, DIM, num_rows=rows, **SEMID)
     table.fit_codes(torch.randn(n, 32, generator=torch.Generator().manual_seed(0)))
     return table
 
 
-ITEM_TABLES: dict[str, Callable[[int], nn.Module]] = {
-    "semantic_id": lambda n: SemanticIdEmbedding(n, DIM, num_rows=n, **SEMID),
-    "hashing": lambda n: HashedEmbeddingBag(n, DIM, num_rows=n, seed=0),
-    "individual": lambda n: nn.EmbeddingBag(n, DIM, mode="sum"),
+#: ``make(items, rows)``; the one-row-per-item table ignores ``rows``
+ITEM_TABLES: dict[str, Callable[[int, int], nn.Module]] = {
+    "semantic_id": lambda n, rows: SemanticIdEmbedding(n, DIM, num_rows=rows, **SEMID),
+    "hashing": lambda n, rows: HashedEmbeddingBag(n, DIM, num_rows=rows, seed=0),
+    "individual": lambda n, rows: nn.EmbeddingBag(n, DIM, mode="sum"),
     "semantic_id_random_codes": _random_codes,
-    "semantic_id_rq_vae": lambda n: SemanticIdEmbedding(n, DIM, num_rows=n, code_method="rq_vae", **SEMID),
+    "semantic_id_rq_vae": lambda n, rows: SemanticIdEmbedding(n, DIM, num_rows=rows, code_method="rq_vae", **SEMID),
 }
+#: fewer rows than items (the regime the paper's tables serve: many more ids than rows): Semantic ID and
+#: hashing again with a quarter and a sixteenth of a row per item (reported beside the headline keys)
+ROW_FRACTIONS = (4, 16)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -257,10 +263,12 @@ def compare_item_tables(dm: MovieLens100KItemsDataModule, seeds: list[int], lrs:
     groups = {g: mask for g, mask in dm.test_groups.items() if g != "head"}
     out: dict[str, Any] = {}
     probs: dict[str, Tensor] = {}
-    for method, make_table in ITEM_TABLES.items():
-        def make(make_table: Callable[[int], nn.Module] = make_table) -> nn.Module:
+    runs = [(method, make_table, n_items) for method, make_table in ITEM_TABLES.items()]
+    runs += [(f"{m}_rows_1_{div}", ITEM_TABLES[m], n_items // div) for div in ROW_FRACTIONS for m in ("semantic_id", "hashing")]
+    for method, make_table, rows in runs:
+        def make(make_table: Callable[[int, int], nn.Module] = make_table, rows: int = rows) -> nn.Module:
             model = ARCHS["dlrm"](spec)
-            table = make_table(n_items)
+            table = make_table(n_items, rows)
             if isinstance(table, SemanticIdEmbedding) and not bool(table.fitted):
                 table.fit_codes(content)
             elif isinstance(table, nn.EmbeddingBag):  # DLRM's own initialisation of a one-row-per-id table
@@ -269,7 +277,7 @@ def compare_item_tables(dm: MovieLens100KItemsDataModule, seeds: list[int], lrs:
             return model
 
         res = tune_and_run(make, lambda seed: movielens_data(dm, seed), seeds, lrs, num_epochs, True, tasks)
-        entry: dict[str, Any] = {"lr": res["lr"], "val_ne_per_lr": res["val_ne_per_lr"], "rows": n_items,
+        entry: dict[str, Any] = {"lr": res["lr"], "val_ne_per_lr": res["val_ne_per_lr"], "rows": rows,
                                  "epochs_per_seed": [r["epochs"] for r in res["runs"]]}  # fmt: skip
         for group, mask in groups.items():
             entry[f"auc_{group}"] = _mean_std([float(binary_auroc(r["logits"][mask, 0], r["labels"][mask, 0].long())) for r in res["runs"]])
@@ -280,7 +288,7 @@ def compare_item_tables(dm: MovieLens100KItemsDataModule, seeds: list[int], lrs:
         out[method] = entry
         print(f"[semantic-id] {method}: lr {res['lr']}, AUC all/tail/new {entry['auc_all']['mean']:.4f}/"
               f"{entry['auc_tail']['mean']:.4f}/{entry['auc_new']['mean']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
-    table = ITEM_TABLES["semantic_id"](n_items)
+    table = ITEM_TABLES["semantic_id"](n_items, n_items)
     sem, hsh = out["semantic_id"], out["hashing"]
     ratios = {
         "semid_auc_gain_vs_hashing": sem["auc_all"]["mean"] - hsh["auc_all"]["mean"],
@@ -298,6 +306,12 @@ def compare_item_tables(dm: MovieLens100KItemsDataModule, seeds: list[int], lrs:
     }
     for key, group in (("auc_all", ""), ("auc_tail", "tail_"), ("auc_new", "new_item_")):  # RQ-VAE codes (the paper's)
         ratios[f"semid_rq_vae_{group}auc_gain_vs_hashing"] = out["semantic_id_rq_vae"][key]["mean"] - hsh[key]["mean"]
+    for div in ROW_FRACTIONS:  # fewer rows than items
+        sem_d, hsh_d = out[f"semantic_id_rows_1_{div}"], out[f"hashing_rows_1_{div}"]
+        for key, group in (("auc_all", ""), ("auc_tail", "tail_"), ("auc_new", "new_item_")):
+            ratios[f"semid_{group}auc_gain_vs_hashing_rows_1_{div}"] = sem_d[key]["mean"] - hsh_d[key]["mean"]
+        ratios[f"semid_prediction_variance_ratio_vs_hashing_rows_1_{div}"] = (
+            sem_d["prediction_variance"]["all"] / hsh_d["prediction_variance"]["all"])  # fmt: skip
     layout = {"ranges": table.ranges, "hashed_lengths": table.hashed_lengths,
               "test_rows": {g: int(m.sum()) for g, m in dm.test_groups.items()}}  # fmt: skip
     print(f"[semantic-id] done in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -343,7 +357,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "seeds": seeds, "seed_changes": "rating split, initialisation, shuffling"},  # fmt: skip
         "synthetic": {**syn_cfg, "epochs": 1, "seeds": seeds, "seed_changes": "data (planted model, rows) and initialisation"},
         "semantic_id": {"data": "MovieLens100KItemsDataModule(new_item_fraction=0.1, tail_max_ratings=20, seed=0)",
-                        "model": ARCH_DESCRIPTIONS["dlrm"] + " with the item table replaced", "rows": "one per item id for every method",
+                        "model": ARCH_DESCRIPTIONS["dlrm"] + " with the item table replaced", "rows": "one per item id for every method (headline keys); "
+                        f"Semantic ID and hashing also with 1/{ROW_FRACTIONS[0]} and 1/{ROW_FRACTIONS[1]} of a row per item "
+                        "(keys ending in _rows_1_4 / _rows_1_16)",
                         "codes": f"residual k-means over content vectors, {SEMID}", "seeds": seeds,
                         "seed_changes": "initialisation and shuffling (same split)", "max_epochs": ml_epochs,
                         "prediction_variance": "variance of P(like) across seeds per test row, averaged over the rows"},  # fmt: skip
@@ -353,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "movielens_100k/semantic_id": sid["methods"]["semantic_id"], "semantic_id_layout": sid["layout"]}  # fmt: skip
     anchors = {f"{ds}/{a}": d["methods"][a] for ds, d in (("movielens_100k", ml), ("synthetic", syn)) for a in ("dlrm", "dcnv2")}
     anchors.update({f"movielens_100k/{m}": sid["methods"][m]
-                    for m in ("hashing", "individual", "semantic_id_random_codes", "semantic_id_rq_vae")})  # fmt: skip
+                    for m in ("hashing", "individual", "semantic_id_random_codes", "semantic_id_rq_vae",
+                              *(f"{t}_rows_1_{d}" for d in ROW_FRACTIONS for t in ("semantic_id", "hashing")))})  # fmt: skip
     ratios = {**{f"movielens_{k}": v for k, v in ml["ratios"].items()}, **{f"synthetic_{k}": v for k, v in syn["ratios"].items()},
               **sid["ratios"]}  # fmt: skip
     return write_results(args, name="models", config=config, metrics=metrics, anchors=anchors, ratios=ratios)
