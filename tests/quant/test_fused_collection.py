@@ -171,3 +171,15 @@ def test_an_id_past_its_table_raises_instead_of_reading_the_next_table() -> None
             bad = {**batch, "a": SparseFeature(values, batch["a"].offsets, batch["a"].weights)}
             with pytest.raises(IndexError, match=r"feature 'a': ids must be in \[0, 50\)"):
                 model.embeddings(bad)
+
+
+def test_tables_swapped_for_another_kind_are_read_one_by_one_without_warning() -> None:
+    model = _model()
+    quantize_(model, RowwiseEmbeddingConfig())
+    ebc = model.embeddings
+    ebc.tables["c"] = torch.nn.EmbeddingBag(CARDS["c"], 8, mode="sum")  # e.g. what an export lowering does
+    sparse = _batches()["mixed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ebc(sparse)
+    assert torch.equal(out, _per_table(ebc, sparse))

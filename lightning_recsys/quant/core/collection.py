@@ -14,7 +14,8 @@ The buffer is shared through views, so ``torch.save`` / ``copy.deepcopy`` keep i
 ``load_state_dict`` writes into it. When the views are broken (a table replaced,
 ``load_state_dict(assign=True)``, the module moved to another device) the collection warns once and looks
 the tables up one by one, with the same results; :meth:`QuantizedEmbeddingBagCollection.refuse` shares
-one buffer again. ``fuse_lookups = False`` also selects the per-table path.
+one buffer again. Tables swapped for modules of another kind (an export lowering, a float table) are
+read one by one without a warning. ``fuse_lookups = False`` also selects the per-table path.
 
 Example:
     >>> from lightning_recsys.data.batch import SparseFeature
@@ -135,6 +136,8 @@ class QuantizedEmbeddingBagCollection(EmbeddingBagCollection):
         if not (self.fuse_lookups and self._groups):
             return super().forward(sparse)
         if not self._intact():
+            if not all(_fusable(self.tables[n]) for g in self._groups for n in g.names):
+                return super().forward(sparse)  # tables swapped for other kinds (e.g. export lowering): by design
             if not self._warned:
                 warnings.warn(
                     "QuantizedEmbeddingBagCollection: its tables no longer share one buffer (a table was replaced, "
