@@ -42,14 +42,9 @@ from torch import Tensor, nn
 
 from ...data.batch import SparseFeature
 from ...embeddings.collection import EmbeddingBagCollection
-from .embedding import QuantizedEmbeddingBag
+from .embedding import _BAG_OPS, QuantizedEmbeddingBag
 
 __all__ = ["QuantizedEmbeddingBagCollection", "fuse_collections"]
-
-_BAG_OPS = {
-    "int8": torch.ops.quantized.embedding_bag_byte_rowwise_offsets.default,
-    "int4": torch.ops.quantized.embedding_bag_4bit_rowwise_offsets.default,
-}
 
 
 def _fusable(m: nn.Module) -> tuple[str, int] | None:
@@ -73,6 +68,7 @@ class _Group:
     fused: Tensor
     base: Tensor
     sizes: Tensor
+    starts: list[int]  # ``base`` as ints, for the per-forward pointer check
 
 
 class QuantizedEmbeddingBagCollection(EmbeddingBagCollection):
@@ -120,14 +116,15 @@ class QuantizedEmbeddingBagCollection(EmbeddingBagCollection):
                 first[id(t)], row = row, row + t.num_embeddings
             base = torch.tensor([first[id(t)] for t in tables], dtype=torch.long, device=fused.device)
             sizes = torch.tensor([t.num_embeddings for t in tables], dtype=torch.long, device=fused.device)
-            self._groups.append(_Group(precision, [n for _, n in members], [p for p, _ in members], tables, fused, base, sizes))
+            self._groups.append(_Group(precision, [n for _, n in members], [p for p, _ in members], tables, fused, base, sizes,
+                                       base.tolist()))  # fmt: skip
         self._warned = False
 
     def _intact(self) -> bool:
         """Whether every group's features still hold its tables, each reading its slice of the buffer."""
         for g in self._groups:
             ptr, row_bytes = g.fused.data_ptr(), g.fused.stride(0)
-            for name, t, start in zip(g.names, g.tables, g.base.tolist()):
+            for name, t, start in zip(g.names, g.tables, g.starts):
                 if self.tables[name] is not t or t.packed.data_ptr() != ptr + start * row_bytes:
                     return False
         return True
