@@ -67,8 +67,8 @@ def test_unsupported_modules_and_bad_patterns():
         quantize_(model, Int8LinearConfig(), filter_fn=lambda m, fqn: True)
     with pytest.raises(ValueError, match="matches no quantizable module"):
         quantize_(nn.Sequential(nn.Linear(2, 2)), RecipeConfig(overrides={"does_not_exist": FP32Config()}))
-    with pytest.raises(TypeError, match="mode='max'"):
-        quantize_(nn.Sequential(nn.EmbeddingBag(4, 2, mode="max")), RecipeConfig())
+    with pytest.raises(TypeError, match=r"module '0' \(EmbeddingBag\): .*max_norm.*overrides=\{'0': FP32Config\(\)\}"):
+        quantize_(nn.Sequential(nn.EmbeddingBag(4, 2, max_norm=1.0)), RecipeConfig())
     with pytest.raises(TypeError, match="QuantConfig"):
         quantize_(UserModel(), {"embeddings": {"precision": "int8"}})
 

@@ -66,7 +66,7 @@ def test_greedy_int4_clip_reduces_error_on_outlier_rows():
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
-@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_bag_matches_dequantized_reference(precision, mode):
     bag = nn.EmbeddingBag(50, 7, mode=mode)
     q = QuantizedEmbeddingBag.from_float(bag, precision)
@@ -79,6 +79,24 @@ def test_bag_matches_dequantized_reference(precision, mode):
     assert bool((q(ids, offsets)[1] == 0).all())
     ids2 = torch.randint(0, 50, (3, 4))
     torch.testing.assert_close(q(ids2), F.embedding_bag(ids2, ref_w, mode=mode), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4", "fp16"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("last", [False, True], ids=["offsets", "include_last_offset"])
+def test_padding_idx_is_left_out_of_every_bag_as_in_nn_embedding_bag(precision, mode, last):
+    """padding ids count in no bag: not in a mean's count, not in a max; a bag of padding only reads 0."""
+    bag = nn.EmbeddingBag(20, 6, mode=mode, padding_idx=3, include_last_offset=last)
+    q = QuantizedEmbeddingBag.from_float(bag, precision)
+    twin = nn.EmbeddingBag(20, 6, mode=mode, padding_idx=3, include_last_offset=last)
+    with torch.no_grad():  # the float bag on the quantized values: the same pooling must come out
+        twin.weight.copy_(q.dequantized_weight())
+    ids = torch.tensor([3, 1, 3, 5, 3, 3, 7, 3, 9, 2])
+    offsets = torch.tensor([0, 1, 1, 4, 6, 8] + ([10] if last else []))  # [3] [] [1 3 5] [3 3] [7 3] [9 2]
+    torch.testing.assert_close(q(ids, offsets), twin(ids, offsets), atol=1e-6, rtol=1e-6)
+    assert bool((q(ids, offsets)[[0, 3]] == 0).all())
+    ids2 = torch.tensor([[3, 3], [1, 3], [4, 5]])
+    torch.testing.assert_close(q(ids2), twin(ids2), atol=1e-6, rtol=1e-6)
     # and close to the float table
     assert (q(ids, offsets) - bag(ids, offsets)).abs().max() < {"int8": 0.05, "int4": 0.5, "fp16": 1e-2}[precision]
 
@@ -96,9 +114,11 @@ def test_include_last_offset_and_embedding():
         assert qe(x).shape == emb(x).shape
 
 
-def test_unsupported_bag_modes_are_clear():
-    with pytest.raises(TypeError, match="mode='max'"):
-        QuantizedEmbeddingBag.from_float(nn.EmbeddingBag(5, 2, mode="max"))
+def test_unsupported_tables_are_clear():
+    with pytest.raises(ValueError, match="mode must be 'sum', 'mean' or 'max'"):
+        QuantizedEmbeddingBag(5, 2, mode="min")
+    with pytest.raises(TypeError, match="max_norm"):
+        QuantizedEmbeddingBag.from_float(nn.EmbeddingBag(5, 2, max_norm=1.0))
     with pytest.raises(TypeError, match="max_norm"):
         QuantizedEmbedding.from_float(nn.Embedding(5, 2, max_norm=1.0))
 

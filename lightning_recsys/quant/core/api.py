@@ -206,7 +206,14 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
     aliases = [(fqn, m) for fqn, m in model.named_modules(remove_duplicate=False) if fqn]  # before any swap
     replaced: dict[int, nn.Module] = {}
     for fqn, m in targets:
-        new = handler.convert(m, config, fqn)
+        try:
+            new = handler.convert(m, config, fqn)
+        except (TypeError, ValueError) as e:  # name the module and the way to leave it as it is
+            if repr(fqn) in str(e):
+                raise
+            fix = (f"RecipeConfig(overrides={{{fqn!r}: FP32Config()}})" if isinstance(config, RecipeConfig)
+                   else "a filter_fn that leaves it out")  # fmt: skip
+            raise type(e)(f"cannot quantize module {fqn!r} ({type(m).__name__}): {e}; keep it in float with {fix}") from e
         if new is not m:
             set_submodule(model, fqn, new)
             replaced[id(m)] = new

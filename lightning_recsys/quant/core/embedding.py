@@ -3,7 +3,9 @@
 
 ``QuantizedEmbeddingBag`` reads the packed rows with torch's fused
 ``quantized::embedding_bag_{byte,4bit}_rowwise_offsets`` kernels (ragged bags, empty bags,
-``per_sample_weights``, ``include_last_offset``, sum and mean pooling).
+``per_sample_weights``, ``include_last_offset``, sum and mean pooling); ``mode="max"`` gathers and
+dequantizes the rows, then pools them. ``padding_idx`` ids are left out of every bag, as in
+``nn.EmbeddingBag``.
 
 Example:
     >>> import torch
@@ -80,6 +82,12 @@ class _QuantizedTable(nn.Module):
             return self.weight.float()
         return dequantize_rowwise(self.packed, TABLE_BITS[self.precision], self.embedding_dim)
 
+    def dequantized_rows(self, ids: Tensor) -> Tensor:
+        """Float32 rows ``[*ids.shape, embedding_dim]`` for ``ids`` (only those rows are dequantized)."""
+        if self.precision == "fp16":
+            return F.embedding(ids, self.weight).float()
+        return dequantize_rowwise(F.embedding(ids, self.packed), TABLE_BITS[self.precision], self.embedding_dim)
+
     def lowering_tensors(self) -> dict[str, Tensor]:
         """Separate ``q``/``scale``/``bias`` (or ``weight``) tensors for graph export."""
         if self.precision == "fp16":
@@ -111,16 +119,15 @@ class QuantizedEmbedding(_QuantizedTable):
         return q
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.precision == "fp16":
-            return F.embedding(input, self.weight).float()
-        bits = TABLE_BITS[self.precision]
-        rows = F.embedding(input, self.packed)
-        return dequantize_rowwise(rows, bits, self.embedding_dim)
+        return self.dequantized_rows(input)
 
 
 class QuantizedEmbeddingBag(_QuantizedTable):
-    """Quantized ``nn.EmbeddingBag`` (``mode`` ``"sum"`` or ``"mean"``):
-    ``forward(input, offsets=None, per_sample_weights=None) -> [num_bags, embedding_dim]``."""
+    """Quantized ``nn.EmbeddingBag`` (``mode`` ``"sum"``, ``"mean"`` or ``"max"``):
+    ``forward(input, offsets=None, per_sample_weights=None) -> [num_bags, embedding_dim]``.
+    ``padding_idx`` ids are left out of the bags (a sum reads the padding row as zeros)."""
+
+    padding_idx: int | None = None  # (modules pickled before padding_idx was kept have none)
 
     def __init__(
         self,
@@ -129,25 +136,26 @@ class QuantizedEmbeddingBag(_QuantizedTable):
         precision: TablePrecision = "int8",
         mode: str = "sum",
         include_last_offset: bool = False,
+        padding_idx: int | None = None,
     ) -> None:
         super().__init__(num_embeddings, embedding_dim, precision)
-        if mode not in ("sum", "mean"):
-            raise ValueError(f"mode must be 'sum' or 'mean' for quantized bags, got {mode!r}")
+        if mode not in ("sum", "mean", "max"):
+            raise ValueError(f"mode must be 'sum', 'mean' or 'max' for quantized bags, got {mode!r}")
+        if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
+            raise ValueError(f"padding_idx must be within the {num_embeddings} rows, got {padding_idx}")
         self.mode = mode
         self.include_last_offset = include_last_offset
+        self.padding_idx = None if padding_idx is None else padding_idx % num_embeddings
 
     @classmethod
     def from_float(
         cls, module: nn.EmbeddingBag, precision: TablePrecision = "int8", clip: str = "minmax", grid: str = "exact"
     ) -> QuantizedEmbeddingBag:
         """``clip`` / ``grid``: see :func:`~lightning_recsys.quant.pack_rowwise` (``grid="exact"``: FBGEMM's)."""
-        if module.mode not in ("sum", "mean"):
-            raise TypeError(f"nn.EmbeddingBag with mode={module.mode!r} is not supported; supported: 'sum', 'mean'")
         if module.max_norm is not None:
             raise TypeError("nn.EmbeddingBag with max_norm renormalises rows in forward; it cannot be quantized")
-        if module.padding_idx is not None and module.mode != "sum":
-            raise TypeError("nn.EmbeddingBag with padding_idx is only supported with mode='sum'")
-        q = cls(module.num_embeddings, module.embedding_dim, precision, module.mode, module.include_last_offset)
+        q = cls(module.num_embeddings, module.embedding_dim, precision, module.mode, module.include_last_offset,
+                module.padding_idx)  # fmt: skip
         weight = module.weight.detach()
         if module.padding_idx is not None:  # nn.EmbeddingBag leaves padding ids out of the sum
             weight = weight.clone()
@@ -174,8 +182,10 @@ class QuantizedEmbeddingBag(_QuantizedTable):
             raise ValueError(f"input must be 1-D or 2-D, got shape {tuple(input.shape)}")
         if per_sample_weights is not None and self.mode != "sum":
             raise ValueError("per_sample_weights is only supported with mode='sum', as in nn.EmbeddingBag")
-        if self.precision == "fp16":
-            rows = F.embedding(input, self.weight).float()  # gather first: never upcast the whole table
+        if self.padding_idx is not None and self.mode != "sum":  # (a sum reads the zeroed padding row)
+            input, offsets = _drop_ids(input, offsets, input != self.padding_idx)
+        if self.precision == "fp16" or self.mode == "max":
+            rows = self.dequantized_rows(input)  # gather first: never dequantize the whole table
             local = torch.arange(input.numel(), device=input.device)
             return F.embedding_bag(
                 local, rows, offsets, mode=self.mode, per_sample_weights=per_sample_weights,
@@ -192,3 +202,9 @@ class QuantizedEmbeddingBag(_QuantizedTable):
             counts = (ends - offsets[: ends.numel()]).clamp(min=1).to(out.dtype)
             out = out / counts[:, None]
         return out
+
+
+def _drop_ids(input: Tensor, offsets: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """1-D ``input`` without the ids where ``keep`` is False, and the ``offsets`` of the same bags."""
+    kept_before = torch.cat([keep.new_zeros(1, dtype=offsets.dtype), keep.to(offsets.dtype).cumsum(0)])
+    return input[keep], kept_before[offsets]

@@ -215,6 +215,15 @@ class LoweredTable(nn.Module):
         return out
 
 
+def _export_padding(m: nn.Module, native: bool) -> int | None:
+    """A bag's ``padding_idx``, or the error for one the RecsysBatch export layout cannot pool."""
+    pad = m.padding_idx
+    if pad is not None and not native and m.mode != "sum":
+        raise TypeError(f"{type(m).__name__} mode {m.mode!r} with padding_idx cannot be exported from a RecsysBatch "
+                        "model; supported: mode 'sum' with padding_idx, or no padding_idx")  # fmt: skip
+    return pad
+
+
 def lower_table(m: nn.Module, native: bool = False) -> LoweredTable:
     """The export version of a float or quantized embedding table (``native``: see :class:`LoweredTable`)."""
     if getattr(m, "max_norm", None) is not None:
@@ -226,17 +235,16 @@ def lower_table(m: nn.Module, native: bool = False) -> LoweredTable:
         tensors = m.lowering_tensors()
         if kind == "int4":  # byte k: column k in the low nibble, column k + ceil(D/2) in the high one
             tensors["q"] = _split_nibbles(tensors["q"], m.embedding_dim)
+        pad = _export_padding(m, native) if bag else None  # (a quantized sum's padding row is zeros already)
         return LoweredTable(kind, tensors, m.embedding_dim, bag, m.mode if bag else "sum", native=native,
-                            include_last_offset=bag and m.include_last_offset)  # fmt: skip
+                            include_last_offset=bag and m.include_last_offset,
+                            padding_idx=pad if bag and m.mode != "sum" else None)  # fmt: skip
     if callable(getattr(m, "to_dense", None)) and not isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
         m = m.to_dense()  # chunked / pruned tables export their dense table
     if isinstance(m, nn.EmbeddingBag):
         weight = m.weight.detach().clone()
-        pad = m.padding_idx
+        pad = _export_padding(m, native)
         if pad is not None and not native:
-            if m.mode != "sum":
-                raise TypeError(f"nn.EmbeddingBag mode {m.mode!r} with padding_idx cannot be exported from a RecsysBatch "
-                                "model; supported: mode 'sum' with padding_idx, or no padding_idx")  # fmt: skip
             weight[pad] = 0.0
         return LoweredTable("float", {"weight": weight}, m.embedding_dim, True, m.mode, native=native,
                             include_last_offset=m.include_last_offset, padding_idx=pad if native else None)  # fmt: skip
@@ -359,12 +367,14 @@ def lower_tables(model: nn.Module, native: bool = False) -> nn.Module:
     with offsets, or 2-D ids), for models exported with their own tensor inputs (no fusion then)."""
     model = copy.deepcopy(model)
     table_types = (nn.Embedding, nn.EmbeddingBag, QuantizedEmbedding, QuantizedEmbeddingBag, *DENSE_EXPORTERS)
-    targets = []
-    for fqn, m in model.named_modules():
+    targets, lowered = [], {}
+    for fqn, m in model.named_modules(remove_duplicate=False):  # a tied table: lowered once, under every name
         if fqn and isinstance(m, table_types) and not any(fqn.startswith(t + ".") for t, _ in targets):
             targets.append((fqn, m))
     for fqn, m in targets:
-        set_submodule(model, fqn, lower_table(m, native))
+        if id(m) not in lowered:
+            lowered[id(m)] = lower_table(m, native)
+        set_submodule(model, fqn, lowered[id(m)])
     _run_lowerings(model, native)
     _drop_relus_before_static_int8(model)
     return model
