@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_recsys.quant import FP32Config, RecipeConfig, export_onnx, export_torch, load, quantize_
+from lightning_recsys.quant import RecipeConfig, RowwiseEmbeddingConfig, export_onnx, export_torch, load, quantize_
 from lightning_recsys.quant.export.parity import Runtime, verify
 from lightning_recsys.quant.export.input_spec import tree_feeds
 
@@ -180,8 +180,8 @@ def _call(model, batch):
 def test_user_model_export_runs_other_sizes(tmp_path, kind, quantized):
     torch.manual_seed(0)
     model = MODELS[kind]().eval()
-    if quantized:  # int8 tables and dynamic int8 linears; a max-pooled bag has no quantized form: it stays float
-        quantize_(model, RecipeConfig(overrides={"maxed": FP32Config()} if kind == "fixed_bags" else {}))
+    if quantized:  # int8 tables (the max-pooled one too) and dynamic int8 linears
+        quantize_(model, RecipeConfig())
     example, other = _inputs(kind, 12, 0), _inputs(kind, 5, 1)
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings(record=True) as caught:
@@ -221,7 +221,7 @@ def test_user_model_torch_program_scores_other_sizes_without_its_class(tmp_path,
     another size, loaded by load() and called in the model's own forms (the class is never imported)."""
     torch.manual_seed(0)
     model = MODELS[kind]().eval()
-    quantize_(model, RecipeConfig(overrides={"maxed": FP32Config()} if kind == "fixed_bags" else {}))
+    quantize_(model, RecipeConfig())
     example, other = _inputs(kind, 12, 0), _inputs(kind, 5, 1)
     meta = export_torch(model, tmp_path / "m.pt2", example, verify_batches=[other] if kind in OWN_POOLING else [])
     parity = meta["parity"]  # rows beyond the tolerance only as int8 rounding ties (they depend on the CPU's kernels)
@@ -269,9 +269,14 @@ def _all_forms_batch(n, seed):
     return ids, offsets, torch.rand(ids.numel(), generator=g), ids2d, torch.rand(n, 3, generator=g)
 
 
-def test_every_embedding_bag_form_matches_torch(tmp_path):
+@pytest.mark.parametrize("precision", ["float", "int8", "int4"])
+def test_every_embedding_bag_form_matches_torch(tmp_path, precision):
+    """Float and quantized (every mode, padding_idx, include_last_offset): the artifact pools as the model does."""
     torch.manual_seed(2)
     model = AllBagForms().eval()
+    if precision != "float":
+        quantize_(model, RowwiseEmbeddingConfig(bits=int(precision[-1])))
+        assert all(type(b).__name__ == "QuantizedEmbeddingBag" for b in model.bags)
     meta = export_onnx(model, tmp_path / "m.onnx", _all_forms_batch(9, 0))
     assert meta["parity"]["other_size"]["rows"] == 4 and meta["parity"]["max_abs_diff"] < 1e-5
     export_torch(model, tmp_path / "m.pt2", _all_forms_batch(9, 0))
@@ -280,7 +285,53 @@ def test_every_embedding_bag_form_matches_torch(tmp_path):
         for n, seed in ((2, 1), (6, 2), (17, 3)):
             batch = _all_forms_batch(n, seed)
             with torch.no_grad():
-                torch.testing.assert_close(predictor(batch), model(*batch), atol=1e-6, rtol=1e-6)
+                torch.testing.assert_close(predictor(batch), model(*batch), atol=1e-5, rtol=1e-5)
+
+
+class Towers(nn.Module):
+    """Multi-task, written the usual way: a user table and an item table tied to the candidate item's
+    table, a shared bottom, one tower per task, ``forward -> {task: logits [B]}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.user = nn.Embedding(50, DIM)
+        self.history = nn.EmbeddingBag(40, DIM, mode="mean")
+        self.item = self.history  # tied: the candidate item reads the history's table
+        self.shared = nn.Sequential(nn.Linear(4 + 3 * DIM, 32), nn.ReLU())
+        self.towers = nn.ModuleDict({"click": _mlp(32), "like": _mlp(32)})
+
+    def forward(self, dense, user, hist, hist_offsets, item):
+        h = torch.cat([dense, self.user(user), self.history(hist, hist_offsets), self.item(item[:, None])], 1)
+        h = self.shared(h)
+        return {task: tower(h).squeeze(-1) for task, tower in self.towers.items()}
+
+
+def _towers_batch(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    hist, offsets = _bags(g, n, 40)
+    return torch.rand(n, 4, generator=g), torch.randint(0, 50, (n,), generator=g), hist, offsets, torch.randint(0, 40, (n,), generator=g)
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["float", "int8"])
+def test_towers_per_task_export_one_logits_column_per_task(tmp_path, quantized):
+    """A dict output {task: [B]} exports as logits [B, T] in key order, with the task names in the
+    metadata; the tied table stays one table; checked on another size at export."""
+    torch.manual_seed(4)
+    model = Towers().eval()
+    if quantized:
+        quantize_(model, RecipeConfig())
+        assert model.item is model.history and type(model.item).__name__ == "QuantizedEmbeddingBag"
+    for fmt, export in (("onnx", export_onnx), ("pt2", export_torch)):
+        meta = export(model, tmp_path / f"m.{fmt}", _towers_batch(12, 0))
+        assert meta["tasks"] == ["click", "like"] and meta["parity"]["other_size"]["rows"] == 6
+        predictor = load(tmp_path / f"m.{fmt}")
+        assert predictor.tasks == ["click", "like"]
+        batch = _towers_batch(7, 1)
+        with torch.no_grad():
+            out = model(*batch)
+        got = predictor(*batch)
+        assert got.shape == (7, 2)
+        torch.testing.assert_close(got, torch.stack([out["click"], out["like"]], 1), atol=1e-3, rtol=1e-3)
 
 
 def test_single_row_example_and_numpy_inputs(tmp_path):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...data.batch import RecsysBatch, SparseFeature
+from .flat import output_logits
 
 __all__ = ["other_rows", "infer_roles", "select_rows", "recsys_rows"]
 
@@ -97,7 +98,11 @@ def infer_roles(model: nn.Module, args: tuple, kwargs: dict, names: list[str], l
     finally:
         for h in handles:
             h.remove()
-    if not isinstance(out, Tensor) or out.dim() == 0:
+    try:
+        out = output_logits(out)
+    except TypeError:
+        return "the model's output holds no logits tensor"
+    if out.dim() == 0:
         return "the model's output has no batch dimension"
     b = int(out.shape[0])
     roles: dict[int, tuple] = {}

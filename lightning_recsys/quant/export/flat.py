@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,8 @@ from ...data.batch import RecsysBatch, SparseFeature
 from .input_spec import Call, CallFromFlat, bind_example, dynamic_shapes_for, flatten_call
 from .lowering import StackedColumn, lower_tables
 
-__all__ = ["FlatRecsysModel", "PreparedCall", "SEP", "STACKED_INPUT", "flatten_batch", "grow_batch", "layout_feeds",
-           "prepare_call"]
+__all__ = ["FlatRecsysModel", "LogitsFromFlat", "PreparedCall", "SEP", "STACKED_INPUT", "flatten_batch", "grow_batch",
+           "layout_feeds", "output_logits", "prepare_call"]
 
 STACKED_INPUT = "sparse_ids"
 #: separator of a feature name and its part in a flattened input name (``"f__ids"``, ``"f__weights"``)
@@ -105,14 +106,49 @@ def layout_feeds(batch: RecsysBatch, layout: dict[str, Any]) -> dict[str, np.nda
                          stacked=layout.get("stacked", ()))  # fmt: skip
 
 
+def output_logits(out: Any) -> Tensor:
+    """The one logits tensor an artifact returns for a model's output: a tensor as is; a dict (towers
+    per task) as its entries' columns side by side, ``[B, T]`` in key order; a tuple / list as its first
+    element (``(logits, extras)``), as :class:`~lightning_recsys.data.ModelContract` reads outputs."""
+    if isinstance(out, Mapping):
+        if not out or not all(isinstance(v, Tensor) and v.dim() >= 1 for v in out.values()):
+            raise TypeError("an exported model's dict output must hold one logits tensor ([B] or [B, k]) per task, got "
+                            f"{ {k: type(v).__name__ for k, v in out.items()} }")  # fmt: skip
+        return torch.cat([v.reshape(v.shape[0], -1) for v in out.values()], 1)
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, Tensor):
+        raise TypeError(f"an exported model must return logits: a tensor, a dict of them per task or a tuple whose first "
+                        f"item is one; forward returned {type(out).__name__}")  # fmt: skip
+    return out
+
+
+def _output_tasks(module: nn.Module, args: tuple[Tensor, ...]) -> list[str] | None:
+    """The keys of ``module.call(*args)`` when it is a dict of one logits column per task, else ``None``
+    (also when the call fails: the export then reports why)."""
+    try:
+        with torch.no_grad():
+            out = module.call(*args)
+    except Exception:  # noqa: BLE001 - the exporter traces the same call and names the error
+        return None
+    if isinstance(out, Mapping) and all(isinstance(v, Tensor) and v[:1].numel() == 1 for v in out.values()):
+        return [str(k) for k in out]
+    return None
+
+
 class FlatRecsysModel(nn.Module):
-    """Takes the flattened tensors and calls the model with a RecsysBatch of padded features."""
+    """Takes the flattened tensors and calls the model with a RecsysBatch of padded features; returns
+    :func:`output_logits` of its output."""
 
     def __init__(self, model: nn.Module, features: list[str], weighted: list[str], stacked: list[str] = ()) -> None:
         super().__init__()
         self.model, self.features, self.weighted, self.stacked = model, features, weighted, list(stacked)
 
     def forward(self, dense: Tensor, *flat: Tensor) -> Tensor:
+        return output_logits(self.call(dense, *flat))
+
+    def call(self, dense: Tensor, *flat: Tensor) -> Any:
+        """The model's own output."""
         sparse, i = {}, 0
         if self.stacked:
             matrix, i = flat[0], 1
@@ -150,16 +186,29 @@ def grow_batch(batch: RecsysBatch) -> RecsysBatch:
     return RecsysBatch(batch.dense.repeat(2, 1), sparse, {})
 
 
+class LogitsFromFlat(CallFromFlat):
+    """:class:`CallFromFlat` returning :func:`output_logits` of the model's output."""
+
+    def forward(self, *leaves: Tensor) -> Tensor:
+        return output_logits(self.call(*leaves))
+
+    def call(self, *leaves: Tensor) -> Any:
+        """The model's own output."""
+        return super().forward(*leaves)
+
+
 @dataclasses.dataclass
 class PreparedCall:
     """What an exporter traces: ``module(*args)`` with ``dynamic_shapes``; ``names`` name ``args``;
-    ``inputs`` is the layout recorded in the artifact (kind ``"recsys"`` or ``"tree"``)."""
+    ``inputs`` is the layout recorded in the artifact (kind ``"recsys"`` or ``"tree"``); ``tasks``: the
+    keys of a dict output (one logits column each), else ``None``."""
 
     module: nn.Module
     args: tuple[Tensor, ...]
     names: list[str]
     dynamic_shapes: tuple
     inputs: dict[str, Any]
+    tasks: list[str] | None = None
 
 
 def prepare_call(model: nn.Module, example_batch: Any, single_hot: str | list[str] = "auto") -> PreparedCall:
@@ -183,11 +232,12 @@ def prepare_call(model: nn.Module, example_batch: Any, single_hot: str | list[st
                 continue
             length = torch.export.Dim(f"len_{len(shapes)}") if n.endswith("ids") else shapes[-1][1]
             shapes.append({0: batch_dim, 1: length})
+        module, args = FlatRecsysModel(lower_tables(model).eval(), features, weighted, stacked), tuple(
+            torch.from_numpy(v) for v in flat.values())  # fmt: skip
         return PreparedCall(
-            FlatRecsysModel(lower_tables(model).eval(), features, weighted, stacked),
-            tuple(torch.from_numpy(v) for v in flat.values()), names, (shapes[0], tuple(shapes[1:])),
+            module, args, names, (shapes[0], tuple(shapes[1:])),
             {"kind": "recsys", "features": features, "weighted": weighted, "single_hot": single_hot, "stacked": stacked,
-             "num_dense": int(example.dense.shape[1])},
+             "num_dense": int(example.dense.shape[1])}, _output_tasks(module, args),
         )  # fmt: skip
     if single_hot != "auto":
         raise ValueError("single_hot applies to RecsysBatch examples only; a model taking its own inputs gets the ids "
@@ -196,6 +246,7 @@ def prepare_call(model: nn.Module, example_batch: Any, single_hot: str | list[st
     spec, names, leaves = flatten_call(model, call.args, call.kwargs)
     if not leaves:
         raise TypeError("example_batch holds no tensor: the exported graph would have no input")
-    return PreparedCall(CallFromFlat(lower_tables(model, native=True).eval(), spec, (call.args, call.kwargs)),
-                        tuple(t.detach() for t in leaves), names, dynamic_shapes_for(leaves),
-                        {"kind": "tree", "spec": spec, "names": names})  # fmt: skip
+    module, args = LogitsFromFlat(lower_tables(model, native=True).eval(), spec, (call.args, call.kwargs)), tuple(
+        t.detach() for t in leaves)  # fmt: skip
+    return PreparedCall(module, args, names, dynamic_shapes_for(leaves), {"kind": "tree", "spec": spec, "names": names},
+                        _output_tasks(module, args))  # fmt: skip

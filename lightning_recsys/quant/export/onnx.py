@@ -136,6 +136,8 @@ def export_onnx(
     model.eval()
     prepared = prepare_call(model, example_batch, single_hot)
     meta: dict[str, Any] = {"format": "onnx", "version": 1, "inputs": prepared.inputs}
+    if prepared.tasks:  # a dict output: one logits column per key (extra_metadata may name them otherwise)
+        meta["tasks"] = prepared.tasks
     program = _export_program(prepared.module, prepared.args, prepared.names, prepared.dynamic_shapes, type(model).__name__)
     import onnx
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ...data.batch import RecsysBatch
 from ..core.linear import Int8Linear
 from .example_rows import infer_roles, other_rows, recsys_rows, select_rows
-from .flat import layout_feeds
+from .flat import layout_feeds, output_logits
 from .input_spec import Call, bind_example, flatten_call, rebuild_call, resolve_call, tree_feeds
 
 __all__ = ["Runtime", "as_logits", "ort_runtime", "tie_envelope", "verify", "verify_export"]
@@ -171,10 +171,8 @@ def verify(model: nn.Module, runtime: Runtime, example: Any, meta: dict, atol: f
 
 
 def as_logits(out: Any) -> Tensor:
-    """``out`` as a detached float32 CPU tensor; exporters verify models that return one logits tensor."""
-    if not isinstance(out, Tensor):
-        raise TypeError(f"exports are verified on models that return one logits tensor; forward returned {type(out).__name__}")
-    return out.detach().float().cpu()
+    """``out`` as the detached float32 CPU logits tensor an artifact returns (:func:`~.flat.output_logits`)."""
+    return output_logits(out).detach().float().cpu()
 
 
 _TIE_JITTER = 1e-5  # relative; float32 sums in another order differ by ~1e-7 relative

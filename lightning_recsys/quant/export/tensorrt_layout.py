@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from ...data.batch import RecsysBatch
 from .example_rows import infer_roles, select_rows
-from .flat import SEP, FlatRecsysModel, flatten_batch, grow_batch
-from .input_spec import Call, CallFromFlat, bind_example, flatten_call, resolve_call
+from .flat import SEP, FlatRecsysModel, LogitsFromFlat, flatten_batch, grow_batch
+from .input_spec import Call, bind_example, flatten_call, resolve_call
 
 __all__ = ["TensorRTLayout", "tensorrt_inputs", "tensorrt_layout"]
 
@@ -138,7 +138,7 @@ def _tree(model: nn.Module, example_batch: Any, opt: int, max_batch: int, max_ba
     return TensorRTLayout("tree", tuple(leaves), (tuple(dims),),
                           {"inputs": {"kind": "tree", "spec": spec, "names": names}, "input_names": names,
                            "dynamic_dims": labels, "shapes": shapes},
-                          lambda lowered: CallFromFlat(lowered, spec, template))  # fmt: skip
+                          lambda lowered: LogitsFromFlat(lowered, spec, template))  # fmt: skip
 
 
 def tensorrt_layout(model: nn.Module, example_batch: Any, single_hot: str | list[str], max_batch: int,

@@ -71,6 +71,8 @@ def export_torch(
     except Exception as e:
         raise RuntimeError(f"torch.export could not trace {type(model).__name__}: {type(e).__name__}: {str(e)[:1500]}") from e
     meta: dict[str, Any] = {"format": "torch_export", "version": 1, "inputs": prepared.inputs}
+    if prepared.tasks:  # a dict output: one logits column per key (extra_metadata may name them otherwise)
+        meta["tasks"] = prepared.tasks
     if prepared.inputs["kind"] == "tree":
         meta["inputs"]["tensors"] = _program_inputs(program, prepared.names)
     meta.update(extra_metadata or {})
