@@ -170,6 +170,7 @@ class QuantizationMonitor(Callback):
         self.calib_batches, self.max_batches, self.every_n_val_epochs = calib_batches, max_batches, every_n_val_epochs
         self.forward_fn, self.task, self.label_key = forward_fn, task, label_key
         self._call: Callable[[nn.Module, Any], Any] | None = None  # derived from the model and a batch on first use
+        self._output_keys: list[str] = []  # a dict output's keys: the task names when the model has no `tasks`
         self.log_prefix = log_prefix
         self.history: list[dict[str, Any]] = []
         self.ranges: dict[str, list[float]] | None = None
@@ -395,7 +396,7 @@ class QuantizationMonitor(Callback):
     def _predict(self, module: nn.Module, batch: Any) -> Tensor:
         out = self._forward(module, batch)
         if isinstance(out, Mapping):
-            keys = list(out)
+            keys = self._output_keys = [str(k) for k in out]
             if isinstance(self.task, str):
                 if self.task not in out:
                     raise ConfigurationError(f"{_OWNER}task={self.task!r} is not among the model's outputs {keys}")
@@ -412,7 +413,7 @@ class QuantizationMonitor(Callback):
 
     def _index(self, n: int, module: nn.Module, what: str) -> int:
         if isinstance(self.task, str):
-            tasks = list(getattr(module, "tasks", None) or [])
+            tasks = list(getattr(module, "tasks", None) or self._output_keys)
             if self.task not in tasks:
                 raise ConfigurationError(
                     f"{_OWNER}task={self.task!r}: the model gives {n} positional {what} and its `tasks` are {tasks}; pass an index"

@@ -64,3 +64,43 @@ def test_monitor_calls_a_tuple_batch_model_without_forward_fn():
 def test_non_binary_labels_name_label_key():
     with pytest.raises(ValueError, match=r"labels that are not 0/1.*label_key=0.*point label_key="):
         _fit(QuantizationMonitor(calib_batches=2, label_key=0))  # the dense features, not the clicks
+
+
+class Towers(UserCTR):
+    """One tower per task, ``forward -> {"click": [B], "buy": [B]}``, labels ``[B, 2]`` in the same order; no
+    ``tasks`` attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(11, 16), nn.ReLU())
+        self.towers = nn.ModuleDict({"click": nn.Linear(16, 1), "buy": nn.Linear(16, 1)})
+
+    def forward(self, dense, ids, offsets):
+        h = self.mlp(torch.cat([dense, self.bag(ids, offsets)], 1))
+        return {task: tower(h)[:, 0] for task, tower in self.towers.items()}
+
+    def _loss(self, batch):
+        dense, ids, offsets, labels = batch
+        out = self(dense, ids, offsets)
+        return sum(F.binary_cross_entropy_with_logits(out[t], labels[:, i]) for i, t in enumerate(out))
+
+    def training_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch), batch_size=len(batch[0]))
+
+
+def test_towers_per_task_are_monitored_by_task_name():
+    """task="buy" reads the "buy" tower and the label column at its position among the output's keys."""
+    def two_labels(seed):
+        return [(d, i, o, torch.stack([c, c * (d[:, 1] > 0.5).float()], 1)) for d, i, o, c in _batches(6, seed)]
+
+    monitor = QuantizationMonitor(calib_batches=2, on_violation="warn", task="buy")
+    trainer = pl.Trainer(max_epochs=1, callbacks=[monitor], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    val = two_labels(1)
+    trainer.fit(Towers(), DataLoader(two_labels(0), batch_size=None), DataLoader(val, batch_size=None))
+    seen = torch.cat([y[:, 1] for *_, y in val])
+    assert monitor.history[-1]["label_rate"] == pytest.approx(float(seen.mean()), abs=1e-6)
+    assert float(seen.mean()) < float(torch.cat([y[:, 0] for *_, y in val]).mean())  # the buy column, not click
