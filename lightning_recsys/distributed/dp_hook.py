@@ -295,6 +295,14 @@ def dct_comm_hook(state: DCTCommState, bucket: dist.GradBucket) -> torch.futures
     buf = bucket.buffer()
     numel = buf.numel()
     state._current.numel += numel
+    if buf.layout != torch.strided:  # sparse gradients (sparse=True tables) are sparse already: all-reduced as they are
+        buf = buf.coalesce()
+        values = buf.values()
+        state._current.selected += values.numel()
+        _count(state, buf.indices().numel() * buf.indices().element_size() + values.numel() * values.element_size())
+        fut = dist.all_reduce(buf / world, group=group, async_op=True).get_future().then(lambda f: f.value()[0])
+        state._finish_bucket(bucket)
+        return fut
     if state.step < state.start_step:
         state._current.selected += numel
         _count(state, numel * buf.element_size())

@@ -268,6 +268,38 @@ def run_fallback(res: dict) -> None:
     res["fallback"] = {"plain": finals[0], "dct": finals[1], "stats": stats, "numel": numel}
 
 
+def run_sparse(res: dict) -> None:
+    """A table with sparse gradients (``sparse=True``, Adagrad): its bucket is all-reduced as it is (the
+    linear's bucket too: tau = 0 below ``min_compress_numel``), so training ends as with plain DDP."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lightning_recsys.strategies import DCTCommState, dct_comm_hook
+
+    rank = dist.get_rank()
+    finals, stats = [], None
+    for use_dct in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.EmbeddingBag(ROWS, 8, mode="sum", sparse=True), nn.Linear(8, 1))
+        ddp = DDP(model)
+        if use_dct:
+            state = DCTCommState(min_compress_numel=10**9, start_step=0).bind(ddp)
+            ddp.register_comm_hook(state, dct_comm_hook)
+        else:
+            ddp.register_comm_hook(None, default_hooks.allreduce_hook)
+        opt = torch.optim.Adagrad(ddp.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(rank)
+        for _ in range(3):
+            ids, y = torch.randint(0, ROWS, (16, 3), generator=g), torch.randn(16, 1, generator=g)
+            opt.zero_grad()
+            F.mse_loss(ddp(ids), y).backward()
+            opt.step()
+        finals.append(params(model))
+        if use_dct:
+            stats = dict(state.last_stats)
+    res["sparse"] = {"plain": finals[0], "dct": finals[1], "stats": stats}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     res: dict = {}
@@ -275,6 +307,7 @@ def main() -> None:
     run_mp(out, res)
     run_boundary(res)
     run_fallback(res)
+    run_sparse(res)
     torch.save(res, out / f"rank{dist.get_rank()}.pt")
     dist.barrier()
     # last, because Lightning's launcher stops the other rank after an exception

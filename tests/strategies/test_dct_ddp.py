@@ -134,3 +134,16 @@ def test_falls_back_to_all_reduce_where_pairs_do_not_pay(runs):
         f = r["fallback"]
         assert f["stats"]["bytes_sent"] == 4 * f["numel"]  # one dense all-reduce (no count exchange)
         assert _equal(f["plain"], f["dct"])  # same sum as plain DDP's all-reduce
+
+
+@pytest.mark.timeout(150)
+def test_sparse_gradients_are_all_reduced_as_they_are(runs):
+    """sparse=True tables (their DDP bucket is a sparse tensor; it crashed the hook) train as with plain DDP."""
+    (r0, r1), _ = runs
+    for r in (r0, r1):
+        s = r["sparse"]
+        assert s["plain"].keys() == s["dct"].keys()
+        for k in s["plain"]:
+            torch.testing.assert_close(s["dct"][k], s["plain"][k], rtol=1e-6, atol=1e-7)
+        assert 0 < s["stats"]["bytes_sent"]
+    assert _equal(r0["sparse"]["dct"], r1["sparse"]["dct"])  # replicas identical
