@@ -8,8 +8,9 @@ Usage::
     lrs demo                                               # the main job (see README)
     lrs bench train --quick                                # run benchmarks/train.py from a source checkout
 
-The data module's ``feature_spec`` (table sizes, dense width, tasks) is linked into
-``model.feature_spec`` at instantiation, so configs never repeat table sizes.
+The model is :class:`RecsysModule` unless ``model.class_path`` (or ``--model mymod.MyModule``) names your
+own LightningModule. The data module's ``feature_spec`` (table sizes, dense width, tasks) is linked into
+the model's ``feature_spec`` argument at instantiation, so configs never repeat table sizes.
 
 Exit status: 0 on success; 2 on bad input (a usage error, a missing file, an invalid option); 3 when
 ``lrs quantize`` refuses the artifact because no precision plan meets the accuracy budget.
@@ -24,7 +25,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from .models.module import RecsysModule
@@ -33,7 +34,8 @@ __all__ = ["RecsysCLI", "main", "USAGE"]
 
 USAGE = """usage: lrs COMMAND [options]
 
-Training (LightningCLI over lightning_recsys.RecsysModule and any LightningDataModule):
+Training (LightningCLI over lightning_recsys.RecsysModule, or your LightningModule with --model, and any
+LightningDataModule):
   fit        train a model:           lrs fit --config examples/configs/synthetic.yaml
   validate   evaluate on validation:  lrs validate --config CONFIG --ckpt_path CKPT
   test       evaluate on test data:   lrs test --config CONFIG --ckpt_path CKPT
@@ -50,10 +52,15 @@ Deployment and more:
 
 
 class RecsysCLI(LightningCLI):
-    """LightningCLI over :class:`RecsysModule` and any LightningDataModule (``data.class_path``)."""
+    """LightningCLI over any LightningModule (``model.class_path``; :class:`RecsysModule` when the config
+    gives only its arguments) and any LightningDataModule (``data.class_path``)."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.feature_spec", "model.feature_spec", apply_on="instantiate")
+        if not self.subclass_mode_model:  # RecsysCLI(RecsysModule, ...): the model's arguments only
+            parser.link_arguments("data.feature_spec", "model.feature_spec", apply_on="instantiate")
+            return
+        parser.set_defaults({"model": {"class_path": f"{RecsysModule.__module__}.{RecsysModule.__qualname__}"}})
+        parser.link_arguments("data.feature_spec", "model.init_args.feature_spec", apply_on="instantiate")
 
 
 def _bench(argv: list[str]) -> int:
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "bench":
         return _bench(argv[1:])
     try:  # LightningCLI reads sys.argv itself; passing args too would make it warn
-        RecsysCLI(RecsysModule, LightningDataModule, subclass_mode_data=True, args=None if from_sys else argv)
+        RecsysCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  args=None if from_sys else argv)  # fmt: skip
     except SystemExit as err:  # jsonargparse exits 2 on a usage error, 0 after --help
         return err.code if isinstance(err.code, int) else 2
     return 0

@@ -74,3 +74,72 @@ def test_cli_builds_lr_scheduler_from_yaml(tmp_path):
     cli = RecsysCLI(RecsysModule, LightningDataModule, subclass_mode_data=True, run=False, args=["--config", str(cfg)])
     conf = cli.model.configure_optimizers()
     assert isinstance(conf["lr_scheduler"], torch.optim.lr_scheduler.StepLR)
+
+
+OWN_MODULE = '''
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class ClickModel(pl.LightningModule):
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.save_hyperparameters()
+        self.bag = nn.EmbeddingBag(50, dim, mode="sum")
+        self.head = nn.Linear(dim + 2, 1)
+
+    def forward(self, dense, ids):
+        return self.head(torch.cat([dense, self.bag(ids)], 1))[:, 0]
+
+    def _loss(self, batch):
+        dense, ids, y = batch
+        return F.binary_cross_entropy_with_logits(self(dense, ids), y)
+
+    def training_step(self, batch, batch_idx):
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class ClickData(pl.LightningDataModule):
+    def __init__(self, rows: int = 512):
+        super().__init__()
+        self.save_hyperparameters()
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, 50, (rows, 2), generator=g)
+        self.data = TensorDataset(torch.randn(rows, 2, generator=g), ids, (ids[:, 0] % 3 == 0).float())
+
+    def train_dataloader(self):
+        return DataLoader(self.data, batch_size=64)
+
+    def val_dataloader(self):
+        return DataLoader(self.data, batch_size=128)
+'''
+
+
+@pytest.mark.timeout(240)
+def test_lrs_fit_and_quantize_a_users_own_module(tmp_path):
+    """`lrs fit --model mymod.ClickModel --data mymod.ClickData`: LightningCLI's subclass mode (RecsysModule
+    stays the default); the checkpoint records both classes, so `lrs quantize` needs no other option."""
+    (tmp_path / "mymod.py").write_text(OWN_MODULE)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    run = [sys.executable, "-m", "lightning_recsys.cli"]
+    fit = subprocess.run([*run, "fit", "--model", "mymod.ClickModel", "--model.dim", "6", "--data", "mymod.ClickData",
+                          "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+                          "--trainer.default_root_dir", str(tmp_path / "runs")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=200)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    (ckpt,) = (tmp_path / "runs").rglob("*.ckpt")
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert hparams["_class_path"] == "mymod.ClickModel" and hparams["dim"] == 6
+    quant = subprocess.run([*run, "quantize", str(ckpt), "--out", str(tmp_path / "art")], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=200)  # fmt: skip
+    assert quant.returncode == 0, quant.stderr[-2000:]
+    assert (tmp_path / "art" / "model.onnx").is_file()
