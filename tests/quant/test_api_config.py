@@ -1,6 +1,7 @@
 """quantize_ on a plain user model, per-module overrides, YAML recipes and their errors."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -123,3 +124,23 @@ def test_chunked_tables_are_quantized_through_their_dense_export():
     assert isinstance(model[0], QuantizedEmbeddingBag)
     ids, offsets = torch.tensor([1, 2, 3]), torch.tensor([0, 2])
     assert (model[0](ids, offsets) - bag(ids, offsets)).abs().max() < 0.05
+
+
+class RawTable(nn.Module):
+    """A table held as a bare parameter and read with F.embedding_bag: no module for quantize_ to swap."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(1000, 16))
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, ids, offsets):
+        return self.head(torch.nn.functional.embedding_bag(ids, self.table, offsets))
+
+
+def test_weights_no_handler_can_see_are_named_not_skipped_silently():
+    with pytest.warns(UserWarning, match=r"leaves 100% of the model's parameter bytes in float: table \[1000, 16\]"):
+        quantize_(RawTable(), RecipeConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_(nn.Sequential(nn.EmbeddingBag(1000, 16), nn.Linear(16, 1)), RecipeConfig())  # nothing left behind

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -203,6 +204,8 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
                     f"override pattern {pattern!r} matches no quantizable module; candidates: "
                     f"{[fqn for fqn, _ in targets][:12]}{' ...' if len(targets) > 12 else ''}"
                 )
+    if filter_fn is None:
+        _warn_unconvertible_weights(model, handler)
     aliases = [(fqn, m) for fqn, m in model.named_modules(remove_duplicate=False) if fqn]  # before any swap
     replaced: dict[int, nn.Module] = {}
     for fqn, m in targets:
@@ -227,3 +230,26 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
         if current is m:
             set_submodule(model, fqn, replaced[id(m)])
     fuse_collections(model)
+
+
+#: share of the model's parameter bytes in weights outside any convertible module from which quantize_ warns
+UNCONVERTIBLE_WARN_SHARE = 0.25
+
+
+def _warn_unconvertible_weights(model: nn.Module, handler: QuantHandler) -> None:
+    """Warn when matrices that no handler can see (a table held as a bare ``nn.Parameter`` and read with
+    ``F.embedding_bag``, a custom layer's weight) hold much of the model: ``quantize_`` leaves them float."""
+    total, left = 0, []
+    for fqn, m in model.named_modules():
+        seen = is_table(m) or is_linear(m) or is_quantized_module(m) or handler.supports(m)
+        for name, p in m.named_parameters(recurse=False):
+            total += p.numel() * p.element_size()
+            if not seen and p.dim() >= 2 and p.is_floating_point():
+                left.append((f"{fqn}.{name}" if fqn else name, p))
+    size = sum(p.numel() * p.element_size() for _, p in left)
+    if total and size >= UNCONVERTIBLE_WARN_SHARE * total:
+        left.sort(key=lambda x: -x[1].numel())
+        names = ", ".join(f"{n} {list(p.shape)}" for n, p in left[:4]) + (" ..." if len(left) > 4 else "")
+        warnings.warn(f"quantize_ leaves {size / total:.0%} of the model's parameter bytes in float: {names} (held by no "
+                      "nn.Embedding / nn.EmbeddingBag / nn.Linear, e.g. a table read with F.embedding_bag); hold such "
+                      "weights in those modules to quantize them", UserWarning, stacklevel=3)  # fmt: skip
