@@ -396,3 +396,22 @@ def test_clear_errors(tmp_path):
     load(tmp_path / "d.onnx")(batch)
     with pytest.raises(ValueError, match=r"the batch lacks inputs \['batch.item_ids'\] that the exported graph reads"):
         load(tmp_path / "d.onnx")({k: v for k, v in batch.items() if k != "item_ids"})
+
+
+class BareTable(nn.Module):
+    """A table held as a bare parameter, read with F.embedding_bag (torch exports that as an ONNX Loop)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(50, DIM))
+        self.top = _mlp(4 + DIM)
+
+    def forward(self, dense, ids, offsets):
+        return self.top(torch.cat([dense, torch.nn.functional.embedding_bag(ids, self.table, offsets)], 1))
+
+
+def test_a_loop_in_the_graph_is_named(tmp_path):
+    dense, ids, offsets = _inputs("mean_bags", 6, 0)
+    with pytest.warns(UserWarning, match="holds an ONNX Loop .* hold tables in nn.EmbeddingBag"):
+        meta = export_onnx(BareTable().eval(), tmp_path / "m.onnx", (dense, ids[0], offsets[0]))
+    assert meta["parity"]["max_abs_diff"] < 1e-5  # slow, but right
