@@ -201,12 +201,15 @@ class ChunkedEmbeddingBase(nn.Module):
         """Rows ``[N, d]`` (pruned chunks as zeros), recording gradient norms when tracking."""
         return PrunedLookup.apply(self.pool, self, flat_ids, True)
 
+    @property
+    def weight(self) -> Tensor:
+        """The ``[num_rows, d]`` table (pruned chunks read 0), differentiable w.r.t. the pool, for code that reads
+        ``.weight`` (a regulariser, scores against every row); such reads do not count in the utilities."""
+        return self._dense_view(self.pool) if self.all_kept else DenseForm.apply(self.pool, self, self._kept_positions())
+
     def _small(self, input: Tensor) -> Tensor | None:
-        """A table with at most 4 rows per id of the batch: its dense ``[num_rows, d]`` form (<= 4x the lookup's
-        own output; one ``index_copy`` of the pool, a gather backward) for the dense lookup path, else None."""
-        if self.num_embeddings > 4 * input.numel():
-            return None
-        return DenseForm.apply(self.pool, self, self._kept_positions())
+        """At most 4 rows per id of the batch: the dense :attr:`weight` for the dense lookup path, else None."""
+        return None if self.num_embeddings > 4 * input.numel() else self.weight
 
     def _kept_positions(self) -> Tensor:
         return kept_positions(self)  # row-major position of every pool slot after the zero slot (cached)

@@ -177,6 +177,21 @@ def test_trains_with_torch_optimizers(name):
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
 
+class ReadsWeight(Plain):
+    """A training loss that reads ``self.items.weight`` (an L2 penalty on the whole table), as user code does."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) + 1e-3 * self.items.weight.pow(2).sum()
+
+
+def test_a_loss_reading_table_weight_trains_through_pruning():
+    module = ReadsWeight()
+    cb = FIITED(chunk_size=4, target_sparsity=0.5, start_step=1, end_step=3, interval=1)
+    _trainer([cb], max_steps=5).fit(module, DataLoader(_data(48), batch_size=8))  # raised AttributeError: 'weight'
+    assert isinstance(module.items, ChunkedEmbeddingBag) and module.items.num_kept < ROWS * 2
+    assert torch.equal(module.items.weight.detach(), module.items.dense_weight())
+
+
 class _Events(pl.Callback):
     """Records the tables right after every pruning event (FIITED runs first in the same hook)."""
 

@@ -357,3 +357,20 @@ def test_small_table_lookup_cache_follows_the_index_and_column_norms(pruned):
         assert table.cache_bytes() == (0 if table.all_kept and step == 0 else 4 * table.num_kept)
     torch.testing.assert_close(table.grad_norm_acc, norms)  # pruned columns too: the gradient they would get
     torch.testing.assert_close(table.access_acc, counts)
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["all_kept", "pruned"])
+@pytest.mark.parametrize("bag", [False, True], ids=["embedding", "bag"])
+def test_weight_reads_the_dense_table_with_gradients_to_the_pool(pruned, bag):
+    """Code that reads ``table.weight`` (an L2 regulariser, scores against every item) keeps working after
+    FIITED swaps the table: the dense table, pruned chunks 0, its gradient landing on the kept chunks."""
+    dense = nn.EmbeddingBag(30, 8, mode="sum") if bag else nn.Embedding(30, 8)
+    table = (ChunkedEmbeddingBag if bag else ChunkedEmbedding).from_dense(dense, chunk_size=2)
+    keep = torch.rand(30, 4, generator=torch.Generator().manual_seed(0)) < 0.5 if pruned else torch.ones(30, 4, dtype=torch.bool)
+    table.set_kept(keep)
+    assert torch.equal(table.weight.detach(), table.dense_weight())
+    probe = torch.randn(30, 8)
+    (table.weight * probe).sum().backward()
+    expect = probe.view(30, 4, 2)[keep]  # the gradient of each kept chunk, in pool order (row-major)
+    torch.testing.assert_close(table.pool.grad[1:], expect)
+    assert (table.pool.grad[0] == 0).all()
