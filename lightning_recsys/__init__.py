@@ -9,7 +9,7 @@ Example:
 from . import distributed, quant, strategies  # importing distributed registers "dct" and "dct_spawn"
 from ._validation import ConfigurationError
 from .callbacks import FIITED, MultiBalance, QuantizationMonitor
-from .data import FeatureSpec, MovieLens100KDataModule, RecsysBatch, SparseFeature, SyntheticCTRDataModule
+from .data import FeatureSpec, MovieLens100KDataModule, RecsysBatch, SparseFeature, SyntheticCTRDataModule, TabularDataModule
 from .embeddings import ChunkedEmbedding, ChunkedEmbeddingBag
 from .metrics import NormalizedEntropy
 from .models import DLRM, MultiTaskDLRM, RecsysModule
@@ -39,6 +39,7 @@ __all__ = [
     "RecsysModule",
     "SparseFeature",
     "SyntheticCTRDataModule",
+    "TabularDataModule",
     "__version__",
     "distributed",
     "module_parameters",

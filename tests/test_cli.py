@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +145,26 @@ def test_lrs_fit_and_quantize_a_users_own_module(tmp_path):
                            capture_output=True, text=True, timeout=200)  # fmt: skip
     assert quant.returncode == 0, quant.stderr[-2000:]
     assert (tmp_path / "art" / "model.onnx").is_file()
+
+
+@pytest.mark.timeout(240)
+def test_lrs_fit_your_own_csv_then_quantize_without_options(tmp_path):
+    """examples/configs/tabular.yaml on a CSV: TabularDataModule from YAML; the checkpoint records it, so
+    `lrs quantize` rebuilds the data from the checkpoint alone."""
+    from tests.data.test_tabular import planted_csv
+
+    planted_csv(tmp_path / "clicks.csv")
+    config = Path(__file__).resolve().parents[1] / "examples" / "configs" / "tabular.yaml"
+    run = [sys.executable, "-m", "lightning_recsys.cli"]
+    fit = subprocess.run([*run, "fit", "--config", str(config), "--data.init_args.path", "clicks.csv", "--trainer.max_epochs", "2",
+                          "--trainer.enable_progress_bar", "false"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=200)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    ckpt = next((tmp_path / "runs" / "tabular").rglob("last.ckpt"), None) or next((tmp_path / "runs" / "tabular").rglob("*.ckpt"))
+    data = torch.load(ckpt, weights_only=True)["datamodule_hyper_parameters"]
+    assert data["_class_path"] == "lightning_recsys.data.TabularDataModule" and data["path"] == "clicks.csv"
+    quant = subprocess.run([*run, "quantize", str(ckpt), "--out", "art"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=200)  # fmt: skip
+    assert quant.returncode == 0, quant.stderr[-2000:]
+    report = json.loads((tmp_path / "art" / "report.json").read_text())
+    assert report["evaluation"]["auc_fp32"] > 0.7 and abs(report["evaluation"]["ne_delta"]) < 0.01

@@ -1,5 +1,6 @@
 """Data: the recsys batch type, the model contract (how to call a model on a batch, where its labels
-are) and data modules (synthetic Criteo-like, MovieLens-100K, Women's E-Commerce Clothing Reviews)."""
+are) and data modules (synthetic Criteo-like, MovieLens-100K, Women's E-Commerce Clothing Reviews, and
+``TabularDataModule`` for your own CSV file or columns)."""
 
 from .batch import FeatureSpec, RecsysBatch, SparseFeature, collate_samples
 from .clothing_reviews import ClothingReviewsDataModule
@@ -8,6 +9,7 @@ from .movielens import MovieLens100KDataModule
 from .movielens_items import MovieLens100KItemsDataModule
 from .resumable import ResumableDataLoader
 from .synthetic import CRITEO_KAGGLE_CARDINALITIES, PlantedCTRModel, SyntheticCTRDataModule, SyntheticCTRDataset
+from .tabular import TabularDataModule
 
 __all__ = [
     "CRITEO_KAGGLE_CARDINALITIES",
@@ -22,5 +24,6 @@ __all__ = [
     "SparseFeature",
     "SyntheticCTRDataModule",
     "SyntheticCTRDataset",
+    "TabularDataModule",
     "collate_samples",
 ]

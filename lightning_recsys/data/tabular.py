@@ -1,0 +1,266 @@
+"""Your own interactions table as :class:`RecsysBatch` es: a CSV / TSV file, or columns in memory.
+
+Each row is one example. ``sparse`` columns become embedding-table ids: every value seen at least
+``min_count`` times gets an id ``1..n`` (most frequent first); missing, empty and rarer values read id 0
+(one table row for "unknown"). A ``multi_hot`` column holds several values per row, joined by its
+separator (``"Comedy|Drama"``), and becomes a bag of ids (an empty cell, an empty bag). ``dense`` columns
+are numbers, standardised (or ``log1p``-ed, Criteo style) over the rows, missing values reading 0 after
+the transform. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
+``label_threshold`` (``value >= threshold``, e.g. ratings ``>= 4``). Rows are split at random by ``seed``
+into ``split_fractions`` (train, validation, test), as :class:`~lightning_recsys.data.MovieLens100KDataModule`.
+
+Ids are given over every row of the table, so a value seen only in validation or test rows has a table
+row that training never updates (as for a new item in production).
+
+Example:
+    >>> from lightning_recsys.data import TabularDataModule
+    >>> dm = TabularDataModule(columns={"user": ["a", "b", "a", "c"], "item": ["x", "y", "y", "x"],
+    ...                                 "click": [1, 0, 1, 0]}, sparse=["user", "item"], labels=["click"],
+    ...                        split_fractions=(0.5, 0.25, 0.25))
+    >>> dm.feature_spec
+    FeatureSpec(num_dense=0, cardinalities={'user': 4, 'item': 3}, tasks=['click'])
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .batch import FeatureSpec, RecsysBatch, SparseFeature
+from .splits import RandomSplitDataModule
+
+__all__ = ["TabularDataModule"]
+
+_MISSING = ("", "nan", "NaN", "NA", "null", "None")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() in _MISSING)
+
+
+def _read_csv(path: Path, delimiter: str | None) -> dict[str, list[str]]:
+    """The columns of a CSV / TSV file with a header row, as lists of strings."""
+    if delimiter is None:
+        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path} is empty: a header row naming the columns is expected")
+        rows = [r for r in reader if r]
+    bad = next((i for i, r in enumerate(rows) if len(r) != len(header)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: data row {bad + 1} has {len(rows[bad])} fields, the header {len(header)} "
+                         f"(delimiter {delimiter!r}; pass delimiter= if it is another)")  # fmt: skip
+    return {name: [r[j] for r in rows] for j, name in enumerate(header)}
+
+
+def _as_list(values: Any) -> list[Any]:
+    """A column (list, numpy array, tensor, pandas Series) as a list of Python values."""
+    if isinstance(values, Tensor):
+        return values.tolist()
+    tolist = getattr(values, "tolist", None)
+    return tolist() if callable(tolist) else list(values)
+
+
+def _vocabulary(values: list[Any], min_count: int) -> dict[str, int]:
+    """``str(value) -> id`` for the values seen ``min_count`` times or more: most frequent first (ties by
+    value), ids from 1 (0 = missing / rare / unseen)."""
+    counts = Counter(values)
+    kept = sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], v))
+    return {v: i + 1 for i, v in enumerate(kept)}
+
+
+def _cell_values(v: Any, sep: str | None) -> list[str]:
+    if _missing(v):
+        return []
+    if sep is None:
+        return [str(v)]
+    return [p.strip() for p in str(v).split(sep) if p.strip()]
+
+
+class _Tables:
+    """The table tensorised once: ids per sparse column (CSR for multi-hot ones), dense matrix, labels."""
+
+    def __init__(self, cols: Mapping[str, list[Any]], opts: dict[str, Any], where: str) -> None:
+        n = len(next(iter(cols.values()))) if cols else 0
+        if n == 0:
+            raise ValueError(f"{where} holds no rows")
+        self.n = n
+        self.single: dict[str, Tensor] = {}
+        self.multi: dict[str, tuple[Tensor, Tensor]] = {}
+        sizes = {}
+        for name in opts["sparse"]:
+            sep = opts["multi_hot"].get(name)
+            cells = [_cell_values(v, sep) for v in cols[name]]
+            vocab = _vocabulary([x for c in cells for x in c], opts["min_count"])
+            sizes[name] = len(vocab) + 1
+            if sep is None:
+                self.single[name] = torch.tensor([vocab.get(c[0], 0) if c else 0 for c in cells], dtype=torch.long)
+                continue
+            ids = [[vocab.get(x, 0) for x in c] for c in cells]
+            lengths = torch.tensor([len(c) for c in ids], dtype=torch.long)
+            self.multi[name] = (torch.tensor([x for c in ids for x in c], dtype=torch.long),
+                                torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]))  # fmt: skip
+        self.dense = torch.stack([_dense(name, cols[name], opts["dense_transform"], where) for name in opts["dense"]], 1) \
+            if opts["dense"] else torch.zeros(n, 0)  # fmt: skip
+        self.labels = {t: _label(t, cols[t], opts["label_threshold"], where) for t in opts["labels"]}
+        self.spec = FeatureSpec(num_dense=len(opts["dense"]), cardinalities=sizes, tasks=list(opts["labels"]))
+        self.order = list(opts["sparse"])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, rows: Tensor) -> RecsysBatch:
+        """The :class:`RecsysBatch` of the given rows (gathers only)."""
+        single = torch.arange(rows.numel() + 1)
+        sparse = {}
+        for name in self.order:
+            if name in self.single:
+                sparse[name] = SparseFeature(self.single[name][rows], single)
+                continue
+            values, offsets = self.multi[name]
+            starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+            out_offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+            pos = torch.repeat_interleave(starts - out_offsets[:-1], lengths) + torch.arange(int(out_offsets[-1]))
+            sparse[name] = SparseFeature(values[pos], out_offsets)
+        return RecsysBatch(self.dense[rows], sparse, {t: y[rows] for t, y in self.labels.items()})
+
+
+def _numbers(name: str, values: list[Any], where: str) -> Tensor:
+    """Floats (NaN where missing); a non-number names the column and the value."""
+    out = []
+    for v in values:
+        if _missing(v):
+            out.append(math.nan)
+            continue
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: column {name!r} holds {v!r}, not a number; list it in sparse= if it is "
+                             "categorical") from None  # fmt: skip
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _dense(name: str, values: list[Any], transform: str, where: str) -> Tensor:
+    x = _numbers(name, values, where)
+    known = ~torch.isnan(x)
+    if transform == "log1p":
+        if bool((x[known] < 0).any()):
+            raise ValueError(f"{where}: dense column {name!r} has negative values; dense_transform='log1p' needs "
+                             "counts >= 0 (use 'standardize')")  # fmt: skip
+        x = torch.log1p(x)
+    elif transform == "standardize" and int(known.sum()) > 1:
+        mean, std = float(x[known].mean()), float(x[known].std())
+        x = (x - mean) / (std or 1.0)
+    return torch.where(known, x, 0.0).float()
+
+
+def _label(name: str, values: list[Any], thresholds: Mapping[str, float], where: str) -> Tensor:
+    y = _numbers(name, values, where)
+    if bool(torch.isnan(y).any()):
+        raise ValueError(f"{where}: label column {name!r} has missing values; every row needs its label")
+    if name in thresholds:
+        return (y >= thresholds[name]).float()
+    if not bool(((y == 0) | (y == 1)).all()):
+        bad = y[(y != 0) & (y != 1)][:3].tolist()
+        raise ValueError(f"{where}: label column {name!r} holds values other than 0 / 1 (e.g. {bad}); pass "
+                         f"label_threshold={{{name!r}: t}} to use value >= t as the label")  # fmt: skip
+    return y.float()
+
+
+class TabularDataModule(RandomSplitDataModule):
+    """Rows of a CSV / TSV file (``path``) or in-memory ``columns`` as :class:`RecsysBatch` es (see the module
+    docstring).
+
+    Args:
+        path: a CSV file (``.tsv`` / ``.tab``: tab-separated) with a header row; or ``columns``: a mapping
+            ``name -> values`` (lists, numpy arrays, tensors; a pandas DataFrame works as is).
+        sparse: categorical columns (embedding tables), in the batch's feature order.
+        dense: number columns; ``dense_transform``: ``"standardize"`` (default), ``"log1p"`` or ``"none"``.
+        labels: task columns (0 / 1, or see ``label_threshold``: one threshold for all or one per column).
+        multi_hot: ``{column: separator}`` for sparse columns holding several values per row.
+        min_count: values seen fewer times read id 0 with the missing ones.
+        delimiter: the file's field separator when not given by its extension.
+        batch_size, split_fractions, seed, shuffle, num_workers: as in
+            :class:`~lightning_recsys.data.MovieLens100KDataModule`.
+    """
+
+    rows_name = "rows"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        columns: Mapping[str, Any] | None = None,
+        sparse: Sequence[str] = (),
+        dense: Sequence[str] = (),
+        labels: Sequence[str] | str = (),
+        multi_hot: Mapping[str, str] | None = None,
+        label_threshold: float | Mapping[str, float] | None = None,
+        dense_transform: str = "standardize",
+        min_count: int = 1,
+        delimiter: str | None = None,
+        batch_size: int = 1024,
+        split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        shuffle: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        if (path is None) == (columns is None):
+            raise ValueError("pass exactly one of path= (a CSV / TSV file) and columns= (a mapping name -> values)")
+        super().__init__(None, False, batch_size, split_fractions, seed, shuffle, num_workers)
+        self.save_hyperparameters(ignore=["columns"])  # what rebuilds it (lrs quantize reads them from a checkpoint)
+        self.remove_ignored_hparams(["data_dir", "download"])  # the base class's, not arguments here
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        multi_hot = dict(multi_hot or {})
+        if not sparse and not dense:
+            raise ValueError("name the model's inputs: sparse= (categorical columns) and / or dense= (number columns)")
+        if not labels:
+            raise ValueError("labels= must name at least one label column (one task each)")
+        if dense_transform not in ("standardize", "log1p", "none"):
+            raise ValueError(f"dense_transform must be 'standardize', 'log1p' or 'none', got {dense_transform!r}")
+        if not isinstance(min_count, int) or min_count < 1:
+            raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
+        stray = sorted(set(multi_hot) - set(sparse))
+        if stray:
+            raise ValueError(f"multi_hot names {stray}, which are not in sparse={list(sparse)}")
+        if isinstance(label_threshold, Mapping):
+            thresholds = {str(k): float(v) for k, v in label_threshold.items()}
+        else:
+            thresholds = {t: float(label_threshold) for t in labels} if label_threshold is not None else {}
+        self.path = None if path is None else Path(path).expanduser()
+        self._columns = columns
+        self.delimiter = delimiter
+        self._opts = {"sparse": list(sparse), "dense": list(dense), "labels": labels, "multi_hot": multi_hot,
+                      "label_threshold": thresholds, "dense_transform": dense_transform, "min_count": min_count}  # fmt: skip
+        used = [*sparse, *dense, *labels]
+        if len(set(used)) != len(used):
+            raise ValueError(f"a column is used twice among sparse / dense / labels: {used}")
+
+    def _locate(self) -> Path | None:
+        if self.path is not None and not self.path.is_file():
+            raise FileNotFoundError(f"no file at {self.path}")
+        return self.path
+
+    def _load(self) -> _Tables:
+        if self._tables is None:
+            path = self._locate()
+            where = str(path) if path is not None else "columns="
+            cols = _read_csv(path, self.delimiter) if path is not None else {k: _as_list(v) for k, v in self._columns.items()}
+            needed = [*self._opts["sparse"], *self._opts["dense"], *self._opts["labels"]]
+            missing = [c for c in needed if c not in cols]
+            if missing:
+                raise ValueError(f"{where} has no column {missing}; its columns are {list(cols)}")
+            lengths = {len(cols[c]) for c in needed}
+            if len(lengths) > 1:
+                raise ValueError(f"{where}: the columns have different lengths {sorted(lengths)}")
+            self._tables = _Tables({c: cols[c] for c in needed}, self._opts, where)
+        return self._tables
