@@ -236,68 +236,57 @@ def run_boundary(res: dict) -> None:
         res["boundary"][codec] = {"max_err": float((out - out_ref).abs().max()), "stats": dict(q.stats)}
 
 
-def run_fallback(res: dict) -> None:
-    """Where pairs would cost more than a dense all-reduce, the hook all-reduces: same result as plain DDP."""
+def _plain_vs_dct(model_fn, opt_fn, batch_fn, steps: int, start_step: int) -> tuple[dict, dict, dict, nn.Module]:
+    """The same DDP training with the default all-reduce hook and with ours (tau = 0 everywhere:
+    ``min_compress_numel`` above every bucket): final parameters of both, our hook's last stats, the model."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from lightning_recsys.strategies import DCTCommState, dct_comm_hook
 
-    rank = dist.get_rank()
-    finals, stats = [], None
+    finals, stats = [], {}
     for use_dct in (False, True):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 1))
+        model = model_fn()
         ddp = DDP(model)
-        if use_dct:  # tau = 0 everywhere: every nonzero is sent, so the dense path is cheaper
-            state = DCTCommState(min_compress_numel=10**9, start_step=2).bind(ddp)
+        if use_dct:
+            state = DCTCommState(min_compress_numel=10**9, start_step=start_step).bind(ddp)
             ddp.register_comm_hook(state, dct_comm_hook)
         else:
             ddp.register_comm_hook(None, default_hooks.allreduce_hook)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        g = torch.Generator().manual_seed(rank)
-        for _ in range(4):
-            x, y = torch.randn(16, 6, generator=g), torch.randn(16, 1, generator=g)
+        opt = opt_fn(ddp.parameters())
+        g = torch.Generator().manual_seed(dist.get_rank())
+        for _ in range(steps):
+            x, y = batch_fn(g)
             opt.zero_grad()
             F.mse_loss(ddp(x), y).backward()
             opt.step()
         finals.append(params(model))
         if use_dct:
             stats = dict(state.last_stats)
+    return finals[0], finals[1], stats, model
+
+
+def run_fallback(res: dict) -> None:
+    """Where pairs would cost more than a dense all-reduce, the hook all-reduces: same result as plain DDP
+    (tau = 0 everywhere: every nonzero would be sent, so the dense path is cheaper)."""
+    plain, ours, stats, model = _plain_vs_dct(
+        lambda: nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 1)), lambda p: torch.optim.SGD(p, lr=0.1),
+        lambda g: (torch.randn(16, 6, generator=g), torch.randn(16, 1, generator=g)), steps=4, start_step=2,
+    )  # fmt: skip
     numel = sum(p.numel() for p in model.parameters())
-    res["fallback"] = {"plain": finals[0], "dct": finals[1], "stats": stats, "numel": numel}
+    res["fallback"] = {"plain": plain, "dct": ours, "stats": stats, "numel": numel}
 
 
 def run_sparse(res: dict) -> None:
     """A table with sparse gradients (``sparse=True``, Adagrad): its bucket is all-reduced as it is (the
-    linear's bucket too: tau = 0 below ``min_compress_numel``), so training ends as with plain DDP."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from lightning_recsys.strategies import DCTCommState, dct_comm_hook
-
-    rank = dist.get_rank()
-    finals, stats = [], None
-    for use_dct in (False, True):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.EmbeddingBag(ROWS, 8, mode="sum", sparse=True), nn.Linear(8, 1))
-        ddp = DDP(model)
-        if use_dct:
-            state = DCTCommState(min_compress_numel=10**9, start_step=0).bind(ddp)
-            ddp.register_comm_hook(state, dct_comm_hook)
-        else:
-            ddp.register_comm_hook(None, default_hooks.allreduce_hook)
-        opt = torch.optim.Adagrad(ddp.parameters(), lr=0.1)
-        g = torch.Generator().manual_seed(rank)
-        for _ in range(3):
-            ids, y = torch.randint(0, ROWS, (16, 3), generator=g), torch.randn(16, 1, generator=g)
-            opt.zero_grad()
-            F.mse_loss(ddp(ids), y).backward()
-            opt.step()
-        finals.append(params(model))
-        if use_dct:
-            stats = dict(state.last_stats)
-    res["sparse"] = {"plain": finals[0], "dct": finals[1], "stats": stats}
+    linear's bucket too: tau = 0), so training ends as with plain DDP."""
+    plain, ours, stats, _ = _plain_vs_dct(
+        lambda: nn.Sequential(nn.EmbeddingBag(ROWS, 8, mode="sum", sparse=True), nn.Linear(8, 1)),
+        lambda p: torch.optim.Adagrad(p, lr=0.1),
+        lambda g: (torch.randint(0, ROWS, (16, 3), generator=g), torch.randn(16, 1, generator=g)), steps=3, start_step=0,
+    )  # fmt: skip
+    res["sparse"] = {"plain": plain, "dct": ours, "stats": stats}
 
 
 def main() -> None:
