@@ -49,6 +49,10 @@ def test_fit_every_example_config_with_the_default_logger(config, tmp_path):
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     if "SyntheticCTRDataModule" in (CONFIGS / config).read_text():  # MovieLens: downloaded once from the recbole wheel
         args += SMALL
+    if "TabularDataModule" in (CONFIGS / config).read_text():  # the user's own CSV, in the directory it runs in
+        from tests.data.test_tabular import planted_csv
+
+        planted_csv(tmp_path / "clicks.csv", n=3000)
     proc = run(args, tmp_path, timeout=300)
     logs = list(tmp_path.glob("runs/*/lightning_logs/version_0/metrics.csv"))
     assert len(logs) == 1 and "train_loss" in logs[0].read_text(), sorted(str(p) for p in tmp_path.rglob("*"))
