@@ -141,11 +141,8 @@ class RandomSplitDataModule(pl.LightningDataModule):
         """Dense width, table sizes (id 0 = missing) and tasks; reads (or downloads) the files on first use."""
         return self._load().spec
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return
-        tables = self._load()
-        n = len(tables)
+    def split_rows(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The sorted row numbers of the train, validation and test splits of ``n`` rows (from ``seed``)."""
         n_val = round(self.split_fractions[1] * n)
         n_test = round(self.split_fractions[2] * n)
         n_train = n - n_val - n_test
@@ -155,9 +152,16 @@ class RandomSplitDataModule(pl.LightningDataModule):
                 f"(train {n_train}, val {n_val}, test {n_test})"
             )
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        self.train_dataset = RowsDataset(tables, perm[:n_train].sort().values)
-        self.val_dataset = RowsDataset(tables, perm[n_train : n_train + n_val].sort().values)
-        self.test_dataset = RowsDataset(tables, perm[n_train + n_val :].sort().values)
+        return perm[:n_train].sort().values, perm[n_train : n_train + n_val].sort().values, perm[n_train + n_val :].sort().values
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        tables = self._load()
+        train, val, test = self.split_rows(len(tables))
+        self.train_dataset = RowsDataset(tables, train)
+        self.val_dataset = RowsDataset(tables, val)
+        self.test_dataset = RowsDataset(tables, test)
 
     def _loader(self, dataset: RowsDataset | None, train: bool = False) -> DataLoader:
         if dataset is None:

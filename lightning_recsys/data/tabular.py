@@ -1,24 +1,22 @@
 """Your own interactions table as :class:`RecsysBatch` es: a CSV / TSV file, or columns in memory.
 
 Each row is one example. ``sparse`` columns become embedding-table ids: every value seen at least
-``min_count`` times gets an id ``1..n`` (most frequent first); missing, empty and rarer values read id 0
-(one table row for "unknown"). A ``multi_hot`` column holds several values per row, joined by its
+``min_count`` times in the training rows gets an id ``1..n`` (most frequent first); missing, empty and
+rarer values, and values that only validation or test rows hold (a new item, as in production), read
+id 0 (one table row for "unknown"). A ``multi_hot`` column holds several values per row, joined by its
 separator (``"Comedy|Drama"``), and becomes a bag of ids (an empty cell, an empty bag). ``dense`` columns
-are numbers, standardised (or ``log1p``-ed, Criteo style) over the rows, missing values reading 0 after
-the transform. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
+are numbers, standardised with the training rows' mean and deviation (or ``log1p``-ed, Criteo style),
+missing values reading 0 after the transform. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
 ``label_threshold`` (``value >= threshold``, e.g. ratings ``>= 4``). Rows are split at random by ``seed``
 into ``split_fractions`` (train, validation, test), as :class:`~lightning_recsys.data.MovieLens100KDataModule`.
-
-Ids are given over every row of the table, so a value seen only in validation or test rows has a table
-row that training never updates (as for a new item in production).
 
 Example:
     >>> from lightning_recsys.data import TabularDataModule
     >>> dm = TabularDataModule(columns={"user": ["a", "b", "a", "c"], "item": ["x", "y", "y", "x"],
     ...                                 "click": [1, 0, 1, 0]}, sparse=["user", "item"], labels=["click"],
     ...                        split_fractions=(0.5, 0.25, 0.25))
-    >>> dm.feature_spec
-    FeatureSpec(num_dense=0, cardinalities={'user': 4, 'item': 3}, tasks=['click'])
+    >>> dm.feature_spec  # ids from the 2 training rows (0 and 1): users a, b and items x, y, plus 0 = unknown
+    FeatureSpec(num_dense=0, cardinalities={'user': 3, 'item': 3}, tasks=['click'])
 """
 
 from __future__ import annotations
@@ -89,18 +87,17 @@ def _cell_values(v: Any, sep: str | None) -> list[str]:
 class _Tables:
     """The table tensorised once: ids per sparse column (CSR for multi-hot ones), dense matrix, labels."""
 
-    def __init__(self, cols: Mapping[str, list[Any]], opts: dict[str, Any], where: str) -> None:
-        n = len(next(iter(cols.values()))) if cols else 0
-        if n == 0:
-            raise ValueError(f"{where} holds no rows")
+    def __init__(self, cols: Mapping[str, list[Any]], opts: dict[str, Any], where: str, train: Tensor) -> None:
+        n = len(next(iter(cols.values())))
         self.n = n
+        train_rows = train.tolist()
         self.single: dict[str, Tensor] = {}
         self.multi: dict[str, tuple[Tensor, Tensor]] = {}
         sizes = {}
         for name in opts["sparse"]:
             sep = opts["multi_hot"].get(name)
             cells = [_cell_values(v, sep) for v in cols[name]]
-            vocab = _vocabulary([x for c in cells for x in c], opts["min_count"])
+            vocab = _vocabulary([x for r in train_rows for x in cells[r]], opts["min_count"])
             sizes[name] = len(vocab) + 1
             if sep is None:
                 self.single[name] = torch.tensor([vocab.get(c[0], 0) if c else 0 for c in cells], dtype=torch.long)
@@ -109,8 +106,8 @@ class _Tables:
             lengths = torch.tensor([len(c) for c in ids], dtype=torch.long)
             self.multi[name] = (torch.tensor([x for c in ids for x in c], dtype=torch.long),
                                 torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]))  # fmt: skip
-        self.dense = torch.stack([_dense(name, cols[name], opts["dense_transform"], where) for name in opts["dense"]], 1) \
-            if opts["dense"] else torch.zeros(n, 0)  # fmt: skip
+        self.dense = torch.stack([_dense(name, cols[name], opts["dense_transform"], where, train) for name in opts["dense"]],
+                                 1) if opts["dense"] else torch.zeros(n, 0)  # fmt: skip
         self.labels = {t: _label(t, cols[t], opts["label_threshold"], where) for t in opts["labels"]}
         self.spec = FeatureSpec(num_dense=len(opts["dense"]), cardinalities=sizes, tasks=list(opts["labels"]))
         self.order = list(opts["sparse"])
@@ -149,7 +146,7 @@ def _numbers(name: str, values: list[Any], where: str) -> Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _dense(name: str, values: list[Any], transform: str, where: str) -> Tensor:
+def _dense(name: str, values: list[Any], transform: str, where: str, train: Tensor) -> Tensor:
     x = _numbers(name, values, where)
     known = ~torch.isnan(x)
     if transform == "log1p":
@@ -157,9 +154,10 @@ def _dense(name: str, values: list[Any], transform: str, where: str) -> Tensor:
             raise ValueError(f"{where}: dense column {name!r} has negative values; dense_transform='log1p' needs "
                              "counts >= 0 (use 'standardize')")  # fmt: skip
         x = torch.log1p(x)
-    elif transform == "standardize" and int(known.sum()) > 1:
-        mean, std = float(x[known].mean()), float(x[known].std())
-        x = (x - mean) / (std or 1.0)
+    elif transform == "standardize":
+        seen = x[train][known[train]]
+        if seen.numel() > 1:
+            x = (x - float(seen.mean())) / (float(seen.std()) or 1.0)
     return torch.where(known, x, 0.0).float()
 
 
@@ -262,5 +260,8 @@ class TabularDataModule(RandomSplitDataModule):
             lengths = {len(cols[c]) for c in needed}
             if len(lengths) > 1:
                 raise ValueError(f"{where}: the columns have different lengths {sorted(lengths)}")
-            self._tables = _Tables({c: cols[c] for c in needed}, self._opts, where)
+            if not lengths or not next(iter(lengths)):
+                raise ValueError(f"{where} holds no rows")
+            train = self.split_rows(next(iter(lengths)))[0]  # ids and dense statistics from the training rows only
+            self._tables = _Tables({c: cols[c] for c in needed}, self._opts, where, train)
         return self._tables

@@ -31,24 +31,28 @@ def test_csv_ids_bags_dense_and_labels(tmp_path):
         ["u2", "i1", "Drama", "30", "4", "1"],
         ["u3", "i3", "Comedy", "20", "1", "0"],  # u3 and i3 are seen once
         ["", "i1", "Drama|Horror", "10", "3", "0"],  # a missing user: id 0
+        ["u9", "i9", "Western", "40", "5", "1"],  # only in a held-out split (below): unknown, id 0
     ]
     dm = TabularDataModule(str(_write(tmp_path / "x.csv", rows)), sparse=["user", "item", "genres"], dense=["price"],
                            labels=["click", "rating"], label_threshold={"rating": 4}, multi_hot={"genres": "|"},
-                           min_count=2, split_fractions=(0.6, 0.2, 0.2))  # fmt: skip
+                           min_count=2, split_fractions=(4 / 6, 1 / 6, 1 / 6), seed=24)  # fmt: skip
+    train, val, test = dm.split_rows(6)
+    assert train.tolist() == [0, 1, 2, 4]  # seed 24 holds out rows 3 and 5
     spec = dm.feature_spec
-    assert spec.cardinalities == {"user": 2, "item": 2, "genres": 3} and spec.num_dense == 1  # rare values -> 0
+    # training rows only: u1 x2 (u2 once: rare); i1 x3 (i2 once); Drama x3, Comedy x1, Horror x1
+    assert spec.cardinalities == {"user": 2, "item": 2, "genres": 2} and spec.num_dense == 1
     assert spec.tasks == ["click", "rating"]
-    batch = dm._load().batch(torch.arange(5))
+    batch = dm._load().batch(torch.arange(6))
     batch.validate(spec)
-    assert batch.sparse["user"].values.tolist() == [1, 1, 0, 0, 0]  # u1 (twice) -> 1; u2, u3 rare; missing -> 0
-    assert batch.sparse["item"].values.tolist() == [1, 0, 1, 0, 1]  # i1 most frequent -> 1
+    assert batch.sparse["user"].values.tolist() == [1, 1, 0, 0, 0, 0]  # u1 -> 1; u2, u3 rare; missing, u9 unseen -> 0
+    assert batch.sparse["item"].values.tolist() == [1, 0, 1, 0, 1, 0]
     g = batch.sparse["genres"]
-    assert g.offsets.tolist() == [0, 2, 2, 3, 4, 6] and g.values.tolist() == [2, 1, 1, 2, 1, 0]  # Drama 1, Comedy 2
+    assert g.offsets.tolist() == [0, 2, 2, 3, 4, 6, 7] and g.values.tolist() == [0, 1, 1, 0, 1, 0, 0]  # Drama -> 1
     price = batch.dense[:, 0]
-    assert price[1] == 0 and torch.allclose(price[[0, 2, 3, 4]].mean(), torch.tensor(0.0), atol=1e-6)  # standardised
-    assert batch.labels["rating"].tolist() == [1, 0, 1, 0, 0] and batch.labels["click"].tolist() == [1, 0, 1, 0, 0]
+    assert price[1] == 0 and torch.allclose(price[[0, 2, 4]].mean(), torch.tensor(0.0), atol=1e-6)  # training rows' stats
+    assert batch.labels["rating"].tolist() == [1, 0, 1, 0, 0, 1] and batch.labels["click"].tolist() == [1, 0, 1, 0, 0, 1]
     dm.setup("fit")
-    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (3, 1, 1)
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (4, 1, 1)
     for b in dm.train_dataloader():  # bags gathered for any rows, in order
         b.validate(spec)
 
@@ -64,7 +68,7 @@ def test_columns_in_memory_any_array_type():
 
 
 def test_bad_input_names_the_argument(tmp_path):
-    path = str(_write(tmp_path / "x.csv", [["u", "i", "", "1", "3", "1"], ["v", "i", "", "2", "4", "0"]]))
+    path = str(_write(tmp_path / "x.csv", [["u", "i", "", "1", "3", "1"], ["v", "i", "", "2", "4", "0"]] * 5))
     with pytest.raises(ValueError, match="exactly one of path= .* and columns="):
         TabularDataModule(sparse=["user"], labels=["click"])
     with pytest.raises(ValueError, match=r"has no column \['userid'\]; its columns are \['user', 'item'"):
