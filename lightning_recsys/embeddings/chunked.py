@@ -333,9 +333,11 @@ class ChunkedEmbeddingBase(nn.Module):
         for attr in ("max_norm",):
             if getattr(module, attr, None) is not None:
                 raise ValueError(f"cannot chunk {module}: {attr}={getattr(module, attr)} is not supported (use None)")
-        for attr in ("scale_grad_by_freq", "sparse"):
+        fix = {"scale_grad_by_freq": "use False", "sparse": "the compact pool takes dense gradients: build the table with "
+               "sparse=False and a dense optimizer (Adam, Adagrad; not SparseAdam), or leave it out with FIITED(pattern=...)"}
+        for attr, hint in fix.items():
             if getattr(module, attr, False):
-                raise ValueError(f"cannot chunk {module}: {attr}=True is not supported (use False)")
+                raise ValueError(f"cannot chunk {module}: {attr}=True is not supported ({hint})")
 
 
 class ChunkedEmbedding(ChunkedEmbeddingBase):
