@@ -143,11 +143,6 @@ def export_onnx(
 
     proto = program.model_proto
     quantize_before_concat(proto)
-    if any(n.op_type == "Loop" for n in proto.graph.node):
-        warnings.warn("the exported graph holds an ONNX Loop (F.embedding_bag on a bare tensor exports as one), which "
-                      "ONNX Runtime runs one step at a time (for a bag lookup 7-25x slower than a lowered table): hold "
-                      "tables in nn.EmbeddingBag / nn.Embedding modules to get Gather + ReduceSum", UserWarning,
-                      stacklevel=2)  # fmt: skip
     if meta["inputs"]["kind"] == "tree":
         meta["inputs"]["tensors"] = graph_inputs(proto, program, prepared.names)
     onnx.checker.check_model(proto, full_check=True)

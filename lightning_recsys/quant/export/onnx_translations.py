@@ -7,6 +7,9 @@
   count of the sorted entries below each value (``[..., M, B]`` comparisons; no ``sorter``).
 * ``aten::repeat_interleave.Tensor`` with ``output_size`` (torch.onnx's own refuses the argument): a
   scatter-add of ones at the segment starts and a cumulative sum.
+* ``aten::embedding_bag`` / ``aten::_embedding_bag`` (``F.embedding_bag`` on a table held as a bare
+  tensor; ``nn.EmbeddingBag`` modules are lowered before export): the rows gathered and scattered into
+  their bags, instead of torch.onnx's ``Loop``, which ONNX Runtime runs one bag at a time.
 """
 
 from __future__ import annotations
@@ -92,7 +95,44 @@ def onnx_translations() -> dict:
         seg = op.Sub(op.Slice(op.CumSum(marks, axis0), op.Constant(value_ints=[0]), total), one)
         return op.CastLike(seg, repeats)
 
+    def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
+                      per_sample_weights=None, include_last_offset=False, padding_idx=-1):
+        # bag of id p: the number of offsets <= p, minus one (a scatter-add of ones at the offsets, then a
+        # cumulative sum); ids past an include_last_offset end and padding ids go to an extra bag, dropped
+        axis0, one, start = op.Constant(value_int=0), op.Constant(value_ints=[1]), op.Constant(value_ints=[0])
+        n, slots = op.Shape(indices), op.Shape(offsets)
+        zero_ints = op.ConstantOfShape(op.Add(n, one), value=onnx.helper.make_tensor("zero", 7, [1], [0]))
+        marks = op.ScatterElements(zero_ints, op.Cast(offsets, to=7), op.Expand(one, slots), axis=0, reduction="add")
+        seg = op.Sub(op.Slice(op.CumSum(marks, axis0), start, n), one)
+        if padding_idx is not None and padding_idx >= 0:
+            pad = op.CastLike(op.Constant(value_int=padding_idx), indices)
+            seg = op.Where(op.Equal(indices, pad), op.Expand(slots, n), seg)
+        rows = op.Gather(weight, indices, axis=0)
+        if per_sample_weights is not None:
+            rows = op.Mul(rows, op.Unsqueeze(per_sample_weights, one))
+        width = op.Shape(weight, start=1)
+        target = op.Expand(op.Unsqueeze(seg, one), op.Concat(n, width, axis=0))
+        zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), weight), op.Concat(op.Add(slots, one), width, axis=0))
+        if mode == 2:  # max; a bag without rows keeps 0, as in torch
+            low = op.Expand(op.CastLike(op.Constant(value_float=-3.0e38), weight), op.Shape(zeros))
+            pooled = op.ScatterElements(low, target, rows, axis=0, reduction="max")
+            out = op.Where(op.Equal(pooled, low), zeros, pooled)
+        else:
+            out = op.ScatterElements(zeros, target, rows, axis=0, reduction="add")
+            if mode == 1:  # mean over each bag's ids (padding ids not counted)
+                counts = op.ConstantOfShape(op.Add(slots, one), value=onnx.helper.make_tensor("zero", 1, [1], [0.0]))
+                ones = op.Expand(op.Constant(value_floats=[1.0]), n)
+                count = op.ScatterElements(counts, seg, ones, axis=0, reduction="add")
+                out = op.Div(out, op.CastLike(op.Unsqueeze(op.Max(count, op.Constant(value_float=1.0)), one), weight))
+        out = op.Slice(out, start, op.Sub(slots, one) if include_last_offset else slots)
+        nothing = op.Constant(value_ints=[0])  # offset2bag, bag_size, max_indices: read by no inference graph
+        return out, nothing, nothing, nothing
+
     return {
+        torch.ops.aten.embedding_bag.padding_idx: embedding_bag,
+        torch.ops.aten.embedding_bag.default: embedding_bag,
+        torch.ops.aten._embedding_bag.default: embedding_bag,
+        torch.ops.aten._embedding_bag_forward_only.default: embedding_bag,
         torch.ops.aten.searchsorted.Tensor: searchsorted,
         torch.ops.aten.repeat_interleave.Tensor: repeat_interleave,
         torch.ops.lrs_quant.unpack_nibbles.default: unpack_nibbles,
