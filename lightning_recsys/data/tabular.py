@@ -232,6 +232,9 @@ class TabularDataModule(RandomSplitDataModule):
             raise ValueError(f"multi_hot names {stray}, which are not in sparse={list(sparse)}")
         if isinstance(label_threshold, Mapping):
             thresholds = {str(k): float(v) for k, v in label_threshold.items()}
+            if set(thresholds) - set(labels):
+                raise ValueError(f"label_threshold names {sorted(set(thresholds) - set(labels))}, which are not in "
+                                 f"labels={labels}")  # fmt: skip
         else:
             thresholds = {t: float(label_threshold) for t in labels} if label_threshold is not None else {}
         self.path = None if path is None else Path(path).expanduser()

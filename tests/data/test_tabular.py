@@ -79,6 +79,8 @@ def test_bad_input_names_the_argument(tmp_path):
         TabularDataModule(path, dense=["user"], labels=["click"]).feature_spec
     with pytest.raises(ValueError, match="multi_hot names \\['genres'\\], which are not in sparse="):
         TabularDataModule(path, sparse=["user"], labels=["click"], multi_hot={"genres": "|"})
+    with pytest.raises(ValueError, match=r"label_threshold names \['stars'\], which are not in labels="):
+        TabularDataModule(path, sparse=["user"], labels=["rating"], label_threshold={"stars": 4})
     with pytest.raises(ValueError, match="used twice"):
         TabularDataModule(path, sparse=["user", "click"], labels=["click"])
     ragged = tmp_path / "r.csv"
