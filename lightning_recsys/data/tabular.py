@@ -34,13 +34,14 @@ from torch import Tensor
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
 from .splits import RandomSplitDataModule
 
-__all__ = ["TabularDataModule"]
+__all__ = ["MISSING", "TabularDataModule"]
 
-_MISSING = ("", "nan", "NaN", "NA", "null", "None")
+#: cells that mark a missing value (``na_values=`` adds more)
+MISSING = frozenset({"", "nan", "NaN", "NA", "null", "None"})
 
 
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() in _MISSING)
+def _missing(v: Any, na: frozenset[str]) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() in na)
 
 
 def _read_csv(path: Path, delimiter: str | None) -> dict[str, list[str]]:
@@ -76,8 +77,8 @@ def _vocabulary(values: list[Any], min_count: int) -> dict[str, int]:
     return {v: i + 1 for i, v in enumerate(kept)}
 
 
-def _cell_values(v: Any, sep: str | None) -> list[str]:
-    if _missing(v):
+def _cell_values(v: Any, sep: str | None, na: frozenset[str]) -> list[str]:
+    if _missing(v, na):
         return []
     if sep is None:
         return [str(v)]
@@ -96,7 +97,7 @@ class _Tables:
         sizes = {}
         for name in opts["sparse"]:
             sep = opts["multi_hot"].get(name)
-            cells = [_cell_values(v, sep) for v in cols[name]]
+            cells = [_cell_values(v, sep, opts["na"]) for v in cols[name]]
             vocab = _vocabulary([x for r in train_rows for x in cells[r]], opts["min_count"])
             sizes[name] = len(vocab) + 1
             if sep is None:
@@ -106,9 +107,10 @@ class _Tables:
             lengths = torch.tensor([len(c) for c in ids], dtype=torch.long)
             self.multi[name] = (torch.tensor([x for c in ids for x in c], dtype=torch.long),
                                 torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]))  # fmt: skip
-        self.dense = torch.stack([_dense(name, cols[name], opts["dense_transform"], where, train) for name in opts["dense"]],
-                                 1) if opts["dense"] else torch.zeros(n, 0)  # fmt: skip
-        self.labels = {t: _label(t, cols[t], opts["label_threshold"], where) for t in opts["labels"]}
+        self.dense = torch.stack([_dense(_numbers(name, cols[name], where, opts["na"]), name, opts["dense_transform"], where,
+                                         train) for name in opts["dense"]], 1) if opts["dense"] else torch.zeros(n, 0)  # fmt: skip
+        self.labels = {t: _label(_numbers(t, cols[t], where, opts["na"]), t, opts["label_threshold"], where)
+                       for t in opts["labels"]}  # fmt: skip
         self.spec = FeatureSpec(num_dense=len(opts["dense"]), cardinalities=sizes, tasks=list(opts["labels"]))
         self.order = list(opts["sparse"])
 
@@ -131,23 +133,22 @@ class _Tables:
         return RecsysBatch(self.dense[rows], sparse, {t: y[rows] for t, y in self.labels.items()})
 
 
-def _numbers(name: str, values: list[Any], where: str) -> Tensor:
+def _numbers(name: str, values: list[Any], where: str, na: frozenset[str]) -> Tensor:
     """Floats (NaN where missing); a non-number names the column and the value."""
     out = []
     for v in values:
-        if _missing(v):
+        if _missing(v, na):
             out.append(math.nan)
             continue
         try:
             out.append(float(v))
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: column {name!r} holds {v!r}, not a number; list it in sparse= if it is "
-                             "categorical") from None  # fmt: skip
+            raise ValueError(f"{where}: column {name!r} holds {v!r}, not a number; list the column in sparse= if it "
+                             f"is categorical, or pass na_values=[{v!r}] if that marks a missing value") from None  # fmt: skip
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _dense(name: str, values: list[Any], transform: str, where: str, train: Tensor) -> Tensor:
-    x = _numbers(name, values, where)
+def _dense(x: Tensor, name: str, transform: str, where: str, train: Tensor) -> Tensor:
     known = ~torch.isnan(x)
     if transform == "log1p":
         if bool((x[known] < 0).any()):
@@ -161,8 +162,7 @@ def _dense(name: str, values: list[Any], transform: str, where: str, train: Tens
     return torch.where(known, x, 0.0).float()
 
 
-def _label(name: str, values: list[Any], thresholds: Mapping[str, float], where: str) -> Tensor:
-    y = _numbers(name, values, where)
+def _label(y: Tensor, name: str, thresholds: Mapping[str, float], where: str) -> Tensor:
     if bool(torch.isnan(y).any()):
         raise ValueError(f"{where}: label column {name!r} has missing values; every row needs its label")
     if name in thresholds:
@@ -186,6 +186,7 @@ class TabularDataModule(RandomSplitDataModule):
         labels: task columns (0 / 1, or see ``label_threshold``: one threshold for all or one per column).
         multi_hot: ``{column: separator}`` for sparse columns holding several values per row.
         min_count: values seen fewer times read id 0 with the missing ones.
+        na_values: more cells that mark a missing value (``""``, ``"nan"``, ``"NA"``, ``"null"``, ``"None"`` do).
         delimiter: the file's field separator when not given by its extension.
         batch_size, split_fractions, seed, shuffle, num_workers: as in
             :class:`~lightning_recsys.data.MovieLens100KDataModule`.
@@ -205,6 +206,7 @@ class TabularDataModule(RandomSplitDataModule):
         label_threshold: float | Mapping[str, float] | None = None,
         dense_transform: str = "standardize",
         min_count: int = 1,
+        na_values: Sequence[str] = (),
         delimiter: str | None = None,
         batch_size: int = 1024,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
@@ -241,7 +243,8 @@ class TabularDataModule(RandomSplitDataModule):
         self._columns = columns
         self.delimiter = delimiter
         self._opts = {"sparse": list(sparse), "dense": list(dense), "labels": labels, "multi_hot": multi_hot,
-                      "label_threshold": thresholds, "dense_transform": dense_transform, "min_count": min_count}  # fmt: skip
+                      "label_threshold": thresholds, "dense_transform": dense_transform, "min_count": min_count,
+                      "na": MISSING | {str(v) for v in na_values}}  # fmt: skip
         used = [*sparse, *dense, *labels]
         if len(set(used)) != len(used):
             raise ValueError(f"a column is used twice among sparse / dense / labels: {used}")

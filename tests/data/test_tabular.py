@@ -75,8 +75,10 @@ def test_bad_input_names_the_argument(tmp_path):
         TabularDataModule(path, sparse=["userid"], labels=["click"]).feature_spec
     with pytest.raises(ValueError, match=r"label column 'rating' holds values other than 0 / 1 .* label_threshold="):
         TabularDataModule(path, sparse=["user"], labels=["rating"]).feature_spec
-    with pytest.raises(ValueError, match=r"column 'user' holds 'u', not a number; list it in sparse="):
+    with pytest.raises(ValueError, match=r"column 'user' holds 'u', not a number; list the column in sparse= .* na_values=\['u'\]"):
         TabularDataModule(path, dense=["user"], labels=["click"]).feature_spec
+    dm = TabularDataModule(path, dense=["user"], labels=["click"], na_values=["u", "v"])  # every cell marks a missing value
+    assert dm._load().batch(torch.arange(4)).dense.abs().sum() == 0
     with pytest.raises(ValueError, match="multi_hot names \\['genres'\\], which are not in sparse="):
         TabularDataModule(path, sparse=["user"], labels=["click"], multi_hot={"genres": "|"})
     with pytest.raises(ValueError, match=r"label_threshold names \['stars'\], which are not in labels="):
