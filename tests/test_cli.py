@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_lrs_fit_and_quantize_a_users_own_module(tmp_path):
     """`lrs fit --model mymod.ClickModel --data mymod.ClickData`: LightningCLI's subclass mode (RecsysModule
     stays the default); the checkpoint records both classes, so `lrs quantize` needs no other option."""
     (tmp_path / "mymod.py").write_text(OWN_MODULE)
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     run = [sys.executable, "-m", "lightning_recsys.cli"]
     fit = subprocess.run([*run, "fit", "--model", "mymod.ClickModel", "--model.dim", "6", "--data", "mymod.ClickData",
                           "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
