@@ -1,5 +1,5 @@
 """Pieces of benchmarks/quant.py that need none of its state: ORT's stock quantizer, the bytes of
-torch's quantized modules, the budget-plan summary and the QuantizationMonitor example's figures.
+torch's quantized modules, whether two models are the same, the budget-plan summary and the QuantizationMonitor example's figures.
 
 Example::
 
@@ -18,6 +18,21 @@ from torch import nn
 from lightning_recsys.data import RecsysBatch
 from lightning_recsys.quant import layout_feeds
 from lightning_recsys.quant.search.report import state_bytes
+
+
+def same_model(a: nn.Module, b: nn.Module) -> bool:
+    """Whether ``a`` and ``b`` have the same modules (types and settings) under the same names and equal
+    state (then their exported graphs are the same, and one export serves both)."""
+    def layout(model: nn.Module) -> list:
+        return [(n, type(m), m.extra_repr()) for n, m in model.named_modules()]
+
+    if layout(a) != layout(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        type(sa[k]) is type(sb[k]) and (sa[k] == sb[k] if not torch.is_tensor(sa[k])
+                                        else sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]))
+        for k in sa)  # fmt: skip
 
 
 def ort_stock_int8(fp32_onnx: Path, out: Path, calib_batches: list[RecsysBatch], layout: dict) -> None:

@@ -77,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import CpuSteal, blocked_times, interleaved_times, parse_args, write_results  # noqa: E402
 from benchmarks._quant_anchors import compiled_fp32, fbgemm_torch_int8, with_anchored_tables  # noqa: E402
-from benchmarks._quant_parts import budget_summary, monitor, ort_stock_int8, torchao_bytes  # noqa: E402
+from benchmarks._quant_parts import budget_summary, monitor, ort_stock_int8, same_model, torchao_bytes  # noqa: E402
 from benchmarks._roofline import gather_figures, int8_peak, onnx_int8_macs, rowwise_error_study  # noqa: E402
 from lightning_recsys.data import RecsysBatch, SparseFeature, SyntheticCTRDataModule  # noqa: E402
 from lightning_recsys.models import RecsysModule  # noqa: E402
@@ -193,6 +193,9 @@ def _run_dataset(args, dm, module: RecsysModule, steps: int, test_batches: list[
     if val_batches is not None:
         budget, budget_latency = _budget_search(args, fp32, calib, val_batches, test_batches)
         for name, plan in (("ours_budget_onnx", budget), ("ours_budget_latency_onnx", budget_latency)):
+            if same_model(plan.model, ours):  # the plan is the all-int8 recipe: its graph is ours's
+                onnx_paths.append((name, ours_onnx))
+                continue
             export_onnx(plan.model, tmp / f"{tag}_{name}.onnx", example)
             onnx_paths.append((name, tmp / f"{tag}_{name}.onnx"))
     sessions = {k: _ort_session(p, args.threads) for k, p in onnx_paths}
