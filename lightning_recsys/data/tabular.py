@@ -5,8 +5,9 @@ Each row is one example. ``sparse`` columns become embedding-table ids: every va
 rarer values, and values that only validation or test rows hold (a new item, as in production), read
 id 0 (one table row for "unknown"). A ``multi_hot`` column holds several values per row, joined by its
 separator (``"Comedy|Drama"``), and becomes a bag of ids (an empty cell, an empty bag). ``dense`` columns
-are numbers, standardised with the training rows' mean and deviation (or ``log1p``-ed, Criteo style),
-missing values reading 0 after the transform. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
+are numbers, standardised with the training rows' mean and deviation (or ``log1p``-ed for counts;
+``signed_log1p`` for Criteo's counts, a few of which are negative), missing values reading 0 after the
+transform. A file without a header row gets its names from ``column_names``; ``.gz`` files are read as they are. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
 ``label_threshold`` (``value >= threshold``, e.g. ratings ``>= 4``). Rows are split at random by ``seed``
 into ``split_fractions`` (train, validation, test), as :class:`~lightning_recsys.data.MovieLens100KDataModule`.
 
@@ -22,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -34,29 +36,43 @@ from torch import Tensor
 from .batch import FeatureSpec, RecsysBatch, SparseFeature
 from .splits import RandomSplitDataModule
 
-__all__ = ["MISSING", "TabularDataModule"]
+__all__ = ["DENSE_TRANSFORMS", "MISSING", "TabularDataModule"]
 
 #: cells that mark a missing value (``na_values=`` adds more)
 MISSING = frozenset({"", "nan", "NaN", "NA", "null", "None"})
+#: what ``dense_transform`` may be
+DENSE_TRANSFORMS = ("standardize", "log1p", "signed_log1p", "none")
 
 
 def _missing(v: Any, na: frozenset[str]) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() in na)
 
 
-def _read_csv(path: Path, delimiter: str | None) -> dict[str, list[str]]:
-    """The columns of a CSV / TSV file with a header row, as lists of strings."""
+def _read_csv(path: Path, delimiter: str | None, names: Sequence[str] | None, encoding: str) -> dict[str, list[str]]:
+    """The columns of a CSV / TSV file (gzip-compressed when it ends in ``.gz``) as lists of strings: named
+    by its header row, or by ``names`` when the file has none (its first row is then data)."""
+    gz = path.suffix.lower() == ".gz"
     if delimiter is None:
-        delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            raise ValueError(f"{path} is empty: a header row naming the columns is expected")
-        rows = [r for r in reader if r]
+        inner = Path(path.stem) if gz else path
+        delimiter = "\t" if inner.suffix.lower() in (".tsv", ".tab") else ","
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rt", newline="", encoding=encoding) as f:
+            rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not {encoding} text ({err.reason} at byte {err.start}); pass encoding= "
+                         "(e.g. 'latin-1')") from None  # fmt: skip
+    except (OSError, EOFError) as err:  # a truncated or not-really-gzip .gz file
+        raise ValueError(f"{path} cannot be read: {err}") from None
+    if names is not None and rows and rows[0] == list(names):
+        raise ValueError(f"{path}'s first row is a header naming the columns as column_names= does; drop column_names=")
+    header = list(names) if names is not None else (rows.pop(0) if rows else None)
+    if not header:
+        raise ValueError(f"{path} is empty: a header row naming the columns is expected (or column_names=)")
+    what = "column_names" if names is not None else "the header"
     bad = next((i for i, r in enumerate(rows) if len(r) != len(header)), None)
     if bad is not None:
-        raise ValueError(f"{path}: data row {bad + 1} has {len(rows[bad])} fields, the header {len(header)} "
+        raise ValueError(f"{path}: data row {bad + 1} has {len(rows[bad])} fields, {what} {len(header)} "
                          f"(delimiter {delimiter!r}; pass delimiter= if it is another)")  # fmt: skip
     return {name: [r[j] for r in rows] for j, name in enumerate(header)}
 
@@ -153,8 +169,10 @@ def _dense(x: Tensor, name: str, transform: str, where: str, train: Tensor) -> T
     if transform == "log1p":
         if bool((x[known] < 0).any()):
             raise ValueError(f"{where}: dense column {name!r} has negative values; dense_transform='log1p' needs "
-                             "counts >= 0 (use 'standardize')")  # fmt: skip
+                             "counts >= 0 ('signed_log1p' takes any sign, 'standardize' too)")  # fmt: skip
         x = torch.log1p(x)
+    elif transform == "signed_log1p":  # sign(x) * log(1 + |x|): log1p for counts, odd for the rare negative value
+        x = torch.sign(x) * torch.log1p(x.abs())
     elif transform == "standardize":
         seen = x[train][known[train]]
         if seen.numel() > 1:
@@ -179,15 +197,21 @@ class TabularDataModule(RandomSplitDataModule):
     docstring).
 
     Args:
-        path: a CSV file (``.tsv`` / ``.tab``: tab-separated) with a header row; or ``columns``: a mapping
-            ``name -> values`` (lists, numpy arrays, tensors; a pandas DataFrame works as is).
+        path: a CSV file (``.tsv`` / ``.tab``: tab-separated; ``.gz`` after either: gzip-compressed) with a
+            header row; or ``columns``: a mapping ``name -> values`` (lists, numpy arrays, tensors; a pandas
+            DataFrame works as is).
         sparse: categorical columns (embedding tables), in the batch's feature order.
-        dense: number columns; ``dense_transform``: ``"standardize"`` (default), ``"log1p"`` or ``"none"``.
+        dense: number columns; ``dense_transform``: ``"standardize"`` (default), ``"log1p"`` (counts),
+            ``"signed_log1p"`` (``sign(x) * log1p(|x|)``: counts that may hold a negative value, as Criteo's) or
+            ``"none"``.
         labels: task columns (0 / 1, or see ``label_threshold``: one threshold for all or one per column).
         multi_hot: ``{column: separator}`` for sparse columns holding several values per row.
         min_count: values seen fewer times read id 0 with the missing ones.
         na_values: more cells that mark a missing value (``""``, ``"nan"``, ``"NA"``, ``"null"``, ``"None"`` do).
         delimiter: the file's field separator when not given by its extension.
+        column_names: the columns' names for a file without a header row (Criteo's ``label, I1..I13,
+            C1..C26``); its first row is then data.
+        encoding: the file's text encoding (``"latin-1"`` for many older datasets).
         batch_size, split_fractions, seed, shuffle, num_workers: as in
             :class:`~lightning_recsys.data.MovieLens100KDataModule`.
     """
@@ -208,6 +232,8 @@ class TabularDataModule(RandomSplitDataModule):
         min_count: int = 1,
         na_values: Sequence[str] = (),
         delimiter: str | None = None,
+        column_names: Sequence[str] | None = None,
+        encoding: str = "utf-8",
         batch_size: int = 1024,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         seed: int = 0,
@@ -225,8 +251,8 @@ class TabularDataModule(RandomSplitDataModule):
             raise ValueError("name the model's inputs: sparse= (categorical columns) and / or dense= (number columns)")
         if not labels:
             raise ValueError("labels= must name at least one label column (one task each)")
-        if dense_transform not in ("standardize", "log1p", "none"):
-            raise ValueError(f"dense_transform must be 'standardize', 'log1p' or 'none', got {dense_transform!r}")
+        if dense_transform not in DENSE_TRANSFORMS:
+            raise ValueError(f"dense_transform must be one of {DENSE_TRANSFORMS}, got {dense_transform!r}")
         if not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
         stray = sorted(set(multi_hot) - set(sparse))
@@ -241,7 +267,13 @@ class TabularDataModule(RandomSplitDataModule):
             thresholds = {t: float(label_threshold) for t in labels} if label_threshold is not None else {}
         self.path = None if path is None else Path(path).expanduser()
         self._columns = columns
-        self.delimiter = delimiter
+        self.delimiter, self.encoding = delimiter, encoding
+        self.column_names = None if column_names is None else [str(c) for c in column_names]
+        if self.column_names is not None:
+            if path is None:
+                raise ValueError("column_names= names the columns of a file without a header row; columns= are named already")
+            if len(set(self.column_names)) != len(self.column_names):
+                raise ValueError(f"column_names holds a name twice: {self.column_names}")
         self._opts = {"sparse": list(sparse), "dense": list(dense), "labels": labels, "multi_hot": multi_hot,
                       "label_threshold": thresholds, "dense_transform": dense_transform, "min_count": min_count,
                       "na": MISSING | {str(v) for v in na_values}}  # fmt: skip
@@ -258,7 +290,10 @@ class TabularDataModule(RandomSplitDataModule):
         if self._tables is None:
             path = self._locate()
             where = str(path) if path is not None else "columns="
-            cols = _read_csv(path, self.delimiter) if path is not None else {k: _as_list(v) for k, v in self._columns.items()}
+            if path is not None:
+                cols = _read_csv(path, self.delimiter, self.column_names, self.encoding)
+            else:
+                cols = {k: _as_list(v) for k, v in self._columns.items()}
             needed = [*self._opts["sparse"], *self._opts["dense"], *self._opts["labels"]]
             missing = [c for c in needed if c not in cols]
             if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import random
 from functools import partial
 
@@ -91,6 +92,41 @@ def test_bad_input_names_the_argument(tmp_path):
         TabularDataModule(str(ragged), sparse=["user"], labels=["click"]).feature_spec
     with pytest.raises(FileNotFoundError, match="no file at"):
         TabularDataModule(str(tmp_path / "none.csv"), sparse=["user"], labels=["click"]).feature_spec
+
+
+def test_criteo_format_gzip_tsv_without_a_header(tmp_path):
+    """Criteo's layout: label, integer counts (one negative, some missing), hashed categories; tabs, no header, gzip."""
+    names = ["label", "I1", "I2", "C1", "C2"]
+    rows = [["1", "3", "-2", "68fd1e64", "80e26c9b"], ["0", "", "0", "68fd1e64", ""], ["0", "7", "1", "05db9164", "80e26c9b"],
+            ["1", "0", "", "68fd1e64", "fb936136"]] * 10  # fmt: skip
+    path = tmp_path / "day_0.tsv.gz"
+    with gzip.open(path, "wt", newline="") as f:
+        csv.writer(f, delimiter="\t").writerows(rows)
+    dm = TabularDataModule(str(path), column_names=names, sparse=["C1", "C2"], dense=["I1", "I2"], labels="label",
+                           dense_transform="signed_log1p")  # fmt: skip
+    assert dm.feature_spec.cardinalities == {"C1": 3, "C2": 3}  # by frequency: 68fd1e64 -> 1, 05db9164 -> 2; 80e26c9b -> 1
+    batch = dm._load().batch(torch.arange(4))
+    log1p = torch.log1p(torch.tensor([3.0, 2.0, 7.0, 1.0]))
+    assert torch.allclose(batch.dense, torch.tensor([[log1p[0], -log1p[1]], [0, 0], [log1p[2], log1p[3]], [0, 0]]))
+    assert batch.sparse["C1"].values.tolist() == [1, 1, 2, 1] and batch.sparse["C2"].values.tolist() == [1, 0, 1, 2]
+    assert batch.labels["label"].tolist() == [1, 0, 0, 1]
+    with pytest.raises(ValueError, match="'I2' has negative values; dense_transform='log1p' .*'signed_log1p'"):
+        TabularDataModule(str(path), column_names=names, dense=["I1", "I2"], labels="label", dense_transform="log1p").feature_spec
+    with pytest.raises(ValueError, match=r"data row 1 has 5 fields, column_names 4"):
+        TabularDataModule(str(path), column_names=names[:4], sparse=["C1"], labels="label").feature_spec
+    with_header = tmp_path / "h.csv"
+    with_header.write_text("label,C1\n1,a\n0,b\n")
+    with pytest.raises(ValueError, match="first row is a header .* drop column_names="):
+        TabularDataModule(str(with_header), column_names=["label", "C1"], sparse=["C1"], labels="label").feature_spec
+
+
+def test_encoding_of_older_files(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_bytes(("title,click\n" + "Amélie (2001),1\nLe Château,0\n" * 10).encode("latin-1"))
+    with pytest.raises(ValueError, match="is not utf-8 text .* pass encoding= \\(e.g. 'latin-1'\\)"):
+        TabularDataModule(str(path), sparse=["title"], labels="click").feature_spec
+    dm = TabularDataModule(str(path), sparse=["title"], labels="click", encoding="latin-1")
+    assert dm.feature_spec.cardinalities == {"title": 3}
 
 
 def planted_csv(path, n=12_000, seed=0):
