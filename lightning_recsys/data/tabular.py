@@ -26,7 +26,7 @@ import csv
 import gzip
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,22 @@ def _cell_values(v: Any, sep: str | None, na: frozenset[str]) -> list[str]:
     return [p.strip() for p in str(v).split(sep) if p.strip()]
 
 
+def _per_value(values: list[Any], parse: Callable[[Any], Any]) -> list[Any]:
+    """``parse`` of every cell, called once per distinct value (a column holds far fewer values than cells;
+    keyed by type too, since ``1 == 1.0 == True`` but their strings differ)."""
+    seen: dict[tuple[type, Any], Any] = {}
+    out = []
+    for v in values:
+        key = (type(v), v)
+        try:
+            out.append(seen[key])
+        except KeyError:
+            out.append(seen.setdefault(key, parse(v)))
+        except TypeError:  # an unhashable cell
+            out.append(parse(v))
+    return out
+
+
 class _Tables:
     """The table tensorised once: ids per sparse column (CSR for multi-hot ones), dense matrix, labels."""
 
@@ -113,7 +129,7 @@ class _Tables:
         sizes = {}
         for name in opts["sparse"]:
             sep = opts["multi_hot"].get(name)
-            cells = [_cell_values(v, sep, opts["na"]) for v in cols[name]]
+            cells = _per_value(cols[name], lambda v, sep=sep: _cell_values(v, sep, opts["na"]))
             vocab = _vocabulary([x for r in train_rows for x in cells[r]], opts["min_count"])
             sizes[name] = len(vocab) + 1
             if sep is None:
@@ -151,17 +167,16 @@ class _Tables:
 
 def _numbers(name: str, values: list[Any], where: str, na: frozenset[str]) -> Tensor:
     """Floats (NaN where missing); a non-number names the column and the value."""
-    out = []
-    for v in values:
+    def parse(v: Any) -> float:
         if _missing(v, na):
-            out.append(math.nan)
-            continue
+            return math.nan
         try:
-            out.append(float(v))
+            return float(v)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: column {name!r} holds {v!r}, not a number; list the column in sparse= if it "
                              f"is categorical, or pass na_values=[{v!r}] if that marks a missing value") from None  # fmt: skip
-    return torch.tensor(out, dtype=torch.float64)
+
+    return torch.tensor(_per_value(values, parse), dtype=torch.float64)
 
 
 def _dense(x: Tensor, name: str, transform: str, where: str, train: Tensor) -> Tensor:
