@@ -66,6 +66,10 @@ def test_columns_in_memory_any_array_type():
     assert dm.feature_spec.cardinalities == {"user": 8, "item": 6}
     batch = dm._load().batch(torch.tensor([3]))
     assert torch.allclose(batch.dense[0, 0], torch.log1p(torch.tensor(3.0)))
+    # values that compare equal but read differently stay apart (each distinct value is parsed once)
+    mixed = TabularDataModule(columns={"x": [1, 1.0, True, 1] * 10, "y": [0, 1] * 20}, sparse=["x"], labels="y")
+    ids = mixed._load().batch(torch.arange(4)).sparse["x"].values.tolist()
+    assert len(set(ids[:3])) == 3 and ids[3] == ids[0] and mixed.feature_spec.cardinalities == {"x": 4}
 
 
 def test_bad_input_names_the_argument(tmp_path):
