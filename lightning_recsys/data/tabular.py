@@ -7,7 +7,9 @@ id 0 (one table row for "unknown"). A ``multi_hot`` column holds several values 
 separator (``"Comedy|Drama"``), and becomes a bag of ids (an empty cell, an empty bag). ``dense`` columns
 are numbers, standardised with the training rows' mean and deviation (or ``log1p``-ed for counts;
 ``signed_log1p`` for Criteo's counts, a few of which are negative), missing values reading 0 after the
-transform. A file without a header row gets its names from ``column_names``; ``.gz`` files are read as they are. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
+transform. A file without a header row gets its names from ``column_names``; ``.gz`` files are read as they are.
+``content={"item": ["genres", "year"]}`` names the columns describing a feature's values: ``content_vectors("item")``
+is what ``RecsysModule(arch="semantic_id")`` fits its codes on. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
 ``label_threshold`` (``value >= threshold``, e.g. ratings ``>= 4``). Rows are split at random by ``seed``
 into ``split_fractions`` (train, validation, test), as :class:`~lightning_recsys.data.MovieLens100KDataModule`.
 
@@ -122,7 +124,7 @@ class _Tables:
 
     def __init__(self, cols: Mapping[str, list[Any]], opts: dict[str, Any], where: str, train: Tensor) -> None:
         n = len(next(iter(cols.values())))
-        self.n = n
+        self.n, self.train = n, train
         train_rows = train.tolist()
         self.single: dict[str, Tensor] = {}
         self.multi: dict[str, tuple[Tensor, Tensor]] = {}
@@ -144,7 +146,7 @@ class _Tables:
         self.labels = {t: _label(_numbers(t, cols[t], where, opts["na"]), t, opts["label_threshold"], where)
                        for t in opts["labels"]}  # fmt: skip
         self.spec = FeatureSpec(num_dense=len(opts["dense"]), cardinalities=sizes, tasks=list(opts["labels"]))
-        self.order = list(opts["sparse"])
+        self.order, self.dense_names = list(opts["sparse"]), list(opts["dense"])
 
     def __len__(self) -> int:
         return self.n
@@ -163,6 +165,30 @@ class _Tables:
             pos = torch.repeat_interleave(starts - out_offsets[:-1], lengths) + torch.arange(int(out_offsets[-1]))
             sparse[name] = SparseFeature(values[pos], out_offsets)
         return RecsysBatch(self.dense[rows], sparse, {t: y[rows] for t, y in self.labels.items()})
+
+
+    def content(self, feature: str, columns: Sequence[str]) -> Tensor:
+        """``[cardinality, C]``: per id of ``feature``, its ``columns`` as they read in the first training row
+        holding it. A sparse column is a one-hot / multi-hot block of unit norm (its id 0, unknown, left
+        out), a dense column its transformed value; id 0 and ids of no training row are zeros."""
+        n = self.spec.cardinalities[feature]
+        ids = self.single[feature][self.train]
+        first = torch.full((n,), self.n, dtype=torch.long).scatter_reduce(0, ids, self.train, reduce="amin")
+        held = first < self.n
+        held[0] = False
+        batch = self.batch(first.clamp(max=self.n - 1))
+        dense_index = {name: j for j, name in enumerate(self.dense_names)}
+        blocks = []
+        for c in columns:
+            if c in dense_index:
+                blocks.append(batch.dense[:, dense_index[c] : dense_index[c] + 1])
+                continue
+            f = batch.sparse[c]
+            rows = torch.repeat_interleave(torch.arange(n), f.offsets[1:] - f.offsets[:-1])
+            block = torch.zeros(n, self.spec.cardinalities[c]).index_put_((rows, f.values), torch.ones(f.values.numel()), accumulate=True)
+            block[:, 0] = 0.0
+            blocks.append(block / block.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        return torch.where(held[:, None], torch.cat(blocks, 1), 0.0)
 
 
 def _numbers(name: str, values: list[Any], where: str, na: frozenset[str]) -> Tensor:
@@ -227,6 +253,8 @@ class TabularDataModule(RandomSplitDataModule):
         column_names: the columns' names for a file without a header row (Criteo's ``label, I1..I13,
             C1..C26``); its first row is then data.
         encoding: the file's text encoding (``"latin-1"`` for many older datasets).
+        content: ``{feature: [columns]}``: the sparse / dense columns that describe a single-valued sparse
+            feature's values (an item's genres and year), for :meth:`content_vectors` (Semantic IDs).
         batch_size, split_fractions, seed, shuffle, num_workers: as in
             :class:`~lightning_recsys.data.MovieLens100KDataModule`.
     """
@@ -249,6 +277,7 @@ class TabularDataModule(RandomSplitDataModule):
         delimiter: str | None = None,
         column_names: Sequence[str] | None = None,
         encoding: str = "utf-8",
+        content: Mapping[str, Sequence[str]] | None = None,
         batch_size: int = 1024,
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         seed: int = 0,
@@ -295,6 +324,25 @@ class TabularDataModule(RandomSplitDataModule):
         used = [*sparse, *dense, *labels]
         if len(set(used)) != len(used):
             raise ValueError(f"a column is used twice among sparse / dense / labels: {used}")
+        self.content = {str(f): [str(c) for c in cs] for f, cs in (content or {}).items()}
+        for feature, described in self.content.items():
+            if feature not in sparse or feature in multi_hot:
+                raise ValueError(f"content names {feature!r}, which is not a single-valued column of sparse={list(sparse)}")
+            stray = [c for c in described if c not in (*sparse, *dense) or c == feature]
+            if stray or not described:
+                raise ValueError(f"content[{feature!r}] must list other columns of sparse= / dense= that describe it; "
+                                 f"got {described}")  # fmt: skip
+        self._content: dict[str, Tensor] = {}
+
+    def content_vectors(self, feature: str) -> Tensor:
+        """``[cardinality, C]`` content vector per id of ``feature`` from its ``content=`` columns (what
+        ``RecsysModule(arch="semantic_id")`` fits its codes on)."""
+        if feature not in self.content:
+            raise ValueError(f"no content for {feature!r}: name the columns that describe it, "
+                             f"content={{{feature!r}: ['genres', ...]}}")  # fmt: skip
+        if feature not in self._content:
+            self._content[feature] = self._load().content(feature, self.content[feature])
+        return self._content[feature]
 
     def _locate(self) -> Path | None:
         if self.path is not None and not self.path.is_file():

@@ -124,6 +124,37 @@ def test_criteo_format_gzip_tsv_without_a_header(tmp_path):
         TabularDataModule(str(with_header), column_names=["label", "C1"], sparse=["C1"], labels="label").feature_spec
 
 
+def test_content_vectors_give_semantic_ids_on_your_own_data(tmp_path):
+    """content= describes the items by other columns; RecsysModule(arch="semantic_id") fits its codes on them."""
+    rnd = random.Random(0)
+    genres = {i: "|".join(sorted({("Action", "Comedy", "Drama")[i % 3], ("Horror", "Romance")[i % 2]})) for i in range(30)}
+    rows = [[f"u{rnd.randrange(20)}", f"i{i}", genres[i], str(1990 + i % 10), str(rnd.randint(0, 1))]
+            for i in (rnd.randrange(30) for _ in range(2_000))]  # fmt: skip
+    with (tmp_path / "x.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["user", "item", "genres", "year", "click"], *rows])
+    dm = TabularDataModule(str(tmp_path / "x.csv"), sparse=["user", "item", "genres"], dense=["year"], labels="click",
+                           multi_hot={"genres": "|"}, content={"item": ["genres", "year"]}, batch_size=256)  # fmt: skip
+    content = dm.content_vectors("item")
+    spec = dm.feature_spec
+    assert content.shape == (spec.cardinalities["item"], spec.cardinalities["genres"] + 1)
+    tables = dm._load()
+    row = int(tables.train[0])  # that training row's item: its genres (unit norm) and its standardised year
+    item, batch = int(tables.single["item"][row]), tables.batch(torch.tensor([row]))
+    expected = torch.zeros(spec.cardinalities["genres"])
+    expected[batch.sparse["genres"].values] = 2**-0.5
+    assert torch.allclose(content[item], torch.cat([expected, batch.dense[0]]))
+    assert content[0].abs().sum() == 0  # id 0 (unknown) has no content
+    with pytest.raises(ValueError, match=r"no content for 'user': name the columns .* content=\{'user'"):
+        dm.content_vectors("user")
+    with pytest.raises(ValueError, match=r"content\['item'\] must list other columns of sparse= / dense="):
+        TabularDataModule(str(tmp_path / "x.csv"), sparse=["item"], labels="click", content={"item": ["title"]})
+    module = RecsysModule(feature_spec=spec, arch="semantic_id", embedding_dim=8,
+                          arch_options={"feature": "item", "num_levels": 2, "codebook_size": 4})  # fmt: skip
+    pl.Trainer(max_epochs=1, default_root_dir=tmp_path).fit(module, dm)
+    table = module.model.embeddings.tables["item"]
+    assert bool(table.fitted) and table.codes.shape[0] == spec.cardinalities["item"]
+
+
 def test_encoding_of_older_files(tmp_path):
     path = tmp_path / "items.csv"
     path.write_bytes(("title,click\n" + "Amélie (2001),1\nLe Château,0\n" * 10).encode("latin-1"))
