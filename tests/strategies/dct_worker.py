@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_recsys  # noqa: F401  (registers "dct")
-from lightning_recsys.data import SparseFeature, SyntheticCTRDataModule
+from lightning_recsys.data import SparseFeature, SyntheticCTRDataModule, TabularDataModule
 from lightning_recsys.distributed import ShardedEmbeddingBagCollection
 from lightning_recsys.models import RecsysModule
 from lightning_recsys.models.dlrm import EmbeddingBagCollection
@@ -289,6 +289,31 @@ def run_sparse(res: dict) -> None:
     res["sparse"] = {"plain": plain, "dct": ours, "stats": stats}
 
 
+class Rows(pl.Callback):
+    """The training rows this rank's loader serves (after Lightning put its distributed sampler in)."""
+
+    def on_train_start(self, trainer, pl_module):
+        loader = trainer.train_dataloader
+        self.sampler = type(loader.sampler).__name__
+        self.rows = [int(loader.dataset.rows[i]) for i in loader.sampler]
+
+
+def run_tabular(out: Path, res: dict) -> None:
+    """A user's table (TabularDataModule, as the README's "Your own data") under strategy="dct": each rank
+    reads its own half of the training rows, and the replicas stay identical."""
+    g = torch.Generator().manual_seed(3)
+    n = 600
+    columns = {"user": torch.randint(0, 40, (n,), generator=g), "item": torch.randint(0, 30, (n,), generator=g),
+               "price": torch.rand(n, generator=g), "click": (torch.rand(n, generator=g) < 0.3).long()}  # fmt: skip
+    dm = TabularDataModule(columns=columns, sparse=["user", "item"], dense=["price"], labels="click", batch_size=40)
+    pl.seed_everything(0)
+    module = RecsysModule(feature_spec=dm.feature_spec, embedding_dim=8)
+    rows = Rows()
+    trainer(dct(), out, max_epochs=1, limit_val_batches=1, num_sanity_val_steps=0, callbacks=[rows]).fit(module, dm)
+    res["tabular"] = {"sampler": rows.sampler, "rows": rows.rows, "train_rows": dm.train_dataset.rows.tolist(),
+                      "params": params(module)}  # fmt: skip
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     res: dict = {}
@@ -297,6 +322,7 @@ def main() -> None:
     run_boundary(res)
     run_fallback(res)
     run_sparse(res)
+    run_tabular(out, res)
     torch.save(res, out / f"rank{dist.get_rank()}.pt")
     dist.barrier()
     # last, because Lightning's launcher stops the other rank after an exception

@@ -147,3 +147,14 @@ def test_sparse_gradients_are_all_reduced_as_they_are(runs):
             torch.testing.assert_close(s["dct"][k], s["plain"][k], rtol=1e-6, atol=1e-7)
         assert 0 < s["stats"]["bytes_sent"]
     assert _equal(r0["sparse"]["dct"], r1["sparse"]["dct"])  # replicas identical
+
+
+@pytest.mark.timeout(150)
+def test_your_own_table_is_split_between_the_ranks(runs):
+    """TabularDataModule under strategy="dct": Lightning's distributed sampler replaces the module's shuffling
+    sampler, the two ranks read disjoint halves of the training rows, and the replicas stay identical."""
+    (r0, r1), _ = runs
+    a, b = r0["tabular"], r1["tabular"]
+    assert a["sampler"] == b["sampler"] == "DistributedSampler"
+    assert not set(a["rows"]) & set(b["rows"]) and sorted(a["rows"] + b["rows"]) == sorted(a["train_rows"])
+    assert _equal(a["params"], b["params"])
