@@ -169,3 +169,11 @@ def test_lrs_fit_your_own_csv_then_quantize_without_options(tmp_path):
     assert quant.returncode == 0, quant.stderr[-2000:]
     report = json.loads((tmp_path / "art" / "report.json").read_text())
     assert report["evaluation"]["auc_fp32"] > 0.7 and abs(report["evaluation"]["ne_delta"]) < 0.01
+    # from another directory the recorded relative path finds nothing: a clear error, no artifact
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = subprocess.run([*run, "quantize", str(ckpt), "--out", "art"], cwd=elsewhere, capture_output=True, text=True,
+                           timeout=200)  # fmt: skip
+    assert moved.returncode == 2 and not (elsewhere / "art").exists()
+    assert "data module saved in the checkpoint (TabularDataModule) cannot find its data: no file at clicks.csv" in moved.stderr
+    assert "--data path/to/data.yaml" in moved.stderr

@@ -388,12 +388,20 @@ def _datamodule(given: pl.LightningDataModule | str | None, ckpt: dict, module: 
     if given is not None and given != "synthetic" and not isinstance(given, pl.LightningDataModule):
         raise TypeError(f"datamodule must be a LightningDataModule, 'synthetic' or None, got {type(given).__name__}")
     dm = given if isinstance(given, pl.LightningDataModule) else None
-    if dm is None and given is None:
-        dm = _checkpoint_datamodule(ckpt)
+    saved = dm is None and given is None and (dm := _checkpoint_datamodule(ckpt)) is not None
     if dm is None:
         dm = _default_datamodule(getattr(module, "feature_spec", None), batch_size)
-    dm.prepare_data()
-    dm.setup("fit")
+    try:
+        dm.prepare_data()
+        dm.setup("fit")
+    except FileNotFoundError as err:
+        if not saved:
+            raise
+        raise FileNotFoundError(
+            f"the data module saved in the checkpoint ({type(dm).__name__}) cannot find its data: {err}. Paths are "
+            "read as `lrs fit` was given them: run from the directory it ran in, or pass datamodule= (CLI: --data "
+            "path/to/data.yaml with class_path / init_args) pointing at the data"
+        ) from None
     return dm
 
 
