@@ -119,6 +119,15 @@ def _per_value(values: list[Any], parse: Callable[[Any], Any]) -> list[Any]:
     return out
 
 
+def _ids(cells: list[list[str]], vocab: Mapping[str, int], multi: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """Ids of parsed cells (0 for values outside ``vocab``): ``[n]``, or ``(values, offsets)`` of the bags."""
+    if not multi:
+        return torch.tensor([vocab.get(c[0], 0) if c else 0 for c in cells], dtype=torch.long)
+    ids = [[vocab.get(x, 0) for x in c] for c in cells]
+    lengths = torch.tensor([len(c) for c in ids], dtype=torch.long)
+    return torch.tensor([x for c in ids for x in c], dtype=torch.long), torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
+
 class _Tables:
     """The table tensorised once: ids per sparse column (CSR for multi-hot ones), dense matrix, labels."""
 
@@ -128,21 +137,23 @@ class _Tables:
         train_rows = train.tolist()
         self.single: dict[str, Tensor] = {}
         self.multi: dict[str, tuple[Tensor, Tensor]] = {}
-        sizes = {}
+        self.vocabularies: dict[str, dict[str, int]] = {}
         for name in opts["sparse"]:
             sep = opts["multi_hot"].get(name)
             cells = _per_value(cols[name], lambda v, sep=sep: _cell_values(v, sep, opts["na"]))
-            vocab = _vocabulary([x for r in train_rows for x in cells[r]], opts["min_count"])
-            sizes[name] = len(vocab) + 1
+            vocab = self.vocabularies[name] = _vocabulary([x for r in train_rows for x in cells[r]], opts["min_count"])
             if sep is None:
-                self.single[name] = torch.tensor([vocab.get(c[0], 0) if c else 0 for c in cells], dtype=torch.long)
-                continue
-            ids = [[vocab.get(x, 0) for x in c] for c in cells]
-            lengths = torch.tensor([len(c) for c in ids], dtype=torch.long)
-            self.multi[name] = (torch.tensor([x for c in ids for x in c], dtype=torch.long),
-                                torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]))  # fmt: skip
-        self.dense = torch.stack([_dense(_numbers(name, cols[name], where, opts["na"]), name, opts["dense_transform"], where,
-                                         train) for name in opts["dense"]], 1) if opts["dense"] else torch.zeros(n, 0)  # fmt: skip
+                self.single[name] = _ids(cells, vocab, multi=False)
+            else:
+                self.multi[name] = _ids(cells, vocab, multi=True)
+        sizes = {name: len(vocab) + 1 for name, vocab in self.vocabularies.items()}
+        self.dense_stats: dict[str, tuple[float, float]] = {}
+        dense = []
+        for name in opts["dense"]:
+            x, self.dense_stats[name] = _dense(_numbers(name, cols[name], where, opts["na"]), name, opts["dense_transform"],
+                                               where, train=train)  # fmt: skip
+            dense.append(x)
+        self.dense = torch.stack(dense, 1) if dense else torch.zeros(n, 0)
         self.labels = {t: _label(_numbers(t, cols[t], where, opts["na"]), t, opts["label_threshold"], where)
                        for t in opts["labels"]}  # fmt: skip
         self.spec = FeatureSpec(num_dense=len(opts["dense"]), cardinalities=sizes, tasks=list(opts["labels"]))
@@ -205,7 +216,10 @@ def _numbers(name: str, values: list[Any], where: str, na: frozenset[str]) -> Te
     return torch.tensor(_per_value(values, parse), dtype=torch.float64)
 
 
-def _dense(x: Tensor, name: str, transform: str, where: str, train: Tensor) -> Tensor:
+def _dense(x: Tensor, name: str, transform: str, where: str, stats: tuple[float, float] | None = None,
+           train: Tensor | None = None) -> tuple[Tensor, tuple[float, float]]:  # fmt: skip
+    """The transformed column (missing values 0) and its ``(shift, scale)``: the training rows' mean and
+    deviation for ``"standardize"`` (or the given ``stats``), ``(0, 1)`` otherwise."""
     known = ~torch.isnan(x)
     if transform == "log1p":
         if bool((x[known] < 0).any()):
@@ -214,11 +228,10 @@ def _dense(x: Tensor, name: str, transform: str, where: str, train: Tensor) -> T
         x = torch.log1p(x)
     elif transform == "signed_log1p":  # sign(x) * log(1 + |x|): log1p for counts, odd for the rare negative value
         x = torch.sign(x) * torch.log1p(x.abs())
-    elif transform == "standardize":
-        seen = x[train][known[train]]
-        if seen.numel() > 1:
-            x = (x - float(seen.mean())) / (float(seen.std()) or 1.0)
-    return torch.where(known, x, 0.0).float()
+    if stats is None:
+        seen = x[train][known[train]] if transform == "standardize" else x[:0]
+        stats = (float(seen.mean()), float(seen.std()) or 1.0) if seen.numel() > 1 else (0.0, 1.0)
+    return torch.where(known, (x - stats[0]) / stats[1], 0.0).float(), stats
 
 
 def _label(y: Tensor, name: str, thresholds: Mapping[str, float], where: str) -> Tensor:
@@ -333,6 +346,62 @@ class TabularDataModule(RandomSplitDataModule):
                 raise ValueError(f"content[{feature!r}] must list other columns of sparse= / dense= that describe it; "
                                  f"got {described}")  # fmt: skip
         self._content: dict[str, Tensor] = {}
+        self._saved: dict[str, Any] | None = None  # the encoder state of a checkpoint (load_state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training vocabularies (``{feature: {value: id}}``) and dense ``(shift, scale)``: saved in every
+        checkpoint, so ``TabularDataModule.load_from_checkpoint(path).encode(...)`` serves new rows
+        without the file, and a resumed run stops if the file now gives other ids."""
+        tables = self._load()
+        return {"vocabularies": tables.vocabularies, "dense_stats": {k: list(v) for k, v in tables.dense_stats.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != {"vocabularies", "dense_stats"}:
+            raise ValueError(f"TabularDataModule state must hold 'vocabularies' and 'dense_stats', got {sorted(state_dict)}")
+        self._saved = {"vocabularies": state_dict["vocabularies"],
+                       "dense_stats": {k: tuple(v) for k, v in state_dict["dense_stats"].items()}}  # fmt: skip
+        if self._tables is not None:
+            self._check_saved(self._tables)
+
+    def _check_saved(self, tables: _Tables) -> None:
+        changed = [f for f in tables.vocabularies if tables.vocabularies[f] != self._saved["vocabularies"].get(f)]
+        changed += [f for f in tables.dense_stats if tables.dense_stats[f] != self._saved["dense_stats"].get(f)]
+        if changed:
+            raise ValueError(f"{self.path or 'columns='} gives other ids or statistics than the checkpoint for {changed}: "
+                             "the data changed since it was written, and the model's rows would be misread; restore "
+                             "the data it was trained on (or start a new run)")  # fmt: skip
+
+    def encode(self, columns: Mapping[str, Any]) -> RecsysBatch:
+        """New raw rows (``{column: values}``, as ``columns=``) as a :class:`RecsysBatch` with the training ids and
+        statistics: what a server does with requests. Values the training rows did not hold read id 0;
+        label columns are read when present.
+
+        Example:
+            >>> dm = TabularDataModule.load_from_checkpoint("last.ckpt")  # doctest: +SKIP
+            >>> batch = dm.encode({"user": ["u7"], "item": ["i3"], "genres": ["Drama"], "price": [12.5]})  # doctest: +SKIP
+        """
+        enc = self._saved if self._saved is not None else self.state_dict()
+        opts = self._opts
+        cols = {k: _as_list(v) for k, v in columns.items()}
+        missing = [c for c in (*opts["sparse"], *opts["dense"]) if c not in cols]
+        if missing:
+            raise ValueError(f"encode: no column {missing}; the model reads {[*opts['sparse'], *opts['dense']]}")
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"encode: the columns have different lengths {sorted(lengths)}")
+        n = lengths.pop()
+        single = torch.arange(n + 1)
+        sparse = {}
+        for name in opts["sparse"]:
+            sep = opts["multi_hot"].get(name)
+            ids = _ids(_per_value(cols[name], lambda v, sep=sep: _cell_values(v, sep, opts["na"])), enc["vocabularies"][name],
+                       multi=sep is not None)  # fmt: skip
+            sparse[name] = SparseFeature(*ids) if sep is not None else SparseFeature(ids, single)
+        dense = [_dense(_numbers(c, cols[c], "encode", opts["na"]), c, opts["dense_transform"], "encode",
+                        stats=tuple(enc["dense_stats"][c]))[0] for c in opts["dense"]]  # fmt: skip
+        labels = {t: _label(_numbers(t, cols[t], "encode", opts["na"]), t, opts["label_threshold"], "encode")
+                  for t in opts["labels"] if t in cols}  # fmt: skip
+        return RecsysBatch(torch.stack(dense, 1) if dense else torch.zeros(n, 0), sparse, labels)
 
     def content_vectors(self, feature: str) -> Tensor:
         """``[cardinality, C]`` content vector per id of ``feature`` from its ``content=`` columns (what
@@ -367,5 +436,8 @@ class TabularDataModule(RandomSplitDataModule):
             if not lengths or not next(iter(lengths)):
                 raise ValueError(f"{where} holds no rows")
             train = self.split_rows(next(iter(lengths)))[0]  # ids and dense statistics from the training rows only
-            self._tables = _Tables({c: cols[c] for c in needed}, self._opts, where, train)
+            tables = _Tables({c: cols[c] for c in needed}, self._opts, where, train)
+            if self._saved is not None:
+                self._check_saved(tables)
+            self._tables = tables
         return self._tables

@@ -124,6 +124,35 @@ def test_criteo_format_gzip_tsv_without_a_header(tmp_path):
         TabularDataModule(str(with_header), column_names=["label", "C1"], sparse=["C1"], labels="label").feature_spec
 
 
+def test_checkpoint_holds_the_ids_for_serving_and_guards_resume(tmp_path):
+    """The vocabularies and dense statistics are the data module's state: in every checkpoint, so new raw rows
+    are encoded without the file; a resume on a file that now gives other ids stops."""
+    path = planted_csv(tmp_path / "clicks.csv", n=2_000)
+    kw = dict(sparse=["user", "item", "genres"], dense=["price"], labels=["click"], multi_hot={"genres": "|"}, batch_size=256)
+    dm = TabularDataModule(str(path), **kw)
+    module = RecsysModule(feature_spec=dm.feature_spec)
+    trainer = pl.Trainer(max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.fit(module, dm)
+    ckpt = trainer.checkpoint_callback.best_model_path
+    with path.open() as f:
+        raw = list(csv.DictReader(f))[:5]
+    expected = dm._load().batch(torch.arange(5))
+    path.rename(tmp_path / "gone.csv")  # serving: no training file
+    served = TabularDataModule.load_from_checkpoint(ckpt)
+    batch = served.encode({c: [r[c] for r in raw] for c in ("user", "item", "genres", "price")})
+    for name in ("user", "item", "genres"):
+        assert torch.equal(batch.sparse[name].values, expected.sparse[name].values)
+        assert torch.equal(batch.sparse[name].offsets, expected.sparse[name].offsets)
+    assert torch.allclose(batch.dense, expected.dense) and batch.labels == {}
+    assert served.encode({"user": ["nobody"], "item": ["i1"], "genres": [""], "price": ["3"]}).sparse["user"].values.tolist() == [0]
+    with pytest.raises(ValueError, match=r"encode: no column \['price'\]"):
+        served.encode({"user": ["u1"], "item": ["i1"], "genres": [""]})
+    planted_csv(tmp_path / "clicks.csv", n=2_000, seed=1)  # other rows at the same path
+    with pytest.raises(ValueError, match=r"gives other ids or statistics than the checkpoint for \['user'"):
+        pl.Trainer(max_epochs=2, default_root_dir=tmp_path, enable_progress_bar=False).fit(
+            RecsysModule(feature_spec=dm.feature_spec), TabularDataModule(str(path), **kw), ckpt_path=ckpt)
+
+
 def test_content_vectors_give_semantic_ids_on_your_own_data(tmp_path):
     """content= describes the items by other columns; RecsysModule(arch="semantic_id") fits its codes on them."""
     rnd = random.Random(0)
