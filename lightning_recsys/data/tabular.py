@@ -7,10 +7,12 @@ id 0 (one table row for "unknown"). A ``multi_hot`` column holds several values 
 separator (``"Comedy|Drama"``), and becomes a bag of ids (an empty cell, an empty bag). ``dense`` columns
 are numbers, standardised with the training rows' mean and deviation (or ``log1p``-ed for counts;
 ``signed_log1p`` for Criteo's counts, a few of which are negative), missing values reading 0 after the
-transform. A file without a header row gets its names from ``column_names``; ``.gz`` files are read as they are.
-``content={"item": ["genres", "year"]}`` names the columns describing a feature's values: ``content_vectors("item")``
-is what ``RecsysModule(arch="semantic_id")`` fits its codes on. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
-``label_threshold`` (``value >= threshold``, e.g. ratings ``>= 4``). Rows are split at random by ``seed``
+transform. ``labels`` name the tasks: 0/1 columns, or any number column turned binary by
+``label_threshold`` (``value >= threshold``, e.g. ratings ``>= 4``). A file without a header row gets
+its names from ``column_names``; ``.gz`` files are read as they are. ``content={"item": ["genres",
+"year"]}`` names the columns describing a feature's values: ``content_vectors("item")`` is what
+``RecsysModule(arch="semantic_id")`` fits its codes on. The ids and dense statistics are the module's
+state (in every checkpoint); ``encode`` applies them to new raw rows. Rows are split at random by ``seed``
 into ``split_fractions`` (train, validation, test), as :class:`~lightning_recsys.data.MovieLens100KDataModule`.
 
 Example:
@@ -177,7 +179,6 @@ class _Tables:
             sparse[name] = SparseFeature(values[pos], out_offsets)
         return RecsysBatch(self.dense[rows], sparse, {t: y[rows] for t, y in self.labels.items()})
 
-
     def content(self, feature: str, columns: Sequence[str]) -> Tensor:
         """``[cardinality, C]``: per id of ``feature``, its ``columns`` as they read in the first training row
         holding it. A sparse column is a one-hot / multi-hot block of unit norm (its id 0, unknown, left
@@ -196,7 +197,8 @@ class _Tables:
                 continue
             f = batch.sparse[c]
             rows = torch.repeat_interleave(torch.arange(n), f.offsets[1:] - f.offsets[:-1])
-            block = torch.zeros(n, self.spec.cardinalities[c]).index_put_((rows, f.values), torch.ones(f.values.numel()), accumulate=True)
+            block = torch.zeros(n, self.spec.cardinalities[c])
+            block.index_put_((rows, f.values), torch.ones(f.values.numel()), accumulate=True)
             block[:, 0] = 0.0
             blocks.append(block / block.norm(dim=1, keepdim=True).clamp_min(1e-12))
         return torch.where(held[:, None], torch.cat(blocks, 1), 0.0)
@@ -328,7 +330,8 @@ class TabularDataModule(RandomSplitDataModule):
         self.column_names = None if column_names is None else [str(c) for c in column_names]
         if self.column_names is not None:
             if path is None:
-                raise ValueError("column_names= names the columns of a file without a header row; columns= are named already")
+                raise ValueError("column_names= names the columns of a file without a header row; "
+                                 "columns= are named already")
             if len(set(self.column_names)) != len(self.column_names):
                 raise ValueError(f"column_names holds a name twice: {self.column_names}")
         self._opts = {"sparse": list(sparse), "dense": list(dense), "labels": labels, "multi_hot": multi_hot,
@@ -394,8 +397,8 @@ class TabularDataModule(RandomSplitDataModule):
         sparse = {}
         for name in opts["sparse"]:
             sep = opts["multi_hot"].get(name)
-            ids = _ids(_per_value(cols[name], lambda v, sep=sep: _cell_values(v, sep, opts["na"])), enc["vocabularies"][name],
-                       multi=sep is not None)  # fmt: skip
+            cells = _per_value(cols[name], lambda v, sep=sep: _cell_values(v, sep, opts["na"]))
+            ids = _ids(cells, enc["vocabularies"][name], multi=sep is not None)
             sparse[name] = SparseFeature(*ids) if sep is not None else SparseFeature(ids, single)
         dense = [_dense(_numbers(c, cols[c], "encode", opts["na"]), c, opts["dense_transform"], "encode",
                         stats=tuple(enc["dense_stats"][c]))[0] for c in opts["dense"]]  # fmt: skip
