@@ -388,7 +388,10 @@ def _datamodule(given: pl.LightningDataModule | str | None, ckpt: dict, module: 
     if given is not None and given != "synthetic" and not isinstance(given, pl.LightningDataModule):
         raise TypeError(f"datamodule must be a LightningDataModule, 'synthetic' or None, got {type(given).__name__}")
     dm = given if isinstance(given, pl.LightningDataModule) else None
-    saved = dm is None and given is None and (dm := _checkpoint_datamodule(ckpt)) is not None
+    saved = False  # the checkpoint's own data module: its paths are read as `lrs fit` was given them
+    if dm is None and given is None:
+        dm = _checkpoint_datamodule(ckpt)
+        saved = dm is not None
     if dm is None:
         dm = _default_datamodule(getattr(module, "feature_spec", None), batch_size)
     try:
