@@ -59,10 +59,15 @@ def _read_csv(path: Path, delimiter: str | None, names: Sequence[str] | None, en
     if delimiter is None:
         inner = Path(path.stem) if gz else path
         delimiter = "\t" if inner.suffix.lower() in (".tsv", ".tab") else ","
+    if not isinstance(delimiter, str) or not delimiter or delimiter in ("\n", "\r"):
+        raise ValueError(f"delimiter must be a non-empty string other than a line break, got {delimiter!r}")
     opener = gzip.open if gz else open
     try:
         with opener(path, "rt", newline="", encoding=encoding) as f:
-            rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+            if len(delimiter) == 1:
+                rows = [r for r in csv.reader(f, delimiter=delimiter) if r]
+            else:  # MovieLens-1M's "::": plain splitting (no quoting), as csv takes one character only
+                rows = [line.rstrip("\r\n").split(delimiter) for line in f if line.strip()]
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not {encoding} text ({err.reason} at byte {err.start}); pass encoding= "
                          "(e.g. 'latin-1')") from None  # fmt: skip
@@ -264,7 +269,8 @@ class TabularDataModule(RandomSplitDataModule):
         multi_hot: ``{column: separator}`` for sparse columns holding several values per row.
         min_count: values seen fewer times read id 0 with the missing ones.
         na_values: more cells that mark a missing value (``""``, ``"nan"``, ``"NA"``, ``"null"``, ``"None"`` do).
-        delimiter: the file's field separator when not given by its extension.
+        delimiter: the file's field separator when not given by its extension; one longer than a character
+            (MovieLens-1M's ``"::"``) splits each line without CSV quoting.
         column_names: the columns' names for a file without a header row (Criteo's ``label, I1..I13,
             C1..C26``); its first row is then data.
         encoding: the file's text encoding (``"latin-1"`` for many older datasets).

@@ -184,6 +184,19 @@ def test_content_vectors_give_semantic_ids_on_your_own_data(tmp_path):
     assert bool(table.fitted) and table.codes.shape[0] == spec.cardinalities["item"]
 
 
+def test_movielens_1m_layout_with_a_two_character_delimiter(tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text("".join(f"{u}::{i}::{(u + i) % 5 + 1}::97830{u}\n" for u in range(1, 21) for i in range(1, 6)))
+    dm = TabularDataModule(str(path), column_names=["user", "item", "rating", "timestamp"], delimiter="::",
+                           sparse=["user", "item"], labels="rating", label_threshold=4)  # fmt: skip
+    assert dm.feature_spec.cardinalities == {"user": 21, "item": 6}
+    batch = dm._load().batch(torch.arange(5))
+    assert batch.labels["rating"].tolist() == [0, 1, 1, 0, 0]  # ratings 3, 4, 5, 1, 2 of user 1: >= 4
+    with pytest.raises(ValueError, match="data row 1 has 4 fields, column_names 3"):
+        TabularDataModule(str(path), column_names=["user", "item", "rating"], delimiter="::", sparse=["user"],
+                          labels="rating", label_threshold=4).feature_spec  # fmt: skip
+
+
 def test_encoding_of_older_files(tmp_path):
     path = tmp_path / "items.csv"
     path.write_bytes(("title,click\n" + "Amélie (2001),1\nLe Château,0\n" * 10).encode("latin-1"))
